@@ -1,0 +1,29 @@
+//! The wire protocol between `jobworker-api` (unprivileged, network-facing) and
+//! `jobworker-executor` (root, no network).
+//!
+//! Everything that crosses the executor's Unix socket is defined here, and nothing else:
+//!
+//! - [`job`]: job identifiers, specifications, resource limits and status records;
+//! - [`message`]: the request and response enums, one variant per request kind;
+//! - [`error`]: serializable error kinds with messages;
+//! - [`validate`]: the bounds every request must respect, shared by both sides so the
+//!   API server can reject bad input early and the executor can re-check it without
+//!   trusting the server;
+//! - [`codec`]: framing (length-delimited frames with an explicit maximum) and bincode
+//!   encoding with a byte limit, plus the version handshake.
+//!
+//! The crate does no I/O beyond the codec and contains no `unsafe` code.
+
+pub mod codec;
+pub mod error;
+pub mod job;
+pub mod message;
+pub mod validate;
+
+pub use codec::{
+    ClientTransport, MAX_FRAME_LEN, PROTOCOL_VERSION, ServerTransport, client_transport,
+    server_transport,
+};
+pub use error::{ErrorKind, WireError};
+pub use job::{EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, Scope};
+pub use message::{LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, Request, Response};

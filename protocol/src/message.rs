@@ -1,0 +1,95 @@
+//! Requests and responses: one request variant per operation, like a dispatch table.
+//!
+//! A connection starts with [`Request::Hello`]; after the executor answers with
+//! [`Response::Hello`] the client sends requests one at a time. Every request gets exactly
+//! one response, except [`Request::Output`], which is answered by any number of
+//! [`Response::Chunk`] frames and then one [`Response::End`] (or one
+//! [`Response::Error`]).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::job::{JobId, JobSpec, JobStatus, Scope};
+
+/// Largest output chunk in one frame.
+pub const MAX_CHUNK_LEN: usize = 64 * 1024;
+
+/// Most jobs in one [`Response::Jobs`] page.
+pub const MAX_LIST_PAGE: u32 = 500;
+
+/// Byte budget of one [`Response::Jobs`] page: the executor stops adding statuses to a
+/// page once their encoded size reaches it. A single status is always smaller (its
+/// largest parts, argv and error, are bounded by [`crate::validate`]), so a page always
+/// holds at least one job and always fits in a frame.
+pub const LIST_PAGE_BYTES: usize = 768 * 1024;
+
+/// A request from the API server to the executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First frame of every connection.
+    Hello { version: u32 },
+    /// Start a job owned by `owner` (the caller's verified identity).
+    Start { owner: String, spec: JobSpec },
+    /// Stop a job: SIGTERM to its whole process tree, SIGKILL after the grace period.
+    /// Answered with the job's status once it has ended.
+    Stop { scope: Scope, id: JobId },
+    /// Status of one job.
+    Status { scope: Scope, id: JobId },
+    /// One page of the jobs in `scope`, oldest first, starting after `after`.
+    List {
+        scope: Scope,
+        after: Option<JobId>,
+        limit: u32,
+    },
+    /// The job's output from byte `offset`. With `follow`, keep sending new output until
+    /// the job ends; without it, send only what exists now.
+    Output {
+        scope: Scope,
+        id: JobId,
+        offset: u64,
+        follow: bool,
+    },
+    /// Liveness check, answered with [`Response::Pong`].
+    Ping,
+}
+
+impl Request {
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Start { .. } => "start",
+            Request::Stop { .. } => "stop",
+            Request::Status { .. } => "status",
+            Request::List { .. } => "list",
+            Request::Output { .. } => "output",
+            Request::Ping => "ping",
+        }
+    }
+}
+
+/// A response from the executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Handshake accepted; the executor's protocol version.
+    Hello { version: u32 },
+    /// The job started; its command is running.
+    Started { id: JobId },
+    /// Answer to `Status` and `Stop`.
+    Status(Box<JobStatus>),
+    /// Answer to `List`: one page, and the id to pass as `after` for the next page.
+    Jobs {
+        jobs: Vec<JobStatus>,
+        next_after: Option<JobId>,
+    },
+    /// Output bytes, at most [`MAX_CHUNK_LEN`], continuing where the previous chunk ended.
+    Chunk(Bytes),
+    /// End of an output stream: the job's status at that moment (final when it has
+    /// ended).
+    End(Box<JobStatus>),
+    /// Answer to `Ping`.
+    Pong,
+    /// The request failed.
+    Error(WireError),
+}

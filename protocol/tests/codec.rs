@@ -1,0 +1,294 @@
+//! Codec behaviour over a real in-memory byte stream: every message round-trips, and
+//! hostile bytes end in a clean error, never a panic or a large allocation.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use jobworker_protocol::codec::{self, HandshakeError, client_handshake, server_handshake};
+use jobworker_protocol::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+fn status() -> JobStatus {
+    JobStatus {
+        id: JobId::from_bytes([7; 16]),
+        owner: "alice".into(),
+        argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+        limits: Limits {
+            cpu_millis: Some(500),
+            memory_bytes: Some(256 << 20),
+            pids: Some(100),
+            io: Some(IoLimits {
+                device: "/dev/vda".into(),
+                read_bps: Some(10 << 20),
+                write_bps: None,
+                read_iops: Some(100),
+                write_iops: Some(200),
+            }),
+        },
+        state: JobState::Signaled,
+        exit_code: None,
+        signal: Some(9),
+        oom_killed: true,
+        error: None,
+        started_at_ms: 1_700_000_000_000,
+        ended_at_ms: Some(1_700_000_000_123),
+        cpu_usec: Some(42),
+        peak_memory_bytes: Some(1 << 20),
+        output_bytes: 12,
+        output_truncated: false,
+    }
+}
+
+fn every_request() -> Vec<Request> {
+    let id = JobId::from_bytes([0xab; 16]);
+    vec![
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        Request::Start {
+            owner: "alice".into(),
+            spec: JobSpec {
+                argv: vec!["echo".into(), "ünïcode".into()],
+                env: vec![EnvVar {
+                    name: "FOO".into(),
+                    value: "bar".into(),
+                }],
+                limits: status().limits,
+            },
+        },
+        Request::Stop {
+            scope: Scope::Owner("bob".into()),
+            id,
+        },
+        Request::Status {
+            scope: Scope::Any,
+            id,
+        },
+        Request::List {
+            scope: Scope::Any,
+            after: Some(id),
+            limit: 50,
+        },
+        Request::Output {
+            scope: Scope::Owner("alice".into()),
+            id,
+            offset: 12345,
+            follow: true,
+        },
+        Request::Ping,
+    ]
+}
+
+fn every_response() -> Vec<Response> {
+    let all_bytes: Vec<u8> = (0..=255u8).cycle().take(MAX_CHUNK_LEN).collect();
+    vec![
+        Response::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        Response::Started {
+            id: JobId::from_bytes([1; 16]),
+        },
+        Response::Status(Box::new(status())),
+        Response::Jobs {
+            jobs: vec![status(), status()],
+            next_after: Some(JobId::from_bytes([2; 16])),
+        },
+        Response::Chunk(Bytes::from(all_bytes)),
+        Response::Chunk(Bytes::new()),
+        Response::End(Box::new(status())),
+        Response::Pong,
+        Response::Error(WireError::new(ErrorKind::FailedToStart, "execve: ENOENT")),
+    ]
+}
+
+#[tokio::test]
+async fn every_request_and_response_round_trips() {
+    let (a, b) = duplex(4 * MAX_FRAME_LEN);
+    let mut client = client_transport(a);
+    let mut server = server_transport(b);
+    for req in every_request() {
+        client.send(req.clone()).await.unwrap();
+        assert_eq!(server.next().await.unwrap().unwrap(), req);
+    }
+    for resp in every_response() {
+        server.send(resp.clone()).await.unwrap();
+        assert_eq!(client.next().await.unwrap().unwrap(), resp);
+    }
+}
+
+#[test]
+fn the_largest_possible_status_fits_in_a_list_page_budget() {
+    let mut big = status();
+    big.owner = "o".repeat(validate::MAX_OWNER_LEN);
+    big.error = Some("e".repeat(jobworker_protocol::error::MAX_ERROR_MESSAGE_LEN));
+    // The most argv bytes a spec may have, split into the most arguments.
+    big.argv =
+        vec!["a".repeat(validate::MAX_ARGV_BYTES / validate::MAX_ARGS - 1); validate::MAX_ARGS];
+    let one = codec::encode(&big).unwrap().len();
+    assert!(one <= LIST_PAGE_BYTES, "{one}");
+    // A page of up to LIST_PAGE_BYTES of statuses plus one more still fits in a frame.
+    assert!(LIST_PAGE_BYTES + one + 64 <= MAX_FRAME_LEN);
+    let page = Response::Jobs {
+        jobs: vec![big],
+        next_after: Some(JobId::from_bytes([9; 16])),
+    };
+    assert!(codec::encode(&page).unwrap().len() <= one + 64);
+}
+
+/// Writes raw bytes as the client and returns what the server's transport yields.
+async fn server_reads(raw: &[u8], close_after: bool) -> Option<std::io::Result<Request>> {
+    let (mut a, b) = duplex(64 * 1024);
+    let mut server = server_transport(b);
+    a.write_all(raw).await.unwrap();
+    if close_after {
+        drop(a);
+        server.next().await
+    } else {
+        // Keep the writer open: the decoder must fail on what it has, not wait.
+        let r = server.next().await;
+        drop(a);
+        r
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_length_prefix_is_refused_before_allocating() {
+    // Claims a 4 GiB frame; the decoder must refuse from the prefix alone.
+    let e = server_reads(&[0xff, 0xff, 0xff, 0xff, 0, 0], false)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    // One byte over the limit is refused too.
+    let over = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+    let e = server_reads(&over, false).await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[tokio::test]
+async fn a_truncated_frame_is_an_error_at_end_of_stream() {
+    let body = codec::encode(&Request::Ping).unwrap();
+    let mut raw = ((body.len() + 10) as u32).to_be_bytes().to_vec();
+    raw.extend_from_slice(&body);
+    let e = server_reads(&raw, true).await.unwrap().unwrap_err();
+    assert_eq!(e.to_string(), "bytes remaining on stream");
+    // A truncated length prefix too.
+    let e = server_reads(&[0, 0], true).await.unwrap().unwrap_err();
+    assert_eq!(e.to_string(), "bytes remaining on stream");
+}
+
+#[tokio::test]
+async fn garbage_bytes_are_invalid_data() {
+    for body in [
+        vec![0xde, 0xad, 0xbe, 0xef, 0x01],
+        vec![0xff; 64],
+        // A valid variant index followed by nothing.
+        vec![1],
+        // Empty frame.
+        vec![],
+    ] {
+        let mut raw = (body.len() as u32).to_be_bytes().to_vec();
+        raw.extend_from_slice(&body);
+        let e = server_reads(&raw, false).await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{body:?}");
+    }
+}
+
+#[tokio::test]
+async fn trailing_bytes_after_a_message_are_invalid() {
+    let mut body = codec::encode(&Request::Ping).unwrap();
+    body.push(0);
+    let mut raw = (body.len() as u32).to_be_bytes().to_vec();
+    raw.extend_from_slice(&body);
+    let e = server_reads(&raw, false).await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+}
+
+#[test]
+fn a_huge_declared_collection_length_fails_without_allocating_it() {
+    // Start { owner: <len = u64::MAX> ... }: the length is read, checked against the byte
+    // limit and refused; nothing of that size is allocated.
+    let mut body = vec![1u8]; // variant index of Start (varint)
+    body.push(0xff); // varint marker for a u64 length
+    body.extend_from_slice(&u64::MAX.to_le_bytes());
+    assert!(codec::decode::<Request>(&body).is_err());
+    // Same for a chunk's byte length.
+    let mut body = vec![4u8];
+    body.push(0xfe); // varint marker for a u32 length
+    body.extend_from_slice(&(MAX_FRAME_LEN as u32 * 4).to_le_bytes());
+    assert!(codec::decode::<Response>(&body).is_err());
+}
+
+#[tokio::test]
+async fn handshake_succeeds_with_the_same_version() {
+    let (a, b) = duplex(64 * 1024);
+    let mut client = client_transport(a);
+    let mut server = server_transport(b);
+    let (c, s) = tokio::join!(client_handshake(&mut client), server_handshake(&mut server));
+    c.unwrap();
+    s.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_protocol_version_is_refused_with_a_clear_error() {
+    let (a, b) = duplex(64 * 1024);
+    let mut client = client_transport(a);
+    let mut server = server_transport(b);
+    client
+        .send(Request::Hello {
+            version: PROTOCOL_VERSION + 1,
+        })
+        .await
+        .unwrap();
+    match server_handshake(&mut server).await {
+        Err(HandshakeError::Refused(e)) => assert_eq!(e.kind, ErrorKind::VersionMismatch),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match client.next().await.unwrap().unwrap() {
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::VersionMismatch);
+            assert!(e.message.contains("protocol 2"), "{}", e.message);
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_request_before_the_handshake_is_refused() {
+    let (a, b) = duplex(64 * 1024);
+    let mut client = client_transport(a);
+    let mut server = server_transport(b);
+    client.send(Request::Ping).await.unwrap();
+    assert!(matches!(
+        server_handshake(&mut server).await,
+        Err(HandshakeError::Unexpected("ping"))
+    ));
+}
+
+#[tokio::test]
+async fn the_client_sees_a_refusal_at_the_connection_cap() {
+    let (a, b) = duplex(64 * 1024);
+    let mut client = client_transport(a);
+    let mut server = server_transport(b);
+    server
+        .send(Response::Error(WireError::exhausted(
+            "too many connections",
+        )))
+        .await
+        .unwrap();
+    match client_handshake(&mut client).await {
+        Err(HandshakeError::Refused(e)) => assert_eq!(e.kind, ErrorKind::ResourceExhausted),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn frames_are_length_prefixed_big_endian_u32() {
+    let (a, mut b) = duplex(64 * 1024);
+    let mut client = client_transport(a);
+    client.send(Request::Ping).await.unwrap();
+    let body = codec::encode(&Request::Ping).unwrap();
+    let mut buf = vec![0u8; 4 + body.len()];
+    b.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf[..4], &(body.len() as u32).to_be_bytes());
+    assert_eq!(&buf[4..], &body[..]);
+}
