@@ -33,16 +33,16 @@ die() {
 now() { date +%s; }
 
 t_start=$(now)
-JOBWORKER_VM_DIR=$vm_dir "$repo/vm/setup.sh"
+mkdir -p "$vm_dir"
 vm_dir=$(cd "$vm_dir" && pwd)
-t_setup=$(now)
-
-# One run at a time per cache directory.
+# One run at a time per cache directory (QEMU inherits the lock and holds it to the end).
 exec 9>"$vm_dir/lock"
 flock -n 9 || {
     log "another run holds $vm_dir/lock; waiting"
     flock 9
 }
+JOBWORKER_VM_DIR=$vm_dir "$repo/vm/setup.sh"
+t_setup=$(now)
 
 # --- build ---------------------------------------------------------------------------
 cd "$repo"
