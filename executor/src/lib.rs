@@ -2,4 +2,5 @@
 //! cgroups, runs jobs, keeps their output and streams it back over its Unix socket.
 
 pub mod cgroup;
+pub mod seccomp;
 pub mod sys;
