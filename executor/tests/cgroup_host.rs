@@ -379,3 +379,77 @@ fn a_limit_the_host_cannot_enforce_leaves_no_group() {
         assert!(!dir.join("jobs").join(id.to_string()).exists());
     }
 }
+
+/// Marks the child process of the test below.
+const DELEGATED_CHILD_ENV: &str = "JOBWORKER_TEST_DELEGATED_CHILD";
+
+/// cgroup v2 only: an executor started in its delegated group itself (the systemd
+/// `Delegate=yes` case, no parent configured) moves into the leaf `supervisor` before it
+/// enables the controllers. The executor is played by a child process (this test binary
+/// again, running only `delegated_child`), placed in a fresh group under the test's
+/// parent, so that no group of the host is involved.
+#[test]
+fn v2_an_executor_in_its_delegated_group_moves_into_a_leaf() {
+    needs_root!();
+    let parent = TestParent::new("delegated");
+    let Cgroups::V2(b) = &parent.cgroups else {
+        println!("SKIPPED: cgroup v2 only");
+        return;
+    };
+    let delegated = b.parent().join("delegated");
+    std::fs::create_dir(&delegated).unwrap();
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["delegated_child", "--exact", "--ignored", "--nocapture"])
+        .env(DELEGATED_CHILD_ENV, delegated.as_os_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(delegated.join("cgroup.procs"), child.id().to_string()).unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", out.status);
+    assert!(
+        stdout.contains("1 passed"),
+        "the child test did not run:\n{stdout}"
+    );
+    assert!(delegated.join("supervisor").is_dir());
+    assert!(delegated.join("jobs").is_dir());
+}
+
+#[test]
+#[ignore = "run by v2_an_executor_in_its_delegated_group_moves_into_a_leaf in a child process"]
+fn delegated_child() {
+    let delegated = PathBuf::from(
+        std::env::var_os(DELEGATED_CHILD_ENV).expect("runs only as a child of its parent test"),
+    );
+    // Wait until the parent test has moved this process into the delegated group.
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    assert_eq!(go, "go\n");
+
+    let cg = Cgroups::probe(&CgroupConfig::host(Backend::V2, None)).unwrap();
+    let Cgroups::V2(b) = &cg else {
+        unreachable!("forced v2")
+    };
+    assert_eq!(b.parent(), delegated);
+    let own = read(PathBuf::from("/proc/self/cgroup"));
+    assert!(own.ends_with("/delegated/supervisor"), "{own}");
+    assert_eq!(read(delegated.join("cgroup.procs")), "");
+    let enabled = read(delegated.join("cgroup.subtree_control"));
+    assert_eq!(enabled, "cpu io memory pids");
+    assert_eq!(read(delegated.join("jobs/cgroup.subtree_control")), enabled);
+
+    // A job group works from there.
+    let limits = ResolvedLimits {
+        cpu_millis: 500,
+        memory_bytes: 64 << 20,
+        pids: 8,
+        io: None,
+    };
+    let g = cg.create(&job_id(5), &limits).unwrap();
+    assert_eq!(read(g.dirs()[0].join("pids.max")), "8");
+    cg.remove(g).unwrap();
+}
