@@ -9,95 +9,25 @@
 //! holding `/`); `JOBWORKER_TEST_CGROUP_BACKEND` forces `v1` or `v2`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
+mod common;
+
+use common::{TestParent, backend, io_disk, root_or_skip};
 use jobworker_executor::cgroup::{
     Backend, CgroupConfig, CgroupError, Cgroups, JobGroup, ResolvedIo, ResolvedLimits,
 };
 use jobworker_protocol::JobId;
 
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .unwrap();
-    euid == "0"
-}
-
 macro_rules! needs_root {
     () => {
-        if !is_root() {
-            println!("SKIPPED: needs root");
+        if !root_or_skip(module_path!()) {
             return;
         }
     };
-}
-
-/// A parent group for one test, removed (with anything left under it) when dropped.
-struct TestParent {
-    name: String,
-    cgroups: Cgroups,
-}
-
-/// The backend to test: `JOBWORKER_TEST_CGROUP_BACKEND` (`v1`, `v2`; the VM tests set
-/// `v2`, so that a guest misdetected as v1 fails instead of testing the wrong backend),
-/// else whatever the host offers.
-fn backend() -> Backend {
-    std::env::var("JOBWORKER_TEST_CGROUP_BACKEND")
-        .map(|b| b.parse().unwrap())
-        .unwrap_or(Backend::Auto)
-}
-
-impl TestParent {
-    fn new(test: &str) -> Self {
-        let name = format!("jobworker-test-{}-{test}", std::process::id());
-        let cfg = CgroupConfig::host(backend(), Some(name.clone()));
-        let cgroups = Cgroups::probe(&cfg).unwrap();
-        println!("{test}: {} under {name}", cgroups.name());
-        Self { name, cgroups }
-    }
-
-    /// The parent's directory in each hierarchy.
-    fn dirs(&self) -> Vec<PathBuf> {
-        match &self.cgroups {
-            Cgroups::V1(b) => b.parents().into_iter().map(Path::to_path_buf).collect(),
-            Cgroups::V2(b) => vec![b.parent().to_path_buf()],
-        }
-    }
-}
-
-impl Drop for TestParent {
-    fn drop(&mut self) {
-        for dir in self.dirs() {
-            assert!(
-                dir.ends_with(&self.name),
-                "not a test parent: {}",
-                dir.display()
-            );
-            rmdir_tree(&dir);
-        }
-    }
-}
-
-/// Removes a tree of cgroup directories (control files go with their directory).
-fn rmdir_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("cannot remove test cgroup {}: {e}", dir.display());
-    }
 }
 
 fn job_id(n: u8) -> JobId {
@@ -106,39 +36,6 @@ fn job_id(n: u8) -> JobId {
     bytes[15] = n;
     bytes[8..12].copy_from_slice(&std::process::id().to_be_bytes());
     JobId::from_bytes(bytes)
-}
-
-/// The block device for io limits: `JOBWORKER_TEST_IO_DEVICE` when set (the VM tests'
-/// scratch disk), else the whole disk holding `/`; `None` (with a visible note) when `/`
-/// is not on a block device, e.g. an overlay or an initramfs.
-fn io_disk() -> Option<String> {
-    if let Ok(dev) = std::env::var("JOBWORKER_TEST_IO_DEVICE") {
-        return Some(dev);
-    }
-    let dev = std::fs::metadata("/").unwrap().dev();
-    let sys = PathBuf::from(format!(
-        "/sys/dev/block/{}:{}",
-        libc::major(dev),
-        libc::minor(dev)
-    ));
-    let uevent = |dir: &Path| std::fs::read_to_string(dir.join("uevent")).ok();
-    let Some(mut text) = uevent(&sys) else {
-        println!("SKIPPED (io part): / is not on a block device");
-        return None;
-    };
-    if text.contains("DEVTYPE=partition") {
-        text = uevent(&sys.join(".."))?;
-    }
-    let name = text
-        .lines()
-        .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))?;
-    let path = format!("/dev/{name}");
-    let is_block = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
-    if !is_block {
-        println!("SKIPPED (io part): {path} is not a block device here");
-        return None;
-    }
-    Some(path)
 }
 
 fn device_number(path: &str) -> String {
@@ -310,7 +207,7 @@ fn limits_are_in_effect_as_the_kernel_reports_them_and_kill_ends_the_group() {
     assert!(usage.cpu_usec.is_some(), "{usage:?}");
     assert!(!usage.oom_killed, "{usage:?}");
     let dirs = g.dirs().to_vec();
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
     assert!(dirs.iter().all(|d| !d.exists()));
 }
 
@@ -337,7 +234,7 @@ fn a_memory_hog_is_oom_killed_and_reported() {
     assert!(usage.oom_killed, "{usage:?}");
     let peak = usage.peak_memory_bytes.expect("peak memory");
     assert!(peak <= 32 << 20, "peak {peak} above the limit");
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
@@ -462,5 +359,5 @@ fn delegated_child() {
     };
     let g = cg.create(&job_id(5), &limits).unwrap();
     assert_eq!(read(g.dirs()[0].join("pids.max")), "8");
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }

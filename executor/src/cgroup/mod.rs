@@ -352,7 +352,7 @@ impl Cgroups {
     /// Removes the group's directories. The group empties asynchronously right after the
     /// job's last process is reaped, so a busy group is retried a few times within about
     /// half a second; this blocks, so call it off the async runtime.
-    pub fn remove(&self, g: JobGroup) -> Result<(), CgroupError> {
+    pub fn remove(&self, g: &JobGroup) -> Result<(), CgroupError> {
         fs::remove_dirs(g.dirs.iter().rev())
     }
 

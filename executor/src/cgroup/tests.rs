@@ -331,7 +331,7 @@ fn v2_create_writes_every_limit() {
         None => assert_eq!(read(dir.join("io.max")), ""),
     }
 
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
     assert!(!dir.exists());
 }
 
@@ -363,7 +363,7 @@ fn v2_io_limit_writes_only_the_given_keys() {
         read(g.dirs()[0].join("io.max")),
         format!("{majmin} wbps=4096")
     );
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
@@ -431,7 +431,7 @@ fn v2_swap_file_missing_is_fine_only_without_swap() {
     let cg = Cgroups::probe(&host.config(Backend::V2, Some("jw"))).unwrap();
     set_template(v2_template(&["memory.swap.max"]));
     let g = cg.create(&id(ID), &limits(None)).unwrap();
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 
     host.write("swaps", SWAP);
     let err = cg.create(&id(ID), &limits(None)).unwrap_err();
@@ -500,7 +500,7 @@ fn v2_kill_and_usage() {
     );
     cg.kill(&g).unwrap();
     assert_eq!(read(dir.join("cgroup.kill")), "1");
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
@@ -623,7 +623,7 @@ fn co_mounted_controllers_share_one_group() {
     let joins: Vec<PathBuf> = expected.iter().map(|d| d.join("cgroup.procs")).collect();
     assert_eq!(g.join_files(), joins);
     assert!(g.clone_into_fd().is_none());
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
     assert!(expected.iter().all(|d| !d.exists()));
 }
 
@@ -727,7 +727,7 @@ fn v1_create_writes_every_limit_in_its_hierarchy() {
         }
     }
     assert_eq!(written, expected);
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
     assert!(!dir("cpu").exists() && !dir("freezer").exists());
     assert!(
         host.root().join("cpu/jobworker").exists(),
@@ -746,7 +746,7 @@ fn v1_memory_limit_is_written_before_memsw() {
     let dir = host.root().join("memory/jobworker").join(ID);
     let modified = |f: &str| std::fs::metadata(dir.join(f)).unwrap().modified().unwrap();
     assert!(modified("memory.limit_in_bytes") <= modified("memory.memsw.limit_in_bytes"));
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
@@ -758,7 +758,7 @@ fn v1_without_memsw_needs_a_host_without_swap() {
         &["memory.memsw.limit_in_bytes", "memory.swappiness"],
     ));
     let g = cg.create(&id(ID), &limits(None)).unwrap();
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 
     host.write("swaps", SWAP);
     let err = cg.create(&id(ID), &limits(None)).unwrap_err();
@@ -824,7 +824,7 @@ fn v1_usage_reads_cpuacct_and_memory() {
             oom_killed: true
         }
     );
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
@@ -852,7 +852,7 @@ fn v1_kill_freezes_signals_every_pid_and_thaws() {
     );
     assert_eq!(read(freezer.join("freezer.state")), "THAWED");
     std::fs::write(freezer.join("cgroup.procs"), "").unwrap();
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
@@ -868,7 +868,7 @@ fn v1_kill_never_signals_a_pid_that_is_not_positive_and_still_thaws() {
         assert_eq!(read(freezer.join("freezer.state")), "THAWED");
     }
     std::fs::write(freezer.join("cgroup.procs"), "").unwrap();
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
@@ -896,7 +896,7 @@ fn v1_kill_without_freezer_kills_nobody() {
     child.kill().unwrap();
     child.wait().unwrap();
     std::fs::write(freezer.join("cgroup.procs"), "").unwrap();
-    cg.remove(g).unwrap();
+    cg.remove(&g).unwrap();
 }
 
 #[test]
