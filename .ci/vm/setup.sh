@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares everything `vm/test-vm.sh` needs, cached under .vm/ at the top of the
+# Prepares everything `.ci/vm/test-vm.sh` needs, cached under .vm/ at the top of the
 # repository: host packages, a stock Debian cloud kernel with its virtio modules, the
 # base initramfs (busybox, users, modules, /init) and the musl Rust target.
 #
@@ -11,7 +11,7 @@
 #                         linux-image-6.1.0-*-cloud-amd64 (for example to pin one)
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 vm_dir=${JOBWORKER_VM_DIR:-$repo/.vm}
 mkdir -p "$vm_dir"
 vm_dir=$(cd "$vm_dir" && pwd)
@@ -143,7 +143,7 @@ ln -sfn "$kernel_dir" "$vm_dir/kernel/current"
 # Rebuilt when the kernel, busybox, this script or the guest init change.
 stamp=$( {
     printf '%s\n' "$kernel_dir"
-    sha256sum "$busybox" "$repo/vm/init" "${BASH_SOURCE[0]}"
+    sha256sum "$busybox" "$repo/.ci/vm/init" "${BASH_SOURCE[0]}"
 } | sha256sum | cut -d' ' -f1)
 base=$vm_dir/base-initramfs.cpio.gz
 if [[ -f $base && -f $vm_dir/base-initramfs.stamp && $(<"$vm_dir/base-initramfs.stamp") == "$stamp" ]]; then
@@ -164,7 +164,7 @@ cp "$busybox" "$stage/bin/busybox"
     ln -s /bin/busybox "$stage/$applet"
 done
 cp "$kernel_dir"/modules/*.ko "$stage/lib/modules/"
-install -m 0755 "$repo/vm/init" "$stage/init"
+install -m 0755 "$repo/.ci/vm/init" "$stage/init"
 cat >"$stage/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false

@@ -14,10 +14,10 @@
 #                           example a test name filter or --test-threads=1
 #   JOBWORKER_VM_APPEND     extra kernel command-line arguments
 #   JOBWORKER_VM_DIR        cache and log directory (default: <repo>/.vm)
-#   JOBWORKER_VM_KERNEL     kernel package to use (see vm/setup.sh)
+#   JOBWORKER_VM_KERNEL     kernel package to use (see .ci/vm/setup.sh)
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 vm_dir=${JOBWORKER_VM_DIR:-$repo/.vm}
 timeout_s=${JOBWORKER_VM_TIMEOUT:-1500}
 memory=${JOBWORKER_VM_MEMORY:-1G}
@@ -41,7 +41,7 @@ flock -n 9 || {
     log "another run holds $vm_dir/lock; waiting"
     flock 9
 }
-JOBWORKER_VM_DIR=$vm_dir "$repo/vm/setup.sh"
+JOBWORKER_VM_DIR=$vm_dir "$repo/.ci/vm/setup.sh"
 t_setup=$(now)
 
 # --- build ---------------------------------------------------------------------------
