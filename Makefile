@@ -33,6 +33,7 @@ clippy:
 deny:
 	@test -d $(SHARED)/rustsec || { echo "deny: $(SHARED)/rustsec is missing (the RustSec snapshot)"; exit 1; }
 	$(SHARED)/rustsec/prepare-db $(ADVISORY_DB)
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check
 
 test-host:
