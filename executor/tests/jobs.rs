@@ -262,13 +262,14 @@ async fn stop_kills_the_whole_process_tree() {
     let ns = pid_ns(exec.init_pid(&id));
     exec.client().await.wait_for_output(id, b"ready").await;
     // The init, the shell and both sleeps.
-    assert_eq!(pids_in_ns(&ns).len(), 4, "{:?}", pids_in_ns(&ns));
+    let procs = job_processes(&ns);
+    assert_eq!(procs.len(), 4, "{procs:?}");
     let s = c.stop(id).await.unwrap();
     assert_eq!(s.state, JobState::Stopped);
     assert_eq!(s.signal, Some(15));
     assert_eq!(
-        pids_in_ns(&ns),
-        Vec::<u32>::new(),
+        still_alive(&procs),
+        vec![],
         "no process of the job survives"
     );
     // Stop is idempotent and reports the same final status.

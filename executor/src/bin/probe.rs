@@ -233,7 +233,6 @@ fn inspect() -> Result<(), String> {
 
 fn spin(args: &[String]) -> Result<(), String> {
     let ms: u64 = arg(args, 0, "spin: MILLIS")?;
-    let mut gate = open_gate(args.get(1))?;
     let start = Instant::now();
     let mut x = 0u64;
     while start.elapsed().as_millis() < u128::from(ms) {
@@ -244,6 +243,8 @@ fn spin(args: &[String]) -> Result<(), String> {
     }
     println!("spun");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
+    // Opened only now: opening a FIFO blocks until the test opens its end.
+    let mut gate = open_gate(args.get(1))?;
     wait_gate(&mut gate)
 }
 

@@ -18,7 +18,15 @@ use jobworker_protocol::codec::client_handshake;
 use jobworker_protocol::*;
 use tokio::net::UnixStream;
 
-/// True when running as root; otherwise prints a visible skip line.
+/// Prints a line the test harness does not capture (it writes to the stderr handle
+/// directly), so that skips are visible even when the test passes.
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// True when running as root; otherwise prints a visible skip line (written to the
+/// stderr handle directly, which the test harness does not capture).
 pub fn root_or_skip(test: &str) -> bool {
     // /proc/self/status has the effective uid.
     let euid = std::fs::read_to_string("/proc/self/status")
@@ -32,8 +40,9 @@ pub fn root_or_skip(test: &str) -> bool {
     if euid == "0" {
         true
     } else {
-        eprintln!("SKIPPED {test}: needs root (real namespaces, cgroups and a root executor)");
-        println!("SKIPPED {test}: needs root");
+        note(&format!(
+            "SKIPPED {test}: needs root (real namespaces, cgroups and a root executor)"
+        ));
         false
     }
 }
@@ -459,18 +468,53 @@ pub fn pid_ns(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Host pids of every process in the PID namespace `ns`.
-pub fn pids_in_ns(ns: &str) -> Vec<u32> {
+/// A process, identified by pid and start time (pids are reused; the pair is not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub start: u64,
+}
+
+/// State letter and start time of a process, from /proc/PID/stat.
+fn stat_of(pid: u32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = s.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // starttime is field 22 of stat, i.e. index 19 counting from the state (field 3).
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The live processes of the job whose PID namespace is `ns`. Take this snapshot while
+/// the job runs: once a namespace is gone its inode number can be reused by another job.
+/// Zombies are dead (they only wait for the host's PID 1 to reap them) and not listed.
+pub fn job_processes(ns: &str) -> Vec<Proc> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if pid_ns(pid) == ns {
-            out.push(pid);
+        match stat_of(pid) {
+            Some((state, start)) if state != 'Z' && pid_ns(pid) == ns => {
+                out.push(Proc { pid, start })
+            }
+            _ => {}
         }
     }
     out
+}
+
+/// Those of `procs` that are still alive (same pid, same start time, not a zombie).
+pub fn still_alive(procs: &[Proc]) -> Vec<Proc> {
+    procs
+        .iter()
+        .copied()
+        .filter(
+            |p| matches!(stat_of(p.pid), Some((state, start)) if state != 'Z' && start == p.start),
+        )
+        .collect()
 }
 
 impl Client {
@@ -596,7 +640,7 @@ pub fn io_disk() -> Option<String> {
     ));
     let uevent = |dir: &Path| std::fs::read_to_string(dir.join("uevent")).ok();
     let Some(mut text) = uevent(&sys) else {
-        println!("SKIPPED (io part): / is not on a block device");
+        note("SKIPPED (io part): / is not on a block device");
         return None;
     };
     if text.contains("DEVTYPE=partition") {
@@ -608,8 +652,63 @@ pub fn io_disk() -> Option<String> {
     let path = format!("/dev/{name}");
     let is_block = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
     if !is_block {
-        println!("SKIPPED (io part): {path} is not a block device here");
+        note(&format!(
+            "SKIPPED (io part): {path} is not a block device here"
+        ));
         return None;
     }
     Some(path)
+}
+
+impl Executor {
+    /// The job's cgroup directory that holds control file `file` (v1: the hierarchy of
+    /// that controller; v2: the one job group).
+    pub fn job_cgroup_file(&self, id: &JobId, file: &str) -> PathBuf {
+        let id = id.to_string();
+        for parent in self.parent.dirs() {
+            for dir in [parent.join(&id), parent.join("jobs").join(&id)] {
+                if dir.join(file).exists() {
+                    return dir.join(file);
+                }
+            }
+        }
+        panic!("no cgroup file {file} for job {id}");
+    }
+
+    /// Whether any job group is left under this executor's parent.
+    pub fn job_groups_left(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for parent in self.parent.dirs() {
+            for dir in [parent.clone(), parent.join("jobs")] {
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if e.file_name().to_string_lossy().parse::<JobId>().is_ok() {
+                        left.push(e.path());
+                    }
+                }
+            }
+        }
+        left
+    }
+}
+
+/// The numeric uid and gid of the test job user.
+pub fn job_ids() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let user = job_user();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == user).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("no user {user} in /etc/passwd"))
+}
+
+/// Reads a `key value` line of a flat-keyed cgroup file (cpu.stat, memory.events, ...).
+pub fn cgroup_stat(path: &Path, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {key} in {}", path.display()))
 }
