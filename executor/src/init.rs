@@ -222,6 +222,11 @@ fn setup_namespaces(spec: &InitSpec) -> Result<(), Step> {
         .step(|| format!("mounting a private tmpfs on {dir}"))?;
     }
     if spec.mount_cgroup2 {
+        // The host's cgroup2 mount is the same file system: mounting it again on the same
+        // place is EBUSY. Detach the inherited one (in this private mount namespace only)
+        // and mount a fresh view rooted at the job's cgroup namespace.
+        sys::umount_detach("/sys/fs/cgroup")
+            .step(|| "detaching the host's /sys/fs/cgroup in the job".into())?;
         sys::mount(
             Some("cgroup2"),
             "/sys/fs/cgroup",

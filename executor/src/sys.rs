@@ -377,6 +377,13 @@ pub fn mount(
     .map(drop)
 }
 
+/// Detaches the mount at `target` (`umount2(MNT_DETACH)`).
+pub fn umount_detach(target: &str) -> io::Result<()> {
+    let target = cstring(target)?;
+    // SAFETY: a NUL-terminated string alive during the call.
+    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
 /// `sethostname(2)`.
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: pointer and length describe the bytes of `name`.
@@ -403,13 +410,20 @@ pub fn loopback_up() -> io::Result<()> {
     }
     // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`, which lives
     // on our stack for the duration of the call.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) })?;
+    check(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS as libc::Ioctl,
+            &mut req,
+        )
+    })?;
     // SAFETY: the union field written by SIOCGIFFLAGS is ifru_flags.
     unsafe {
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     }
     // SAFETY: SIOCSIFFLAGS reads `req`, which lives on our stack.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) }).map(drop)
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) })
+        .map(drop)
 }
 
 /// Clears the supplementary groups (`setgroups(0, NULL)`).

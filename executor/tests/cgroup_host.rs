@@ -301,7 +301,9 @@ fn v2_an_executor_in_its_delegated_group_moves_into_a_leaf() {
     needs_root!();
     let parent = TestParent::new("delegated");
     let Cgroups::V2(b) = &parent.cgroups else {
-        common::note("SKIPPED v2_an_executor_in_its_delegated_group_moves_into_a_leaf: cgroup v2 only");
+        common::note(
+            "SKIPPED v2_an_executor_in_its_delegated_group_moves_into_a_leaf: cgroup v2 only",
+        );
         return;
     };
     let delegated = b.parent().join("delegated");

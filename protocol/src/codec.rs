@@ -136,11 +136,19 @@ pub async fn client_handshake<T>(transport: &mut ClientTransport<T>) -> Result<(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    transport
+    let sent = transport
         .send(Request::Hello {
             version: PROTOCOL_VERSION,
         })
-        .await?;
+        .await;
+    if let Err(e) = sent {
+        // A refusing executor writes its reason and closes without reading, so our hello
+        // can meet a closed socket: the reason, if it arrived, says more than EPIPE.
+        return match transport.next().await {
+            Some(Ok(Response::Error(refusal))) => Err(HandshakeError::Refused(refusal)),
+            _ => Err(e.into()),
+        };
+    }
     match transport.next().await {
         None => Err(HandshakeError::Closed),
         Some(Err(e)) => Err(e.into()),

@@ -292,3 +292,21 @@ async fn frames_are_length_prefixed_big_endian_u32() {
     assert_eq!(&buf[..4], &(body.len() as u32).to_be_bytes());
     assert_eq!(&buf[4..], &body[..]);
 }
+
+#[tokio::test]
+async fn a_refusal_is_reported_even_when_the_hello_meets_a_closed_socket() {
+    let (a, b) = duplex(64 * 1024);
+    let mut client = client_transport(a);
+    let mut server = server_transport(b);
+    server
+        .send(Response::Error(WireError::exhausted(
+            "too many connections",
+        )))
+        .await
+        .unwrap();
+    drop(server);
+    match client_handshake(&mut client).await {
+        Err(HandshakeError::Refused(e)) => assert_eq!(e.kind, ErrorKind::ResourceExhausted),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -177,9 +177,11 @@ fn inspect() -> Result<(), String> {
         errno_of(sys::unshare(libc::CLONE_NEWNET as u64)).into(),
     );
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // The last mount on /tmp is the one in effect.
     let tmp_mount = mountinfo
         .lines()
-        .find(|l| l.split_whitespace().nth(4) == Some("/tmp"))
+        .filter(|l| l.split_whitespace().nth(4) == Some("/tmp"))
+        .last()
         .unwrap_or("")
         .to_owned();
     facts.insert("tmp_mount", tmp_mount.into());
@@ -198,6 +200,21 @@ fn inspect() -> Result<(), String> {
             .unwrap_or_default()
             .into(),
     );
+    let mut cg_files: Vec<String> = match std::fs::read_dir("/sys/fs/cgroup") {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) => vec![format!("error: {e}")],
+    };
+    cg_files.sort();
+    let cg_mounts: Vec<String> = mountinfo
+        .lines()
+        .filter(|l| l.contains("cgroup"))
+        .map(str::to_owned)
+        .collect();
+    facts.insert("cg_mounts", cg_mounts.into());
+    facts.insert("cg_files", cg_files.into());
     for file in ["memory.max", "pids.max", "cpu.max", "memory.swap.max"] {
         if let Ok(v) = std::fs::read_to_string(format!("/sys/fs/cgroup/{file}")) {
             facts.insert(

@@ -31,11 +31,14 @@ pub(super) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
-/// Creates one cgroup directory (`mkdir(2)`, failing if it exists). On a cgroup
-/// filesystem the kernel fills it with control files; in unit tests the stand-in
-/// directory is filled from the test's template.
+/// Creates one cgroup directory (`mkdir(2)`, failing if it exists), mode 0755 whatever
+/// the umask: a job reads its own limits through its cgroup namespace, as the job user.
+/// On a cgroup filesystem the kernel fills it with control files; in unit tests the
+/// stand-in directory is filled from the test's template.
 pub(super) fn create_group_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     fs::create_dir(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
     #[cfg(test)]
     super::tests::populate(path)?;
     Ok(())
