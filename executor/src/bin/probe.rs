@@ -180,8 +180,7 @@ fn inspect() -> Result<(), String> {
     // The last mount on /tmp is the one in effect.
     let tmp_mount = mountinfo
         .lines()
-        .filter(|l| l.split_whitespace().nth(4) == Some("/tmp"))
-        .last()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/tmp"))
         .unwrap_or("")
         .to_owned();
     facts.insert("tmp_mount", tmp_mount.into());
