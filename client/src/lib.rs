@@ -12,10 +12,13 @@
 //! - [`commands`]: what each subcommand does;
 //! - [`render`]: human-readable text and the stable JSON shape;
 //! - [`error`]: error classes, their exit codes, and one-line messages.
+//!
+//! [`devpki`] is the development PKI behind the separate `jobworker-dev-certs` binary.
 
 pub mod cli;
 pub mod commands;
 pub mod connect;
+pub mod devpki;
 pub mod error;
 pub mod parse;
 pub mod render;
