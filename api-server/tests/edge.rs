@@ -300,3 +300,55 @@ fn configuration_errors_name_the_key() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_open_calls_keep_theirs() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let api = Api::spawn(
+        &pki,
+        &ApiOptions {
+            extra_toml: "[http2]\nidle_timeout_ms = 300\n".into(),
+            ..no_executor()
+        },
+    );
+    // A connection with an open call: a health watch stream.
+    let (channel, negotiated) = common::channel(api.addr, pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+
+    // A connection without calls, opened later, is closed by the server.
+    let tcp = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut idle = tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config("bob")))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let closed = async {
+        let mut buf = [0u8; 4096];
+        // The server's HTTP/2 settings may come first; then the end of the stream.
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("the idle connection should be closed");
+
+    // The older connection, busy with its watch, is still the one in use.
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(negotiated.lock().unwrap().as_ref().unwrap().connections, 1);
+}

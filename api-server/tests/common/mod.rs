@@ -251,6 +251,8 @@ pub struct Negotiated {
     pub version: Option<rustls::ProtocolVersion>,
     pub group: Option<rustls::NamedGroup>,
     pub alpn: Option<Vec<u8>>,
+    /// How many connections the channel has made so far (1 for the first).
+    pub connections: usize,
 }
 
 /// A gRPC channel over our own TLS connector; records what each handshake negotiated.
@@ -272,7 +274,10 @@ pub async fn channel(
                     .map_err(std::io::Error::other)?;
                 let tls = connector.connect(name, tcp).await?;
                 let conn = tls.get_ref().1;
-                *seen.lock().unwrap() = Some(Negotiated {
+                let mut seen: std::sync::MutexGuard<Option<Negotiated>> = seen.lock().unwrap();
+                let connections = seen.as_ref().map_or(0, |n| n.connections) + 1;
+                *seen = Some(Negotiated {
+                    connections,
                     version: conn.protocol_version(),
                     group: conn.negotiated_key_exchange_group().map(|g| g.name()),
                     alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
