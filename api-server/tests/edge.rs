@@ -292,7 +292,8 @@ fn configuration_errors_name_the_key() {
             c
         };
     }
-    let out = cmd.output().unwrap();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = common::spawn(&mut cmd).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -155,7 +155,7 @@ impl Api {
         if is_root() {
             cmd.uid(NOBODY).gid(NOBODY);
         }
-        let mut child = cmd.spawn().expect("spawn jobworker-api");
+        let mut child = spawn(&mut cmd);
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
@@ -208,6 +208,25 @@ impl Drop for Api {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Spawns, retrying while the freshly copied binary is still open for writing in a
+/// child that another test thread forked during the copy (ETXTBSY; it goes away when
+/// that child execs).
+pub fn spawn(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                wait_a_moment()
+            }
+            Err(e) => panic!("spawning {:?}: {e}", cmd.get_program()),
+        }
     }
 }
 
