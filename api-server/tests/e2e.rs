@@ -199,6 +199,38 @@ impl Drop for Executor {
                 .status();
             let _ = child.wait();
         }
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// Removes this test's cgroup parent from every hierarchy (v2 and each v1 controller),
+/// once the executor has gone.
+fn remove_cgroup_parent(name: &str) {
+    assert!(
+        name.starts_with("jobworker-test-api"),
+        "not a test parent: {name}"
+    );
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(name)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        dirs.extend(entries.flatten().map(|e| e.path().join(name)));
+    }
+    for dir in dirs {
+        rmdir_tree(&dir);
+    }
+}
+
+fn rmdir_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            rmdir_tree(&e.path());
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        eprintln!("cannot remove test cgroup {}: {e}", dir.display());
     }
 }
 
