@@ -257,6 +257,10 @@ struct World {
 }
 
 fn world(tag: &str, health_interval_ms: u64) -> World {
+    world_with(tag, health_interval_ms, "")
+}
+
+fn world_with(tag: &str, health_interval_ms: u64, extra_toml: &str) -> World {
     let scratch = Scratch::new(tag);
     let exec = Executor::start(&scratch);
     let pki = Pki::new();
@@ -264,6 +268,7 @@ fn world(tag: &str, health_interval_ms: u64) -> World {
         &pki,
         &ApiOptions {
             health_interval_ms,
+            extra_toml: extra_toml.into(),
             ..ApiOptions::new(&exec.socket)
         },
     );
@@ -412,6 +417,11 @@ async fn valid_client_starts_a_job_gets_its_status_and_streams_its_output() {
         .unwrap();
     assert_eq!(stopped.state(), pb::JobState::Stopped);
     assert!(stopped.ended_at.is_some());
+
+    // All of the above ran under the server's seccomp allow-list without one refusal.
+    let log = w.api.log();
+    assert!(log.contains("seccomp allow-list applied"), "{log}");
+    assert!(!log.contains("Operation not permitted"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,4 +786,35 @@ async fn bad_input_is_invalid_argument_and_the_next_call_works() {
             assert!(!end.error.is_empty());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_over_the_cap_are_resource_exhausted() {
+    if common::skip_unless_root("output_streams_over_the_cap_are_resource_exhausted") {
+        return;
+    }
+    let w = world_with("cap", 600_000, "[limits]\nmax_streams = 1\n");
+    let gate = w.scratch.gate("gate");
+    let script = format!("echo ready; read x < {}", gate.display());
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["sh", "-c", &script]).await;
+
+    let mut held = stream(&mut alice, &id, 0, true).await.unwrap();
+    assert!(held.message().await.unwrap().is_some());
+    let e = match stream(&mut alice, &id, 0, true).await {
+        Err(e) => e,
+        Ok(s) => collect(s, 0, None).await.unwrap_err(),
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+
+    // Once the first stream's client is gone its slot is free again.
+    drop(held);
+    assert!(
+        common::wait_until(LIMIT, || w.exec.connections() == 0),
+        "the first stream's executor connection is still open"
+    );
+    let mut again = stream(&mut alice, &id, 0, true).await.unwrap();
+    assert!(again.message().await.unwrap().is_some());
+    drop(again);
+    open_gate(gate).await;
 }

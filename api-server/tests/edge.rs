@@ -353,3 +353,52 @@ async fn idle_connections_are_closed_but_open_calls_keep_theirs() {
         .unwrap();
     assert_eq!(negotiated.lock().unwrap().as_ref().unwrap().connections, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let pki = Pki::new();
+    let api = Api::spawn(
+        &pki,
+        &ApiOptions {
+            extra_toml: "[limits]\nmax_connections = 1\n".into(),
+            ..no_executor()
+        },
+    );
+    let (channel, _) = common::channel(api.addr, pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut first = HealthClient::new(channel);
+    first
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+
+    // A second connection: the server does not even accept it while the first holds
+    // the only slot.
+    let addr = api.addr;
+    let config = pki.client_config("bob");
+    let mut second = tokio::spawn(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map(drop)
+    });
+    // Round trips on the first connection: the server is busy serving, yet the second
+    // handshake makes no progress.
+    for _ in 0..5 {
+        first
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+        assert!(!second.is_finished(), "the second handshake went through");
+    }
+    // Freeing the slot lets the second connection in.
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(20), &mut second)
+        .await
+        .expect("the second connection should get the freed slot")
+        .unwrap()
+        .expect("handshake");
+}
