@@ -454,6 +454,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_deploy_parses() {
+        let text = include_str!("../../deploy/jobworker-api.toml");
+        let c = parse(text, &Flags::default()).unwrap();
+        assert_eq!(c.admins, vec!["admin".to_string()]);
+        assert_eq!(c.stop_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
     fn flags_alone_are_enough() {
         let flags = Flags {
             tls_cert: Some("/c".into()),

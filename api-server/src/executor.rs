@@ -143,7 +143,12 @@ impl ExecutorClient {
         match result {
             Ok(_) => self.health.executor_answered(),
             Err(e) if e.is_unavailable() => {
-                tracing::warn!(socket = %self.socket.display(), "{what}: {e}");
+                // Loud once when the executor goes away, quiet while it stays away.
+                if self.health.is_reachable() {
+                    tracing::warn!(socket = %self.socket.display(), "{what}: {e}");
+                } else {
+                    tracing::debug!(socket = %self.socket.display(), "{what}: {e}");
+                }
                 self.health.executor_unreachable();
             }
             Err(ExecutorError::Refused(e)) => {

@@ -12,6 +12,7 @@
 //!   required client certificates, CRL);
 //! - [`listener`]: the accept loop (connection cap, handshake timeout) and the
 //!   per-connection identity handed to tonic;
+//! - [`idle`]: counting open calls per connection for the idle timeout;
 //! - [`auth`]: identity from the certificate, the admin role, and the executor scope;
 //! - [`service`]: the `jobworker.v1.JobWorker` implementation;
 //! - [`convert`]: API ⇄ executor protocol translation and edge validation;
@@ -27,6 +28,7 @@ pub mod convert;
 pub mod errors;
 pub mod executor;
 pub mod health;
+pub mod idle;
 pub mod listener;
 pub mod privilege;
 pub mod seccomp;

@@ -7,6 +7,7 @@
 //! tonic drops the connection. The identity reaches handlers through tonic's
 //! [`Connected`] mechanism: it is in every request's extensions as [`ConnInfo`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use crate::auth::identity_from_certificate;
+use crate::idle::Activity;
 
 /// What handlers learn about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -32,13 +35,36 @@ pub struct ConnInfo {
     /// The verified identity: the client certificate's subject common name.
     pub identity: Arc<str>,
     pub remote: SocketAddr,
+    /// Open calls on this connection, for the idle timeout.
+    pub activity: Arc<Activity>,
 }
 
-/// An authenticated TLS connection, holding its slot of the connection cap.
+/// An authenticated TLS connection, holding its slot of the connection cap. Its reader
+/// reports end-of-stream once no call has been open for the idle timeout, which makes
+/// the HTTP/2 server close the connection.
 pub struct TlsConn {
     io: TlsStream<TcpStream>,
     info: ConnInfo,
+    idle_timeout: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    idled_out: bool,
     _slot: OwnedSemaphorePermit,
+}
+
+impl TlsConn {
+    /// Polls the idle timer; true once the connection has been idle long enough.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let wait = match self.info.activity.idle_for() {
+                Some(idle) if idle >= self.idle_timeout => return true,
+                Some(idle) => self.idle_timeout - idle,
+                None => self.idle_timeout,
+            };
+            // Re-armed; the loop polls it once more to register the waker.
+            self.idle_timer.as_mut().reset(Instant::now() + wait);
+        }
+        false
+    }
 }
 
 impl Connected for TlsConn {
@@ -55,6 +81,14 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.idled_out || self.poll_idle(cx) {
+            if !self.idled_out {
+                tracing::debug!(remote = %self.info.remote, "closing an idle connection");
+                self.idled_out = true;
+            }
+            // End of stream: the HTTP/2 server closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -94,6 +128,8 @@ impl AsyncWrite for TlsConn {
 pub struct AcceptSettings {
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    /// A connection without an open call for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Starts the accept loop. Returns the stream of authenticated connections to give to
@@ -150,10 +186,9 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let tx = tx.clone();
-        let timeout = settings.handshake_timeout;
         // The handshake task ends by the timeout at the latest.
         tokio::spawn(async move {
-            if let Some(conn) = handshake(acceptor, tcp, remote, timeout, slot).await {
+            if let Some(conn) = handshake(acceptor, tcp, remote, settings, slot).await {
                 // Fails only when tonic stopped taking connections (shutdown).
                 let _ = tx.send(Ok(conn)).await;
             }
@@ -165,9 +200,10 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-    timeout: Duration,
+    settings: AcceptSettings,
     slot: OwnedSemaphorePermit,
 ) -> Option<TlsConn> {
+    let timeout = settings.handshake_timeout;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(%remote, "TCP_NODELAY: {e}");
     }
@@ -207,7 +243,11 @@ async fn handshake(
         info: ConnInfo {
             identity: identity.into(),
             remote,
+            activity: Arc::new(Activity::new()),
         },
+        idle_timeout: settings.idle_timeout,
+        idle_timer: Box::pin(tokio::time::sleep(settings.idle_timeout)),
+        idled_out: false,
         _slot: slot,
     })
 }

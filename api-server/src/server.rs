@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::errors::{self, MAX_REQUEST_BYTES};
 use crate::executor::{ExecutorClient, Timeouts};
 use crate::health::{self, Health};
+use crate::idle::TrackCallsLayer;
 use crate::listener::{self, AcceptSettings};
 use crate::service::JobWorkerService;
 use crate::tls;
@@ -92,6 +93,7 @@ impl Prepared {
             AcceptSettings {
                 max_connections: config.max_connections,
                 handshake_timeout: config.handshake_timeout,
+                idle_timeout: config.idle_timeout,
             },
             shutdown.clone(),
         );
@@ -101,6 +103,7 @@ impl Prepared {
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .max_concurrent_streams(Some(config.max_streams_per_connection))
             .layer(MapResponseLayer::new(errors::oversized_request))
+            .layer(TrackCallsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)

@@ -223,8 +223,20 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
 async fn pump(
     mut output: OutputStream,
     tx: mpsc::Sender<Result<pb::StreamJobOutputResponse, Status>>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
     shutdown: CancellationToken,
+) {
+    pump_frames(&mut output, &tx, &shutdown).await;
+    // The slot first, then the executor connection: whoever sees the connection gone
+    // can open a new stream at once.
+    drop(slot);
+    drop(output);
+}
+
+async fn pump_frames(
+    output: &mut OutputStream,
+    tx: &mpsc::Sender<Result<pb::StreamJobOutputResponse, Status>>,
+    shutdown: &CancellationToken,
 ) {
     loop {
         let frame = tokio::select! {

@@ -309,3 +309,84 @@ impl ClientCertVerifier for IdentityVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn paths(dir: &Path, key_mode: u32) -> TlsPaths {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        TlsPaths {
+            cert: write(dir, "cert.pem", &cert.pem(), 0o644),
+            key: write(dir, "key.pem", &key.serialize_pem(), key_mode),
+            client_ca: write(dir, "ca.pem", &cert.pem(), 0o644),
+            crl: None,
+        }
+    }
+
+    #[test]
+    fn builds_a_tls13_only_config_with_h2() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = server_config(&paths(dir.path(), 0o600)).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+        let provider = config.crypto_provider();
+        let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(
+            suites,
+            [
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+                rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            ]
+        );
+        let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            groups,
+            [
+                rustls::NamedGroup::X25519MLKEM768,
+                rustls::NamedGroup::X25519,
+                rustls::NamedGroup::secp256r1,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            let e = server_config(&paths(dir.path(), mode))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("readable by group or others"), "{e}");
+            assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
+        }
+        server_config(&paths(dir.path(), 0o400)).unwrap();
+    }
+
+    #[test]
+    fn missing_and_empty_files_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = paths(dir.path(), 0o600);
+        p.client_ca = dir.path().join("missing.pem");
+        let e = server_config(&p).unwrap_err().to_string();
+        assert!(e.starts_with("tls.client_ca "), "{e}");
+        p.client_ca = write(dir.path(), "empty.pem", "", 0o644);
+        let e = server_config(&p).unwrap_err().to_string();
+        assert!(e.contains("contains no certificate"), "{e}");
+        p.client_ca = p.cert.clone();
+        p.crl = Some(write(dir.path(), "crl.pem", "garbage", 0o644));
+        let e = server_config(&p).unwrap_err().to_string();
+        assert!(e.starts_with("tls.crl "), "{e}");
+    }
+}

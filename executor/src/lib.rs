@@ -1,4 +1,28 @@
 //! The jobworker executor: the small root daemon that alone creates namespaces and
 //! cgroups, runs jobs, keeps their output and streams it back over its Unix socket.
+//!
+//! - [`config`]: the TOML file and flags, validated at start-up;
+//! - [`server`]: the Unix socket, peer checks, one handler per request kind;
+//! - [`engine`]: the job table and each job's supervisor;
+//! - [`output`]: per-job output files and their followers;
+//! - [`store`]: the state directory (job records and output survive restarts);
+//! - [`spawn`]: the one seam that starts a job (clone3 into new namespaces);
+//! - [`init`]: the job init, PID 1 of each job (this binary re-executed);
+//! - [`report`]: the init's one-way report pipe to the executor;
+//! - [`cgroup`]: cgroup v2 and v1 backends behind one interface;
+//! - [`seccomp`]: the job's seccomp filter;
+//! - [`users`]: resolving the job user and groups;
+//! - [`sys`]: every raw system call, and the only place with `unsafe`.
 
+pub mod cgroup;
+pub mod config;
+pub mod engine;
+pub mod init;
+pub mod output;
+pub mod report;
+pub mod seccomp;
+pub mod server;
+pub mod spawn;
+pub mod store;
 pub mod sys;
+pub mod users;

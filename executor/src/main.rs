@@ -1,1 +1,175 @@
-fn main() {}
+//! `jobworker-executor`: the root daemon. See the crate documentation.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use jobworker_executor::config::{Backend, Config, Flags};
+use jobworker_executor::engine::Engine;
+use jobworker_executor::server::{self, Peers};
+use jobworker_executor::{cgroup, init, sys};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    // A job init is this binary re-executed in a job's namespaces: it must run before
+    // anything else touches the descriptors it was handed.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == init::INIT_ARG)
+    {
+        init::main();
+    }
+    // Before anything else: no inherited descriptor survives except those a service
+    // manager passed on purpose, and nothing is created readable by others.
+    let listen_fds = systemd_listen_fds();
+    let _ = sys::close_fds_from(3 + listen_fds);
+    sys::set_umask(0o077);
+
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JOBWORKER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(flags, listen_fds) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("jobworker-executor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Number of sockets passed by the service manager (`LISTEN_PID`/`LISTEN_FDS`), if they
+/// are meant for this process.
+fn systemd_listen_fds() -> i32 {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(|p| p == sys::getpid());
+    let n = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if pid_ok && (1..=16).contains(&n) {
+        n
+    } else {
+        0
+    }
+}
+
+fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
+    if sys::geteuid() != 0 {
+        bail!("the executor must run as root (it creates namespaces and cgroups)");
+    }
+    let cfg = Config::load(flags).context("configuration")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("executor")
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(cfg, listen_fds))
+}
+
+async fn serve(cfg: Config, listen_fds: i32) -> anyhow::Result<()> {
+    let backend = match cfg.cgroup_backend {
+        Backend::Auto => cgroup::Backend::Auto,
+        Backend::V2 => cgroup::Backend::V2,
+        Backend::V1 => cgroup::Backend::V1,
+    };
+    let cgroups = cgroup::Cgroups::probe(&cgroup::CgroupConfig::host(
+        backend,
+        cfg.cgroup_parent.clone(),
+    ))
+    .context("cgroups")?;
+    tracing::info!(backend = cgroups.name(), "cgroup backend");
+
+    let listener = if listen_fds > 0 {
+        let fd: OwnedFd = sys::take_inherited_fd(3).context("socket from the service manager")?;
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true)?;
+        tracing::info!("listening on the socket passed by the service manager");
+        tokio::net::UnixListener::from_std(std_listener)?
+    } else {
+        bind(&cfg.socket, cfg.socket_gid)?
+    };
+
+    let shutdown = CancellationToken::new();
+    let engine = Engine::new(cfg.clone(), cgroups, shutdown.clone()).context("job engine")?;
+    let peers = Peers {
+        uids: cfg.allowed_uids.clone(),
+        gids: cfg.allowed_gids.clone(),
+    };
+    tracing::info!(
+        socket = %cfg.socket.display(),
+        state_dir = %cfg.state_dir.display(),
+        job_uid = cfg.job_uid,
+        job_gid = cfg.job_gid,
+        allowed_uids = ?peers.uids,
+        allowed_gids = ?peers.gids,
+        "executor ready"
+    );
+
+    let server = tokio::spawn(server::serve(
+        listener,
+        engine.clone(),
+        peers,
+        cfg.max_connections,
+        shutdown.clone(),
+    ));
+    wait_for_signal().await?;
+    tracing::info!("shutting down: stopping running jobs");
+    shutdown.cancel();
+    engine.wait_jobs().await;
+    let _ = server.await;
+    if listen_fds == 0 {
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Creates the socket (mode 0660, optionally owned by `gid`), replacing a stale one.
+fn bind(path: &Path, gid: Option<u32>) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("{} is in use by another executor", path.display());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        Ok(_) => bail!("{} exists and is not a socket", path.display()),
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("chown of {}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod of {}", path.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,306 @@
+//! `jobworker-probe`: a small program the executor's root tests run *as a job*, to check
+//! from inside what a job sees and to behave in exact, controllable ways. Not installed.
+//!
+//! Subcommands:
+//! - `pattern BYTES [GATE]`: writes BYTES bytes of the repeating pattern 0,1,...,255 to
+//!   stdout. With GATE (a FIFO), it first waits for a line on it, writes the first half,
+//!   waits for a second line, then writes the rest.
+//! - `inspect`: prints, as JSON, what the job sees of its isolation (namespaces, network,
+//!   host name, credentials, capabilities, seccomp, mounts, cgroup files).
+//! - `spin MILLIS [GATE]`: burns CPU for MILLIS of wall time, prints `spun`, then waits
+//!   for a line on GATE (if given) and exits.
+//! - `hog MIB`: allocates and touches MIB mebibytes, then prints `survived`.
+//! - `forkbomb`: forks children that just wait, until fork fails; prints `limit reached
+//!   after N` and then waits forever.
+//! - `direct-write PATH MIB`: writes MIB mebibytes to PATH with O_DIRECT, 1 MiB at a time,
+//!   and prints the elapsed milliseconds.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use jobworker_executor::sys;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or(&[]);
+    let r = match args.first().map(String::as_str) {
+        Some("pattern") => pattern(rest),
+        Some("inspect") => inspect(),
+        Some("spin") => spin(rest),
+        Some("hog") => hog(rest),
+        Some("direct-write") => direct_write(rest),
+        Some("forkbomb") => forkbomb(),
+        _ => Err("usage: jobworker-probe pattern|inspect|spin|hog|direct-write ...".to_string()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobworker-probe: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T, String> {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{what} expected"))
+}
+
+fn open_gate(path: Option<&String>) -> Result<Option<BufReader<std::fs::File>>, String> {
+    path.map(|p| {
+        std::fs::File::open(p)
+            .map(BufReader::new)
+            .map_err(|e| format!("{p}: {e}"))
+    })
+    .transpose()
+}
+
+fn wait_gate(gate: &mut Option<BufReader<std::fs::File>>) -> Result<(), String> {
+    if let Some(g) = gate {
+        let mut line = String::new();
+        g.read_line(&mut line).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn pattern(args: &[String]) -> Result<(), String> {
+    let total: usize = arg(args, 0, "pattern: BYTES")?;
+    let mut gate = open_gate(args.get(1))?;
+    let block: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+    let mut out = std::io::stdout().lock();
+    wait_gate(&mut gate)?;
+    let half = total / 2;
+    let mut written = 0;
+    for stop in [half, total] {
+        while written < stop {
+            // Keep the pattern aligned to the absolute offset.
+            let start = written % 256;
+            let n = (stop - written).min(block.len() - 256);
+            out.write_all(&block[start..start + n])
+                .map_err(|e| e.to_string())?;
+            written += n;
+        }
+        out.flush().map_err(|e| e.to_string())?;
+        if stop == half {
+            wait_gate(&mut gate)?;
+        }
+    }
+    Ok(())
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn errno_of(r: std::io::Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EPERM) => "EPERM".into(),
+            Some(libc::ENOSYS) => "ENOSYS".into(),
+            Some(n) => format!("errno {n}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn inspect() -> Result<(), String> {
+    let mut facts: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    facts.insert("pid", std::process::id().into());
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    pids.sort();
+    facts.insert("visible_pids", pids.into());
+    let init_cmd = std::fs::read("/proc/1/cmdline").unwrap_or_default();
+    facts.insert(
+        "pid1_cmdline",
+        String::from_utf8_lossy(&init_cmd)
+            .replace('\0', " ")
+            .trim()
+            .into(),
+    );
+    let ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_owned()))
+        .collect();
+    facts.insert("interfaces", ifaces.into());
+    // lo is up if a loopback connection works.
+    let lo_up = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| std::net::TcpStream::connect(l.local_addr()?).map(|_| l))
+        .is_ok();
+    facts.insert("lo_up", lo_up.into());
+    facts.insert(
+        "hostname",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .into(),
+    );
+    for (k, key) in [
+        ("uid", "Uid:"),
+        ("gid", "Gid:"),
+        ("groups", "Groups:"),
+        ("cap_eff", "CapEff:"),
+        ("cap_prm", "CapPrm:"),
+        ("cap_inh", "CapInh:"),
+        ("cap_bnd", "CapBnd:"),
+        ("cap_amb", "CapAmb:"),
+        ("no_new_privs", "NoNewPrivs:"),
+        ("seccomp", "Seccomp:"),
+    ] {
+        facts.insert(k, status_field(&status, key).into());
+    }
+    facts.insert(
+        "mount",
+        errno_of(sys::mount(Some("tmpfs"), "/mnt", Some("tmpfs"), 0, None)).into(),
+    );
+    facts.insert(
+        "unshare_user",
+        errno_of(sys::unshare(libc::CLONE_NEWUSER as u64)).into(),
+    );
+    facts.insert(
+        "unshare_net",
+        errno_of(sys::unshare(libc::CLONE_NEWNET as u64)).into(),
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let tmp_mount = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/tmp"))
+        .unwrap_or("")
+        .to_owned();
+    facts.insert("tmp_mount", tmp_mount.into());
+    let marker = format!("/tmp/probe-{}", std::process::id());
+    facts.insert("tmp_writable", std::fs::write(&marker, b"x").is_ok().into());
+    facts.insert(
+        "cwd",
+        std::env::current_dir()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+            .into(),
+    );
+    facts.insert(
+        "cgroup",
+        std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .into(),
+    );
+    for file in ["memory.max", "pids.max", "cpu.max", "memory.swap.max"] {
+        if let Ok(v) = std::fs::read_to_string(format!("/sys/fs/cgroup/{file}")) {
+            facts.insert(
+                match file {
+                    "memory.max" => "cg_memory_max",
+                    "pids.max" => "cg_pids_max",
+                    "cpu.max" => "cg_cpu_max",
+                    _ => "cg_memory_swap_max",
+                },
+                v.trim().into(),
+            );
+        }
+    }
+    facts.insert(
+        "env",
+        std::env::vars()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    facts.insert("fds", fds.into());
+    println!(
+        "{}",
+        serde_json::to_string(&facts).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn spin(args: &[String]) -> Result<(), String> {
+    let ms: u64 = arg(args, 0, "spin: MILLIS")?;
+    let mut gate = open_gate(args.get(1))?;
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed().as_millis() < u128::from(ms) {
+        for i in 0..10_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+    println!("spun");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    wait_gate(&mut gate)
+}
+
+fn hog(args: &[String]) -> Result<(), String> {
+    let mib: usize = arg(args, 0, "hog: MIB")?;
+    let mut blocks = Vec::new();
+    for _ in 0..mib {
+        // Touch every page so the memory is really charged.
+        blocks.push(vec![1u8; 1 << 20]);
+    }
+    std::hint::black_box(&blocks);
+    println!("survived");
+    Ok(())
+}
+
+fn forkbomb() -> Result<(), String> {
+    let mut n = 0u32;
+    let err = loop {
+        match sys::fork() {
+            Ok(sys::Fork::Child) => loop {
+                std::thread::park();
+            },
+            Ok(sys::Fork::Parent(_)) => n += 1,
+            Err(e) => break e,
+        }
+        if n > 100_000 {
+            return Err("fork never failed".into());
+        }
+    };
+    println!("limit reached after {n}: {err}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    loop {
+        std::thread::park();
+    }
+}
+
+fn direct_write(args: &[String]) -> Result<(), String> {
+    let path: String = arg(args, 0, "direct-write: PATH")?;
+    let mib: usize = arg(args, 1, "direct-write: MIB")?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    // O_DIRECT needs an aligned buffer: take a 4096-aligned window of a larger one.
+    let raw = vec![0x5au8; (1 << 20) + 4096];
+    let skip = (4096 - (raw.as_ptr() as usize % 4096)) % 4096;
+    let buf = &raw[skip..skip + (1 << 20)];
+    let start = Instant::now();
+    use std::os::unix::fs::FileExt;
+    for i in 0..mib {
+        file.write_all_at(buf, (i as u64) << 20)
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    file.sync_all().map_err(|e| e.to_string())?;
+    println!("{}", start.elapsed().as_millis());
+    Ok(())
+}

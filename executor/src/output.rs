@@ -1,0 +1,262 @@
+//! A job's output: one append-only file per job with a size cap, and followers that each
+//! read it from their own offset.
+//!
+//! The writer (the job's supervisor, draining the job's pipe) appends to the file and
+//! then publishes the new length on a `watch` channel. A follower reads the file with
+//! `pread` up to the published length and, when it has caught up, waits for the next
+//! publication or for the end of the job: no timer, no polling, no buffer shared between
+//! followers. Memory per follower is one chunk; a slow follower only delays itself; the
+//! writer never waits for anyone.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+/// What followers need to know about the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Bytes in the file.
+    pub len: u64,
+    /// The cap was reached and later bytes were dropped.
+    pub truncated: bool,
+    /// No more bytes will ever be appended.
+    pub finished: bool,
+}
+
+/// The writing side of a job's output.
+pub struct OutputWriter {
+    file: File,
+    cap: u64,
+    progress: Progress,
+    tx: watch::Sender<Progress>,
+}
+
+impl OutputWriter {
+    /// Creates (truncating) the output file at `path`, mode 0600.
+    pub fn create(path: &Path, cap: u64) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        let progress = Progress::default();
+        Ok(Self {
+            file,
+            cap,
+            progress,
+            tx: watch::Sender::new(progress),
+        })
+    }
+
+    /// A channel followers subscribe to.
+    pub fn sender(&self) -> &watch::Sender<Progress> {
+        &self.tx
+    }
+
+    /// Appends `data`, dropping whatever would pass the cap, and tells followers.
+    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let room = self.cap.saturating_sub(self.progress.len);
+        let keep = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if keep > 0 {
+            self.file.write_all(&data[..keep])?;
+            self.progress.len += keep as u64;
+        }
+        if keep < data.len() {
+            self.progress.truncated = true;
+        }
+        let p = self.progress;
+        self.tx.send_replace(p);
+        Ok(())
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// Marks the output complete: followers drain what is left and stop.
+    pub fn finish(&mut self) {
+        self.progress.finished = true;
+        let p = self.progress;
+        self.tx.send_replace(p);
+    }
+}
+
+impl Drop for OutputWriter {
+    fn drop(&mut self) {
+        // Whatever happens to the job, followers must not wait forever.
+        self.finish();
+    }
+}
+
+/// A finished job's output, loaded after a restart: a channel that says "finished" with
+/// the file's length.
+pub fn finished_channel(len: u64, truncated: bool) -> watch::Sender<Progress> {
+    watch::Sender::new(Progress {
+        len,
+        truncated,
+        finished: true,
+    })
+}
+
+/// One follower: its own file handle, offset and view of the progress channel.
+pub struct OutputReader {
+    file: File,
+    offset: u64,
+    follow: bool,
+    rx: watch::Receiver<Progress>,
+    chunk: usize,
+}
+
+impl OutputReader {
+    /// Opens `path` for reading from `offset`. With `follow`, the reader waits for new
+    /// output until the job ends; otherwise it stops at what exists when it catches up.
+    pub fn open(
+        path: &Path,
+        rx: watch::Receiver<Progress>,
+        offset: u64,
+        follow: bool,
+        chunk: usize,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            file: File::open(path)?,
+            offset,
+            follow,
+            rx,
+            chunk,
+        })
+    }
+
+    /// The next chunk of at most `chunk` bytes, or `None` at the end.
+    pub async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            let p = *self.rx.borrow_and_update();
+            if self.offset < p.len {
+                let want = (p.len - self.offset).min(self.chunk as u64) as usize;
+                let mut buf = BytesMut::zeroed(want);
+                let n = read_full_at(&self.file, &mut buf, self.offset)?;
+                if n == 0 {
+                    // The file is shorter than published: it was removed or cut under us.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "output file shorter than recorded",
+                    ));
+                }
+                buf.truncate(n);
+                self.offset += n as u64;
+                return Ok(Some(buf.freeze()));
+            }
+            if p.finished || !self.follow {
+                return Ok(None);
+            }
+            if self.rx.changed().await.is_err() {
+                // The writer is gone: whatever was published last is all there is.
+                let p = *self.rx.borrow();
+                if self.offset >= p.len {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn drain(r: &mut OutputReader) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(c) = r.next_chunk().await.unwrap() {
+            assert!(!c.is_empty());
+            out.extend_from_slice(&c);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn followers_from_any_offset_get_exactly_the_bytes_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w = OutputWriter::create(&path, 1 << 20).unwrap();
+        let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        let mut early = OutputReader::open(&path, w.sender().subscribe(), 0, true, 4096).unwrap();
+        let task = tokio::spawn(async move { drain(&mut early).await });
+        for part in data.chunks(7777) {
+            w.append(part).unwrap();
+        }
+        let mut mid =
+            OutputReader::open(&path, w.sender().subscribe(), 123_457, true, 65536).unwrap();
+        w.finish();
+        assert_eq!(task.await.unwrap(), data);
+        assert_eq!(drain(&mut mid).await, &data[123_457..]);
+        let mut past =
+            OutputReader::open(&path, w.sender().subscribe(), 1 << 30, true, 10).unwrap();
+        assert_eq!(drain(&mut past).await, b"");
+    }
+
+    #[tokio::test]
+    async fn the_cap_drops_later_bytes_and_marks_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w = OutputWriter::create(&path, 10).unwrap();
+        w.append(b"0123456").unwrap();
+        assert!(!w.progress().truncated);
+        w.append(b"789abc").unwrap();
+        w.append(b"more").unwrap();
+        assert_eq!(
+            w.progress(),
+            Progress {
+                len: 10,
+                truncated: true,
+                finished: false
+            }
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn without_follow_a_reader_stops_at_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w = OutputWriter::create(&path, 100).unwrap();
+        w.append(b"hello").unwrap();
+        let mut r = OutputReader::open(&path, w.sender().subscribe(), 1, false, 2).unwrap();
+        assert_eq!(drain(&mut r).await, b"ello");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_writer_ends_followers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w = OutputWriter::create(&path, 100).unwrap();
+        w.append(b"abc").unwrap();
+        let mut r = OutputReader::open(&path, w.sender().subscribe(), 0, true, 64).unwrap();
+        let task = tokio::spawn(async move { drain(&mut r).await });
+        drop(w);
+        assert_eq!(task.await.unwrap(), b"abc");
+    }
+}

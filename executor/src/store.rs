@@ -1,0 +1,169 @@
+//! The state directory: one directory per job, named by its id, holding the job's record
+//! (`status.json`, rewritten atomically) and its output (`output`).
+//!
+//! ```text
+//! <state_dir>/            root, 0700
+//!   jobs/<job-id>/        0700
+//!     status.json         the JobStatus, JSON
+//!     output              stdout and stderr as written, up to the cap
+//! ```
+//!
+//! Paths are only ever built from a [`JobId`], whose text form is 32 hex digits.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use jobworker_protocol::{JobId, JobStatus};
+
+pub struct Store {
+    jobs: PathBuf,
+}
+
+/// A job found on disk at start-up.
+pub struct Loaded {
+    pub status: JobStatus,
+    /// Actual size of the output file.
+    pub output_len: u64,
+}
+
+impl Store {
+    /// Opens (creating as needed, mode 0700) the state directory.
+    pub fn open(state_dir: &Path) -> io::Result<Self> {
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        b.create(state_dir)?;
+        let jobs = state_dir.join("jobs");
+        b.create(&jobs)?;
+        Ok(Self { jobs })
+    }
+
+    pub fn job_dir(&self, id: &JobId) -> PathBuf {
+        self.jobs.join(id.to_string())
+    }
+
+    pub fn output_path(&self, id: &JobId) -> PathBuf {
+        self.job_dir(id).join("output")
+    }
+
+    /// Creates the directory of a new job.
+    pub fn create_job(&self, id: &JobId) -> io::Result<PathBuf> {
+        let dir = self.job_dir(id);
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(dir)
+    }
+
+    /// Writes the job's record atomically (temporary file, fsync, rename).
+    pub fn save(&self, status: &JobStatus) -> io::Result<()> {
+        let dir = self.job_dir(&status.id);
+        let tmp = dir.join("status.json.tmp");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(status).map_err(io::Error::other)?)?;
+        f.sync_data()?;
+        fs::rename(&tmp, dir.join("status.json"))
+    }
+
+    /// Deletes a job's directory and everything in it.
+    pub fn remove(&self, id: &JobId) -> io::Result<()> {
+        match fs::remove_dir_all(self.job_dir(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Every job on disk. Entries that are not a job directory with a readable record are
+    /// reported in `skipped` and left alone.
+    pub fn load_all(&self) -> io::Result<(Vec<Loaded>, Vec<String>)> {
+        let mut loaded = Vec::new();
+        let mut skipped = Vec::new();
+        for entry in fs::read_dir(&self.jobs)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(id) = name.parse::<JobId>() else {
+                skipped.push(format!("{name}: not a job id"));
+                continue;
+            };
+            let dir = self.job_dir(&id);
+            let record = match fs::read(dir.join("status.json")) {
+                Ok(b) => b,
+                Err(e) => {
+                    skipped.push(format!("{name}: status.json: {e}"));
+                    continue;
+                }
+            };
+            let status: JobStatus = match serde_json::from_slice(&record) {
+                Ok(s) => s,
+                Err(e) => {
+                    skipped.push(format!("{name}: status.json: {e}"));
+                    continue;
+                }
+            };
+            if status.id != id {
+                skipped.push(format!("{name}: record names another job"));
+                continue;
+            }
+            let output_len = fs::metadata(dir.join("output")).map_or(0, |m| m.len());
+            loaded.push(Loaded { status, output_len });
+        }
+        Ok((loaded, skipped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobworker_protocol::{JobState, Limits};
+
+    fn status(id: u8) -> JobStatus {
+        JobStatus {
+            id: JobId::from_bytes([id; 16]),
+            owner: "alice".into(),
+            argv: vec!["true".into()],
+            limits: Limits::default(),
+            state: JobState::Exited,
+            exit_code: Some(0),
+            signal: None,
+            oom_killed: false,
+            error: None,
+            started_at_ms: 1,
+            ended_at_ms: Some(2),
+            cpu_usec: None,
+            peak_memory_bytes: None,
+            output_bytes: 3,
+            output_truncated: false,
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_junk_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let s = status(1);
+        store.create_job(&s.id).unwrap();
+        fs::write(store.output_path(&s.id), b"abc").unwrap();
+        store.save(&s).unwrap();
+        fs::create_dir(dir.path().join("state/jobs/not-a-job")).unwrap();
+        let orphan = JobId::from_bytes([2; 16]);
+        store.create_job(&orphan).unwrap();
+
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let (loaded, mut skipped) = store.load_all().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].status, s);
+        assert_eq!(loaded[0].output_len, 3);
+        skipped.sort();
+        assert_eq!(skipped.len(), 2);
+        assert!(skipped[0].starts_with("02020202"), "{skipped:?}");
+        assert!(skipped[1].starts_with("not-a-job"), "{skipped:?}");
+
+        store.remove(&s.id).unwrap();
+        store.remove(&s.id).unwrap();
+        assert!(!store.job_dir(&s.id).exists());
+    }
+}

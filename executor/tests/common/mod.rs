@@ -1,0 +1,615 @@
+//! Shared harness of the executor's root tests: a real `jobworker-executor` process on a
+//! real Unix socket, with its own state directory and cgroup parent, and a small client
+//! speaking the real protocol.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use futures::{SinkExt, StreamExt};
+use jobworker_executor::cgroup::{Backend, CgroupConfig, Cgroups};
+use jobworker_protocol::codec::client_handshake;
+use jobworker_protocol::*;
+use tokio::net::UnixStream;
+
+/// True when running as root; otherwise prints a visible skip line.
+pub fn root_or_skip(test: &str) -> bool {
+    // /proc/self/status has the effective uid.
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    if euid == "0" {
+        true
+    } else {
+        eprintln!("SKIPPED {test}: needs root (real namespaces, cgroups and a root executor)");
+        println!("SKIPPED {test}: needs root");
+        false
+    }
+}
+
+pub fn executor_bin() -> PathBuf {
+    std::env::var_os("JOBWORKER_EXECUTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_jobworker-executor")))
+}
+
+pub fn job_user() -> String {
+    std::env::var("JOBWORKER_TEST_JOB_USER").unwrap_or_else(|_| "nobody".into())
+}
+
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A scratch directory that any user can traverse: jobs run as an unprivileged user, the
+/// test checkout may live under a 0700 directory, and a job's `/tmp` and `/var/tmp` are
+/// its own, so the scratch area lives elsewhere (`JOBWORKER_TEST_SCRATCH`, default
+/// `/var/lib/jobworker-tests`).
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let base = std::env::var_os("JOBWORKER_TEST_SCRATCH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/jobworker-tests"));
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = base.join(format!("{tag}-{}", random_hex(6)));
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { path }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Options for one executor instance.
+#[derive(Clone, Default)]
+pub struct Opts {
+    pub extra: Vec<String>,
+    /// Peer uid allowed to connect (0: the test itself).
+    pub allow_uid: u32,
+}
+
+/// A running executor; killed (SIGKILL) on drop if still running.
+pub struct Executor {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub log: mpsc::Receiver<String>,
+    /// The cgroup parent this test created for the executor (removed after it exits).
+    pub parent: std::sync::Arc<TestParent>,
+    opts: Opts,
+    _scratch: std::sync::Arc<Scratch>,
+}
+
+impl Executor {
+    pub fn start(opts: Opts) -> Self {
+        let scratch = std::sync::Arc::new(Scratch::new("exec"));
+        let state = scratch.path.join("state");
+        let socket = scratch.path.join("executor.sock");
+        let parent = std::sync::Arc::new(TestParent::new(&random_hex(4)));
+        Self::launch(opts, scratch, state, socket, parent)
+    }
+
+    fn launch(
+        opts: Opts,
+        scratch: std::sync::Arc<Scratch>,
+        state: PathBuf,
+        socket: PathBuf,
+        parent: std::sync::Arc<TestParent>,
+    ) -> Self {
+        let mut cmd = Command::new(executor_bin());
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--allow-uid")
+            .arg(opts.allow_uid.to_string())
+            .arg("--job-user")
+            .arg(job_user())
+            .arg("--cgroup-parent")
+            .arg(&parent.name)
+            .args(backend_flag())
+            .args(&opts.extra)
+            .env("JOBWORKER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning jobworker-executor");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[executor] {line}");
+                if tx.send(line).is_err() {
+                    // Keep draining so the executor never blocks on a full pipe.
+                }
+            }
+        });
+        let exec = Self {
+            child: Some(child),
+            socket,
+            state,
+            parent,
+            log: rx,
+            opts,
+            _scratch: scratch,
+        };
+        exec.wait_log("executor ready", Duration::from_secs(30));
+        exec
+    }
+
+    /// Waits for a log line containing `needle`; panics at the deadline.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no executor log line containing {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal_pid(child.id(), "TERM");
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts a new executor on the same socket, state directory and cgroup parent.
+    pub fn restart(mut self) -> Self {
+        if self.child.is_some() {
+            self.terminate();
+        }
+        let scratch = self._scratch.clone();
+        let (opts, state, socket, parent) = (
+            self.opts.clone(),
+            self.state.clone(),
+            self.socket.clone(),
+            self.parent.clone(),
+        );
+        drop(self);
+        Self::launch(opts, scratch, state, socket, parent)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket)
+            .await
+            .expect("connecting to the executor")
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal_pid(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends a signal with the `kill` command.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// The executor protocol over a real socket.
+pub struct Client {
+    t: ClientTransport<UnixStream>,
+}
+
+/// Everything an output stream delivered.
+#[derive(Debug)]
+pub struct Streamed {
+    pub bytes: Vec<u8>,
+    pub end: Result<JobStatus, WireError>,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Self, codec::HandshakeError> {
+        let s = UnixStream::connect(path).await?;
+        let mut t = client_transport(s);
+        client_handshake(&mut t).await?;
+        Ok(Self { t })
+    }
+
+    pub async fn call(&mut self, req: Request) -> Response {
+        self.t.send(req).await.expect("send");
+        self.t
+            .next()
+            .await
+            .expect("a response")
+            .expect("a valid frame")
+    }
+
+    pub async fn start(&mut self, owner: &str, spec: JobSpec) -> Result<JobId, WireError> {
+        match self
+            .call(Request::Start {
+                owner: owner.into(),
+                spec,
+            })
+            .await
+        {
+            Response::Started { id } => Ok(id),
+            Response::Error(e) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn run(&mut self, argv: &[&str]) -> Result<JobId, WireError> {
+        self.start("alice", spec(argv)).await
+    }
+
+    pub async fn status(&mut self, id: JobId) -> Result<JobStatus, WireError> {
+        match self
+            .call(Request::Status {
+                scope: Scope::Any,
+                id,
+            })
+            .await
+        {
+            Response::Status(s) => Ok(*s),
+            Response::Error(e) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn stop(&mut self, id: JobId) -> Result<JobStatus, WireError> {
+        match self
+            .call(Request::Stop {
+                scope: Scope::Any,
+                id,
+            })
+            .await
+        {
+            Response::Status(s) => Ok(*s),
+            Response::Error(e) => Err(e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Streams output from `offset` to the end frame.
+    pub async fn output(&mut self, id: JobId, offset: u64, follow: bool) -> Streamed {
+        self.t
+            .send(Request::Output {
+                scope: Scope::Any,
+                id,
+                offset,
+                follow,
+            })
+            .await
+            .expect("send");
+        let mut bytes = Vec::new();
+        loop {
+            match self
+                .t
+                .next()
+                .await
+                .expect("a frame")
+                .expect("a valid frame")
+            {
+                Response::Chunk(c) => {
+                    assert!(c.len() <= MAX_CHUNK_LEN);
+                    bytes.extend_from_slice(&c);
+                }
+                Response::End(s) => {
+                    return Streamed { bytes, end: Ok(*s) };
+                }
+                Response::Error(e) => {
+                    return Streamed { bytes, end: Err(e) };
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Follows a job to its end: its complete output and final status.
+    pub async fn wait(&mut self, id: JobId) -> (Vec<u8>, JobStatus) {
+        let s = self.output(id, 0, true).await;
+        (s.bytes, s.end.expect("final status"))
+    }
+
+    pub fn into_inner(self) -> ClientTransport<UnixStream> {
+        self.t
+    }
+}
+
+pub fn spec(argv: &[&str]) -> JobSpec {
+    JobSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Processes whose command line contains `needle` (scans /proc).
+pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// The probe binary, copied once per test process into a world-readable directory so the
+/// job user can execute it wherever the checkout lives.
+pub fn probe() -> String {
+    static PROBE: std::sync::OnceLock<(Scratch, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = PROBE.get_or_init(|| {
+        let src = std::env::var_os("JOBWORKER_PROBE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_jobworker-probe")));
+        let dir = Scratch::new("probe");
+        let dst = dir.path.join("jobworker-probe");
+        std::fs::copy(&src, &dst).expect("copying the probe");
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, dst)
+    });
+    path.to_string_lossy().into_owned()
+}
+
+/// A FIFO the job user can open, for the test to release a gated job step by step.
+pub struct Gate {
+    pub path: PathBuf,
+    writer: Option<std::fs::File>,
+    _dir: Scratch,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        let dir = Scratch::new("gate");
+        let path = dir.path.join("gate");
+        let st = Command::new("mkfifo")
+            .arg("-m")
+            .arg("0666")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfifo");
+        Self {
+            path,
+            writer: None,
+            _dir: dir,
+        }
+    }
+
+    /// Lets the job take its next step (opens the FIFO on first use; that blocks until the
+    /// job has opened it for reading).
+    pub async fn open(&mut self) {
+        use std::io::Write;
+        if self.writer.is_none() {
+            let path = self.path.clone();
+            let f = tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new().write(true).open(path).unwrap()
+            })
+            .await
+            .unwrap();
+            self.writer = Some(f);
+        }
+        self.writer.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+}
+
+/// The bytes `jobworker-probe pattern` writes.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..=255u8).cycle().take(len).collect()
+}
+
+impl Executor {
+    /// Host pid of a job's init, from the executor's "job started" log line.
+    pub fn init_pid(&self, id: &jobworker_protocol::JobId) -> u32 {
+        let line = self.wait_log(&format!("job={id}"), Duration::from_secs(10));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {line:?}"))
+    }
+}
+
+/// The PID namespace of a process, e.g. `pid:[4026532301]`.
+pub fn pid_ns(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Host pids of every process in the PID namespace `ns`.
+pub fn pids_in_ns(ns: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid_ns(pid) == ns {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Client {
+    /// Follows the job's output until `needle` has appeared, then drops the stream.
+    pub async fn wait_for_output(self, id: jobworker_protocol::JobId, needle: &[u8]) -> Vec<u8> {
+        let mut t = self.into_inner();
+        t.send(jobworker_protocol::Request::Output {
+            scope: jobworker_protocol::Scope::Any,
+            id,
+            offset: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        loop {
+            match t.next().await.expect("a frame").expect("a valid frame") {
+                jobworker_protocol::Response::Chunk(c) => {
+                    seen.extend_from_slice(&c);
+                    if seen.windows(needle.len()).any(|w| w == needle) {
+                        return seen;
+                    }
+                }
+                other => panic!("output ended before {needle:?}: {other:?}, seen {seen:?}"),
+            }
+        }
+    }
+}
+
+/// Waits (on a pidfd, no polling) until process `pid` has exited, at most `within`.
+/// Returns false at the deadline. A process that is already gone counts as exited.
+pub fn wait_exit(pid: u32, within: Duration) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(fd) = jobworker_executor::sys::pidfd_open(pid as i32) else {
+        return true;
+    };
+    let ms = within.as_millis().min(i32::MAX as u128) as i32;
+    jobworker_executor::sys::poll_readable([fd.as_fd()], Some(ms)).is_ok_and(|[r]| r)
+}
+
+/// A parent group for one test, removed (with anything left under it) when dropped.
+pub struct TestParent {
+    pub name: String,
+    pub cgroups: Cgroups,
+}
+
+/// The backend to test: `JOBWORKER_TEST_CGROUP_BACKEND` (`v1`, `v2`; the VM tests set
+/// `v2`, so that a guest misdetected as v1 fails instead of testing the wrong backend),
+/// else whatever the host offers.
+/// `--cgroup-backend` for the executor when the test environment forces one.
+pub fn backend_flag() -> Vec<String> {
+    match std::env::var("JOBWORKER_TEST_CGROUP_BACKEND") {
+        Ok(b) => vec!["--cgroup-backend".into(), b],
+        Err(_) => vec![],
+    }
+}
+
+pub fn backend() -> Backend {
+    std::env::var("JOBWORKER_TEST_CGROUP_BACKEND")
+        .map(|b| b.parse().unwrap())
+        .unwrap_or(Backend::Auto)
+}
+
+impl TestParent {
+    pub fn new(test: &str) -> Self {
+        let name = format!("jobworker-test-{}-{test}", std::process::id());
+        let cfg = CgroupConfig::host(backend(), Some(name.clone()));
+        let cgroups = Cgroups::probe(&cfg).unwrap();
+        println!("{test}: {} under {name}", cgroups.name());
+        Self { name, cgroups }
+    }
+
+    /// The parent's directory in each hierarchy.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        match &self.cgroups {
+            Cgroups::V1(b) => b.parents().into_iter().map(Path::to_path_buf).collect(),
+            Cgroups::V2(b) => vec![b.parent().to_path_buf()],
+        }
+    }
+}
+
+impl Drop for TestParent {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            assert!(
+                dir.ends_with(&self.name),
+                "not a test parent: {}",
+                dir.display()
+            );
+            rmdir_tree(&dir);
+        }
+    }
+}
+
+/// Removes a tree of cgroup directories (control files go with their directory).
+pub fn rmdir_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("cannot remove test cgroup {}: {e}", dir.display());
+    }
+}
+
+/// The block device for io limits: `JOBWORKER_TEST_IO_DEVICE` when set (the VM tests'
+/// scratch disk), else the whole disk holding `/`; `None` (with a visible note) when `/`
+/// is not on a block device, e.g. an overlay or an initramfs.
+pub fn io_disk() -> Option<String> {
+    if let Ok(dev) = std::env::var("JOBWORKER_TEST_IO_DEVICE") {
+        return Some(dev);
+    }
+    let dev = std::fs::metadata("/").unwrap().dev();
+    let sys = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    let uevent = |dir: &Path| std::fs::read_to_string(dir.join("uevent")).ok();
+    let Some(mut text) = uevent(&sys) else {
+        println!("SKIPPED (io part): / is not on a block device");
+        return None;
+    };
+    if text.contains("DEVTYPE=partition") {
+        text = uevent(&sys.join(".."))?;
+    }
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))?;
+    let path = format!("/dev/{name}");
+    let is_block = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
+    if !is_block {
+        println!("SKIPPED (io part): {path} is not a block device here");
+        return None;
+    }
+    Some(path)
+}

@@ -1,0 +1,277 @@
+//! The job engine end to end: a real executor on a real socket running real jobs.
+
+mod common;
+
+use common::*;
+use jobworker_protocol::*;
+
+#[tokio::test]
+async fn echo_job_exits_zero_with_exactly_its_output() {
+    if !root_or_skip("echo_job_exits_zero_with_exactly_its_output") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let id = c.run(&["echo", "hello", "world"]).await.unwrap();
+    let (out, status) = c.wait(id).await;
+    assert_eq!(out, b"hello world\n");
+    assert_eq!(status.state, JobState::Exited);
+    assert_eq!(status.exit_code, Some(0));
+    assert_eq!(status.signal, None);
+    assert_eq!(status.output_bytes, 12);
+    assert!(!status.output_truncated);
+    assert!(status.ended_at_ms.is_some());
+    assert_eq!(status.owner, "alice");
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact() {
+    if !root_or_skip("stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let id = c
+        .run(&["sh", "-c", "echo out1; echo err1 >&2; echo out2; exit 7"])
+        .await
+        .unwrap();
+    let (out, status) = c.wait(id).await;
+    assert_eq!(out, b"out1\nerr1\nout2\n");
+    assert_eq!(status.state, JobState::Exited);
+    assert_eq!(status.exit_code, Some(7));
+
+    let id = c.run(&["sh", "-c", "kill -9 $$"]).await.unwrap();
+    let (_, status) = c.wait(id).await;
+    assert_eq!(status.state, JobState::Signaled);
+    assert_eq!(status.signal, Some(9));
+    assert_eq!(status.exit_code, None);
+}
+
+#[tokio::test]
+async fn a_missing_command_fails_to_start_with_a_clear_message() {
+    if !root_or_skip("a_missing_command_fails_to_start_with_a_clear_message") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let e = c.run(&["no-such-command-xyz"]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedToStart);
+    assert!(
+        e.message
+            .contains("command not found: \"no-such-command-xyz\""),
+        "{}",
+        e.message
+    );
+    let e = c.run(&["/nonexistent/path/tool"]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedToStart);
+    assert!(
+        e.message.contains("No such file or directory"),
+        "{}",
+        e.message
+    );
+    // The connection and the executor keep serving.
+    let id = c.run(&["true"]).await.unwrap();
+    assert_eq!(c.wait(id).await.1.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn unknown_ids_are_not_found() {
+    if !root_or_skip("unknown_ids_are_not_found") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let ghost = JobId::from_bytes([0x42; 16]);
+    assert_eq!(c.status(ghost).await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(c.stop(ghost).await.unwrap_err().kind, ErrorKind::NotFound);
+    let s = c.output(ghost, 0, true).await;
+    assert_eq!(s.end.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn another_owners_job_is_not_found() {
+    if !root_or_skip("another_owners_job_is_not_found") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let id = c.start("alice", spec(&["true"])).await.unwrap();
+    c.wait(id).await;
+    let bob = Scope::Owner("bob".into());
+    match c
+        .call(Request::Status {
+            scope: bob.clone(),
+            id,
+        })
+        .await
+    {
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::NotFound);
+            assert_eq!(e.message, format!("no job {id}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match c
+        .call(Request::List {
+            scope: bob,
+            after: None,
+            limit: 10,
+        })
+        .await
+    {
+        Response::Jobs { jobs, next_after } => {
+            assert!(jobs.is_empty());
+            assert_eq!(next_after, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    match c
+        .call(Request::List {
+            scope: Scope::Owner("alice".into()),
+            after: None,
+            limit: 10,
+        })
+        .await
+    {
+        Response::Jobs { jobs, .. } => {
+            assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id])
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn list_pages_in_start_order() {
+    if !root_or_skip("list_pages_in_start_order") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let id = c.run(&["true"]).await.unwrap();
+        c.wait(id).await;
+        ids.push(id);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        match c
+            .call(Request::List {
+                scope: Scope::Any,
+                after,
+                limit: 2,
+            })
+            .await
+        {
+            Response::Jobs { jobs, next_after } => {
+                assert!(jobs.len() <= 2);
+                seen.extend(jobs.iter().map(|j| j.id));
+                match next_after {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, ids);
+}
+
+#[tokio::test]
+async fn three_followers_started_at_different_moments_get_identical_output() {
+    if !root_or_skip("three_followers_started_at_different_moments_get_identical_output") {
+        return;
+    }
+    const LEN: usize = 10 * 1024 * 1024;
+    let exec = Executor::start(Opts::default());
+    let mut gate = Gate::new();
+    let mut c = exec.client().await;
+    let gate_path = gate.path.to_string_lossy().into_owned();
+    let id = c
+        .run(&[&probe(), "pattern", &LEN.to_string(), &gate_path])
+        .await
+        .unwrap();
+
+    // Follower 1 starts before the job has written anything.
+    let (half_tx, half_rx) = tokio::sync::oneshot::channel();
+    let mut f1 = exec.client().await.into_inner();
+    let first = tokio::spawn(async move {
+        use futures::{SinkExt, StreamExt};
+        f1.send(Request::Output {
+            scope: Scope::Any,
+            id,
+            offset: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+        let mut bytes = Vec::new();
+        let mut half_tx = Some(half_tx);
+        loop {
+            match f1.next().await.unwrap().unwrap() {
+                Response::Chunk(c) => {
+                    bytes.extend_from_slice(&c);
+                    if bytes.len() >= LEN / 2
+                        && let Some(tx) = half_tx.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                }
+                Response::End(s) => return (bytes, *s),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    gate.open().await; // first half
+    half_rx.await.unwrap();
+    // Follower 2 starts mid-way: the job is blocked after exactly half.
+    let mut f2 = exec.client().await;
+    let second = tokio::spawn(async move { f2.wait(id).await });
+    gate.open().await; // second half
+    let (b1, s1) = first.await.unwrap();
+    let (b2, s2) = second.await.unwrap();
+    // Follower 3 starts after the job ended.
+    let (b3, s3) = c.wait(id).await;
+    let expected = pattern(LEN);
+    for (n, b) in [(1, &b1), (2, &b2), (3, &b3)] {
+        assert_eq!(b.len(), LEN, "follower {n} length");
+        assert!(b == &expected, "follower {n} bytes differ");
+    }
+    for s in [&s1, &s2, &s3] {
+        assert_eq!(s.state, JobState::Exited);
+        assert_eq!(s.exit_code, Some(0));
+        assert_eq!(s.output_bytes, LEN as u64);
+    }
+    // Non-following readers from arbitrary offsets see the same bytes.
+    let part = c.output(id, 1_000_003, false).await;
+    assert!(part.bytes == expected[1_000_003..]);
+}
+
+#[tokio::test]
+async fn stop_kills_the_whole_process_tree() {
+    if !root_or_skip("stop_kills_the_whole_process_tree") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let id = c
+        .run(&["sh", "-c", "sleep 1000 & sleep 1000 & echo ready; wait"])
+        .await
+        .unwrap();
+    let ns = pid_ns(exec.init_pid(&id));
+    exec.client().await.wait_for_output(id, b"ready").await;
+    // The init, the shell and both sleeps.
+    assert_eq!(pids_in_ns(&ns).len(), 4, "{:?}", pids_in_ns(&ns));
+    let s = c.stop(id).await.unwrap();
+    assert_eq!(s.state, JobState::Stopped);
+    assert_eq!(s.signal, Some(15));
+    assert_eq!(
+        pids_in_ns(&ns),
+        Vec::<u32>::new(),
+        "no process of the job survives"
+    );
+    // Stop is idempotent and reports the same final status.
+    let again = c.stop(id).await.unwrap();
+    assert_eq!(again, s);
+}

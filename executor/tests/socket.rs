@@ -1,0 +1,223 @@
+//! The executor's socket under hostile or excessive use: peers, frames, caps, restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use jobworker_protocol::codec::HandshakeError;
+use jobworker_protocol::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Reads until the executor closes the connection (EOF, or a reset because our bytes
+/// were left unread), with a deadline, and returns what arrived.
+async fn read_to_eof(s: &mut UnixStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the executor should close the connection");
+    match r {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("read: {e}"),
+    }
+    buf
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_allowed_is_dropped_before_its_request_is_read() {
+    if !root_or_skip("a_peer_that_is_not_allowed_is_dropped_before_its_request_is_read") {
+        return;
+    }
+    // Only uid 4242 may connect; this test runs as root.
+    let exec = Executor::start(Opts {
+        allow_uid: 4242,
+        ..Default::default()
+    });
+    let mut s = UnixStream::connect(&exec.socket).await.unwrap();
+    let hello = codec::encode(&Request::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .unwrap();
+    let mut frame = (hello.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&hello);
+    let _ = s.write_all(&frame).await;
+    assert_eq!(read_to_eof(&mut s).await, b"", "no byte may be answered");
+    let line = exec.wait_log("peer not allowed", Duration::from_secs(10));
+    assert!(line.contains("uid=0"), "{line}");
+}
+
+#[tokio::test]
+async fn bad_frames_close_only_their_connection() {
+    if !root_or_skip("bad_frames_close_only_their_connection") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    // A well-behaved client, connected before the others misbehave.
+    let mut good = exec.client().await;
+
+    // An oversized length prefix (4 GiB) right after a valid handshake.
+    let mut big = exec.client().await.into_inner().into_inner().into_inner();
+    big.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    assert_eq!(read_to_eof(&mut big).await, b"");
+    exec.wait_log("bad frame", Duration::from_secs(10));
+
+    // Garbage instead of a handshake.
+    let mut junk = UnixStream::connect(&exec.socket).await.unwrap();
+    junk.write_all(&[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x99])
+        .await
+        .unwrap();
+    assert_eq!(read_to_eof(&mut junk).await, b"");
+    exec.wait_log("handshake", Duration::from_secs(10));
+
+    // Garbage after a valid handshake.
+    let mut junk2 = exec.client().await.into_inner().into_inner().into_inner();
+    junk2
+        .write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert_eq!(read_to_eof(&mut junk2).await, b"");
+
+    // The good client is still served.
+    let id = good.run(&["echo", "still here"]).await.unwrap();
+    assert_eq!(good.wait(id).await.0, b"still here\n");
+}
+
+#[tokio::test]
+async fn a_wrong_protocol_version_is_refused() {
+    if !root_or_skip("a_wrong_protocol_version_is_refused") {
+        return;
+    }
+    use futures::{SinkExt, StreamExt};
+    let exec = Executor::start(Opts::default());
+    let s = UnixStream::connect(&exec.socket).await.unwrap();
+    let mut t = client_transport(s);
+    t.send(Request::Hello {
+        version: PROTOCOL_VERSION + 1,
+    })
+    .await
+    .unwrap();
+    match t.next().await.unwrap().unwrap() {
+        Response::Error(e) => assert_eq!(e.kind, ErrorKind::VersionMismatch),
+        other => panic!("{other:?}"),
+    }
+    assert!(t.next().await.is_none(), "the connection is closed");
+}
+
+#[tokio::test]
+async fn over_the_running_jobs_cap_start_is_resource_exhausted() {
+    if !root_or_skip("over_the_running_jobs_cap_start_is_resource_exhausted") {
+        return;
+    }
+    let exec = Executor::start(Opts {
+        extra: vec!["--max-running-jobs".into(), "1".into()],
+        ..Default::default()
+    });
+    let mut c = exec.client().await;
+    let id = c.run(&["sleep", "1000"]).await.unwrap();
+    let e = c.run(&["true"]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+    assert_eq!(
+        e.message,
+        "1 jobs are running, the most this executor allows"
+    );
+    c.stop(id).await.unwrap();
+    // The slot is free again once the job has ended.
+    let id = c.run(&["true"]).await.unwrap();
+    assert_eq!(c.wait(id).await.1.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_a_client_is_told_so() {
+    if !root_or_skip("over_the_connection_cap_a_client_is_told_so") {
+        return;
+    }
+    let exec = Executor::start(Opts {
+        extra: vec!["--max-connections".into(), "1".into()],
+        ..Default::default()
+    });
+    let mut first = exec.client().await;
+    match Client::connect(&exec.socket).await {
+        Err(HandshakeError::Refused(e)) => {
+            assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+            assert!(e.message.contains("1 connections"), "{}", e.message);
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, got a connection"),
+    }
+    // The first connection still works, and closing it frees the slot.
+    let id = first.run(&["true"]).await.unwrap();
+    first.wait(id).await;
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        match Client::connect(&exec.socket).await {
+            Ok(c) => {
+                again = Some(c);
+                break;
+            }
+            // The executor notices the close asynchronously; retry on the refusal only.
+            Err(HandshakeError::Refused(e)) if e.kind == ErrorKind::ResourceExhausted => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut again = again.expect("the slot was freed");
+    let id = again.run(&["true"]).await.unwrap();
+    again.wait(id).await;
+}
+
+#[tokio::test]
+async fn finished_jobs_survive_an_executor_restart() {
+    if !root_or_skip("finished_jobs_survive_an_executor_restart") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let id = c
+        .run(&["sh", "-c", "printf 'a\\0b\\377'; exit 3"])
+        .await
+        .unwrap();
+    let (out, before) = c.wait(id).await;
+    assert_eq!(out, b"a\0b\xff");
+    drop(c);
+    let exec = exec.restart();
+    let mut c = exec.client().await;
+    assert_eq!(c.status(id).await.unwrap(), before);
+    let (out, after) = c.wait(id).await;
+    assert_eq!(out, b"a\0b\xff");
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn shutdown_stops_running_jobs_and_records_them() {
+    if !root_or_skip("shutdown_stops_running_jobs_and_records_them") {
+        return;
+    }
+    let mut exec = Executor::start(Opts {
+        extra: vec!["--stop-grace-ms".into(), "200".into()],
+        ..Default::default()
+    });
+    let mut c = exec.client().await;
+    // Ignores SIGTERM, so the grace period and SIGKILL are exercised too.
+    let id = c
+        .run(&[
+            "sh",
+            "-c",
+            "trap '' TERM; echo up; while :; do sleep 1; done",
+        ])
+        .await
+        .unwrap();
+    let status = exec.terminate();
+    assert!(status.success(), "{status:?}");
+    drop(c);
+    let exec = exec.restart();
+    let mut c = exec.client().await;
+    let s = c.status(id).await.unwrap();
+    assert_eq!(s.state, JobState::Stopped);
+    assert_eq!(s.signal, Some(9));
+}
