@@ -272,4 +272,39 @@ mod tests {
         assert!(device("vda").is_err());
         assert!(device("/dev/").is_err());
     }
+
+    /// Many generated inputs: no parser panics, and what they accept is in bounds.
+    #[test]
+    fn arbitrary_input_never_panics_and_results_are_in_bounds() {
+        const ALPHABET: &[char] = &[
+            '0', '1', '5', '9', '.', 'K', 'M', 'G', 'T', 'P', 'i', 'B', 'b', 'k', ' ', '-', '+',
+            'e', '=', '_', 'x', '/', 'd', 'v', '\0', 'é', '\n',
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50_000 {
+            let len = (next() % 24) as usize;
+            let text: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            if let Ok(bytes) = memory(&text) {
+                assert!((1..=MAX_MEMORY_BYTES).contains(&bytes), "{text:?}");
+            }
+            if let Ok(millis) = cpu(&text) {
+                assert!((1..=MAX_CPU_MILLIS).contains(&millis), "{text:?}");
+            }
+            if let Ok(n) = pids(&text) {
+                assert!((1..=MAX_PIDS).contains(&n), "{text:?}");
+            }
+            let _ = rate(&text);
+            let _ = env_var(&text);
+            let _ = device(&text);
+            let _ = text.parse::<crate::settings::Server>();
+        }
+    }
 }

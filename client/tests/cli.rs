@@ -237,6 +237,29 @@ fn logs_into_a_closed_pipe_exit_141_quietly() {
 }
 
 #[test]
+fn run_into_a_closed_pipe_stops_the_job_and_exits_141() {
+    let w = world();
+    let mut child = jobctl_as(w.home.path(), &w.pki, "alice", &w.mock.url())
+        .args(["run", "--", "spew"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = finish(&mut child);
+    assert_eq!(out.code, 141);
+    assert_eq!(out.stderr, "", "a closed pipe is quiet");
+    assert_eq!(
+        w.mock.state.stops.load(Ordering::SeqCst),
+        1,
+        "the job was stopped"
+    );
+}
+
+#[test]
 fn truncated_output_is_noted_on_stderr() {
     let w = world();
     let out = w.jobctl(&["run", "--", "truncated"]);

@@ -10,6 +10,7 @@
 //! | `oom` | killed by SIGKILL, OOM-killed, memory limit 64 MiB |
 //! | `bytes N` | writes N pseudo-random bytes, exits with 0 |
 //! | `wait` | writes `started\n`, runs until stopped, then is stopped by SIGTERM |
+//! | `spew` | writes 4 MB of pseudo-random bytes, runs until stopped |
 //! | `truncated` | writes `x`, its output marked truncated, exits with 0 |
 //! | `fail` | StartJob answers FAILED_PRECONDITION |
 //! | `busy` | StartJob answers RESOURCE_EXHAUSTED |
@@ -172,8 +173,12 @@ impl JobWorker for Service {
                 output = b"x".to_vec();
                 status.output_truncated = true;
             }
-            "wait" => {
-                output = b"started\n".to_vec();
+            "wait" | "spew" => {
+                output = if word(0) == "wait" {
+                    b"started\n".to_vec()
+                } else {
+                    pseudo_random(4_000_000)
+                };
                 status.state = JobState::Running as i32;
                 status.exit_code = None;
                 status.ended_at = None;
@@ -183,7 +188,7 @@ impl JobWorker for Service {
         let id = self.state.new_id();
         status.id = id.clone();
         status.output_bytes = output.len() as u64;
-        let (stopped, _) = watch::channel(word(0) != "wait");
+        let (stopped, _) = watch::channel(!matches!(word(0), "wait" | "spew"));
         self.state.jobs.lock().unwrap().insert(
             id.clone(),
             Job {
