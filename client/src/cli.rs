@@ -151,8 +151,8 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Connection")]
 pub struct ConnectionArgs {
-    /// The API server, https://HOST[:PORT] [env: JOBWORKER_SERVER] [default:
-    /// https://localhost:50051]
+    /// The API server, https://HOST:PORT (the port defaults to 50051) [env:
+    /// JOBWORKER_SERVER] [default: https://localhost:50051]
     #[arg(long, global = true, value_name = "URL", value_parser = parse_server)]
     pub server: Option<String>,
 
