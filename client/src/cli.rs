@@ -225,9 +225,6 @@ pub enum Command {
 /// A job to start.
 #[derive(Debug, Clone, Args)]
 pub struct JobArgs {
-    #[command(flatten)]
-    pub limits: LimitArgs,
-
     /// Add NAME=VALUE to the job's environment (repeatable)
     #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
     pub env: Vec<(String, String)>,
@@ -235,6 +232,10 @@ pub struct JobArgs {
     /// The command and its arguments, after `--`
     #[arg(value_name = "COMMAND", last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+
+    // Last: its help heading applies to the arguments declared after it.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Resource limits. An unset limit takes the server's ceiling.
