@@ -1,0 +1,284 @@
+//! Translation between the public API (`jobworker.v1`) and the executor protocol, with
+//! the checks done at the network edge: the protocol's own bounds
+//! ([`jobworker_protocol::validate`]) plus sanity ranges for limits, so bad input is
+//! answered with INVALID_ARGUMENT before the executor is asked.
+
+use jobworker_proto::v1 as pb;
+use jobworker_protocol::{
+    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, WireError, validate,
+};
+use tonic::Status;
+
+use crate::errors::{invalid, wire_to_status};
+
+/// Largest CPU limit accepted: 1024 cores, in thousandths of a core.
+pub const MAX_CPU_MILLIS: u32 = 1024 * 1024;
+/// Largest memory limit accepted: 1 PiB.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Largest pids limit accepted: the kernel's own maximum (`PID_MAX_LIMIT`).
+pub const MAX_PIDS: u32 = 4 * 1024 * 1024;
+/// Largest IO rate accepted (bytes or operations per second): 2^50.
+pub const MAX_IO_RATE: u64 = 1 << 50;
+/// Page size used when a list request gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// Parses a job id given by a client.
+pub fn job_id(text: &str) -> Result<JobId, Status> {
+    text.parse()
+        .map_err(|e| invalid(format!("job id: {e}, got {:?}", Truncated(text))))
+}
+
+/// Shows at most 40 characters of a client-supplied string in an error message.
+struct Truncated<'a>(&'a str);
+
+impl std::fmt::Debug for Truncated<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(40) {
+            Some((end, _)) => write!(f, "{:?}...", &self.0[..end]),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    name: &str,
+    value: Option<T>,
+    max: T,
+) -> Result<(), Status> {
+    match value {
+        Some(v) if v > max => Err(invalid(format!("{name}: must be at most {max}"))),
+        _ => Ok(()),
+    }
+}
+
+/// The job specification of a start request, checked.
+pub fn job_spec(request: pb::StartJobRequest) -> Result<JobSpec, Status> {
+    let limits = request.limits.map(limits_from_pb).unwrap_or_default();
+    let spec = JobSpec {
+        argv: request.argv,
+        env: request
+            .env
+            .into_iter()
+            .map(|v| EnvVar {
+                name: v.name,
+                value: v.value,
+            })
+            .collect(),
+        limits,
+    };
+    validate::spec(&spec).map_err(|e: WireError| wire_to_status(&e))?;
+    let l = &spec.limits;
+    in_range("cpu", l.cpu_millis, MAX_CPU_MILLIS)?;
+    in_range("memory", l.memory_bytes, MAX_MEMORY_BYTES)?;
+    in_range("pids", l.pids, MAX_PIDS)?;
+    if let Some(io) = &l.io {
+        in_range("io read bps", io.read_bps, MAX_IO_RATE)?;
+        in_range("io write bps", io.write_bps, MAX_IO_RATE)?;
+        in_range("io read iops", io.read_iops, MAX_IO_RATE)?;
+        in_range("io write iops", io.write_iops, MAX_IO_RATE)?;
+    }
+    Ok(spec)
+}
+
+fn limits_from_pb(l: pb::Limits) -> Limits {
+    Limits {
+        cpu_millis: l.cpu_millis,
+        memory_bytes: l.memory_bytes,
+        pids: l.pids,
+        io: l.io.map(|io| IoLimits {
+            device: io.device,
+            read_bps: io.read_bps,
+            write_bps: io.write_bps,
+            read_iops: io.read_iops,
+            write_iops: io.write_iops,
+        }),
+    }
+}
+
+fn limits_to_pb(l: Limits) -> pb::Limits {
+    pb::Limits {
+        cpu_millis: l.cpu_millis,
+        memory_bytes: l.memory_bytes,
+        pids: l.pids,
+        io: l.io.map(|io| pb::IoLimits {
+            device: io.device,
+            read_bps: io.read_bps,
+            write_bps: io.write_bps,
+            read_iops: io.read_iops,
+            write_iops: io.write_iops,
+        }),
+    }
+}
+
+/// The page size of a list request: 0 means the default, else 1 to the protocol's
+/// maximum.
+pub fn page_size(requested: u32) -> Result<u32, Status> {
+    let size = if requested == 0 {
+        DEFAULT_PAGE_SIZE
+    } else {
+        requested
+    };
+    validate::list_limit(size).map_err(|e| wire_to_status(&e))?;
+    Ok(size)
+}
+
+/// The position a page token stands for. Tokens are opaque to clients; they are the id
+/// of the last job of the previous page.
+pub fn page_token(token: &str) -> Result<Option<JobId>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .parse()
+        .map(Some)
+        .map_err(|_| invalid("page token: not a token from a previous response"))
+}
+
+fn state_to_pb(state: JobState) -> pb::JobState {
+    match state {
+        JobState::Running => pb::JobState::Running,
+        JobState::Exited => pb::JobState::Exited,
+        JobState::Signaled => pb::JobState::Signaled,
+        JobState::Stopped => pb::JobState::Stopped,
+        JobState::FailedToStart => pb::JobState::FailedToStart,
+        JobState::Lost => pb::JobState::Lost,
+    }
+}
+
+/// Milliseconds since the Unix epoch as a protobuf timestamp.
+pub fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        // u64 milliseconds / 1000 always fits in i64.
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        // Below 10^9, so it fits in i32.
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A job status for the client.
+pub fn job_status(s: JobStatus) -> pb::JobStatus {
+    pb::JobStatus {
+        id: s.id.to_string(),
+        owner: s.owner,
+        argv: s.argv,
+        limits: Some(limits_to_pb(s.limits)),
+        state: state_to_pb(s.state).into(),
+        exit_code: s.exit_code,
+        signal: s.signal,
+        oom_killed: s.oom_killed,
+        error: s.error.unwrap_or_default(),
+        started_at: Some(timestamp(s.started_at_ms)),
+        ended_at: s.ended_at_ms.map(timestamp),
+        cpu_usec: s.cpu_usec,
+        peak_memory_bytes: s.peak_memory_bytes,
+        output_bytes: s.output_bytes,
+        output_truncated: s.output_truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn start(argv: &[&str], limits: Option<pb::Limits>) -> pb::StartJobRequest {
+        pb::StartJobRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            limits,
+        }
+    }
+
+    fn refused(request: pb::StartJobRequest) -> String {
+        let s = job_spec(request).expect_err("should be refused");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        s.message().to_string()
+    }
+
+    #[test]
+    fn a_plain_request_converts() {
+        let spec = job_spec(pb::StartJobRequest {
+            argv: vec!["echo".into(), "hi".into()],
+            env: vec![pb::EnvVar {
+                name: "A".into(),
+                value: "b".into(),
+            }],
+            limits: Some(pb::Limits {
+                cpu_millis: Some(500),
+                memory_bytes: Some(1 << 20),
+                pids: Some(10),
+                io: Some(pb::IoLimits {
+                    device: "/dev/vda".into(),
+                    read_bps: Some(1),
+                    ..Default::default()
+                }),
+            }),
+        })
+        .unwrap();
+        assert_eq!(spec.argv, ["echo", "hi"]);
+        assert_eq!(spec.env[0].name, "A");
+        assert_eq!(spec.limits.cpu_millis, Some(500));
+        assert_eq!(spec.limits.io.unwrap().read_bps, Some(1));
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_arguments_naming_the_field() {
+        assert!(refused(start(&[], None)).starts_with("argv:"));
+        let zero_cpu = pb::Limits {
+            cpu_millis: Some(0),
+            ..Default::default()
+        };
+        assert!(refused(start(&["true"], Some(zero_cpu))).starts_with("cpu:"));
+        let huge_memory = pb::Limits {
+            memory_bytes: Some(MAX_MEMORY_BYTES + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(start(&["true"], Some(huge_memory))),
+            format!("memory: must be at most {MAX_MEMORY_BYTES}")
+        );
+        let many_pids = pb::Limits {
+            pids: Some(MAX_PIDS + 1),
+            ..Default::default()
+        };
+        assert!(refused(start(&["true"], Some(many_pids))).starts_with("pids:"));
+        let bad_device = pb::Limits {
+            io: Some(pb::IoLimits {
+                device: "/etc/passwd".into(),
+                write_iops: Some(5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(refused(start(&["true"], Some(bad_device))).contains("not a device path"));
+    }
+
+    #[test]
+    fn job_ids_and_tokens_are_checked() {
+        assert!(job_id("0123456789abcdef0123456789abcdef").is_ok());
+        let e = job_id("../../etc/passwd").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("job id:"), "{}", e.message());
+        let long = "x".repeat(10_000);
+        assert!(job_id(&long).unwrap_err().message().len() < 200);
+        assert_eq!(page_token("").unwrap(), None);
+        assert!(
+            page_token("0123456789abcdef0123456789abcdef")
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            page_token("nope").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(501).unwrap_err().code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn timestamps_keep_milliseconds() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!(t.seconds, 1_700_000_000);
+        assert_eq!(t.nanos, 123_000_000);
+    }
+}

@@ -1,0 +1,139 @@
+//! Assembling the server: TLS and listener first ([`prepare`], before the seccomp
+//! filter), then serving ([`Prepared::serve`]) until a shutdown signal, then a drain
+//! with a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use jobworker_proto::v1::job_worker_server::JobWorkerServer;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::util::MapResponseLayer;
+
+use crate::auth::Authorizer;
+use crate::config::Config;
+use crate::errors::{self, MAX_REQUEST_BYTES};
+use crate::executor::{ExecutorClient, Timeouts};
+use crate::health::{self, Health};
+use crate::idle::TrackCallsLayer;
+use crate::listener::{self, AcceptSettings};
+use crate::service::JobWorkerService;
+use crate::tls;
+
+/// A server with its keys loaded and its listener bound, not yet serving.
+pub struct Prepared {
+    config: Config,
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+}
+
+/// Loads the TLS material and binds the listener.
+pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
+    let tls = tls::server_config(&config.tls)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    Ok(Prepared {
+        config,
+        listener,
+        tls,
+    })
+}
+
+impl Prepared {
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `signal` completes, then stops accepting, ends open output streams,
+    /// and waits up to the configured grace period for connections to finish.
+    pub async fn serve(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let config = self.config;
+        let shutdown = CancellationToken::new();
+
+        let executor = ExecutorClient::new(
+            config.executor_socket.clone(),
+            Timeouts {
+                connect: config.connect_timeout,
+                request: config.request_timeout,
+            },
+            Health::new(),
+        );
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        health::init(&reporter).await;
+        let health_task = tokio::spawn(health::run(
+            reporter,
+            executor.clone(),
+            config.health_interval,
+            shutdown.clone(),
+        ));
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(jobworker_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+
+        let service = JobWorkerServer::new(JobWorkerService::new(
+            executor,
+            Authorizer::new(config.admins.iter().cloned()),
+            config.max_streams,
+            config.stop_timeout,
+            shutdown.clone(),
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+        let (incoming, accept_task) = listener::incoming(
+            self.listener,
+            TlsAcceptor::from(self.tls),
+            AcceptSettings {
+                max_connections: config.max_connections,
+                handshake_timeout: config.handshake_timeout,
+                idle_timeout: config.idle_timeout,
+            },
+            shutdown.clone(),
+        );
+
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .max_concurrent_streams(Some(config.max_streams_per_connection))
+            .layer(MapResponseLayer::new(errors::oversized_request))
+            .layer(TrackCallsLayer)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let mut server = std::pin::pin!(server);
+
+        let early = tokio::select! {
+            result = &mut server => Some(result),
+            () = signal => None,
+        };
+        shutdown.cancel();
+        let result = match early {
+            Some(result) => result.context("serving"),
+            None => {
+                tracing::info!(
+                    "shutting down: draining connections for up to {:?}",
+                    config.shutdown_grace
+                );
+                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                    Ok(result) => result.context("serving"),
+                    Err(_) => {
+                        tracing::warn!("drain deadline passed; closing remaining connections");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        // Both end on the cancellation.
+        let _ = accept_task.await;
+        let _ = health_task.await;
+        result
+    }
+}

@@ -1,0 +1,276 @@
+//! The `jobworker.v1.JobWorker` service: authorization, edge validation, and one
+//! executor request per call.
+//!
+//! The owner of a new job and the scope of every other request come from the caller's
+//! verified identity ([`ConnInfo`]), never from the request. Output streams each get
+//! their own executor connection and a small bounded channel; the task that moves
+//! frames from one to the other ends, closing the executor connection, as soon as the
+//! client goes away, the job's output ends, or the server shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobworker_proto::v1 as pb;
+use jobworker_proto::v1::stream_job_output_response::Event;
+use jobworker_protocol::{ErrorKind, Request as ExecRequest, Response as ExecResponse};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Authorizer, Caller};
+use crate::convert;
+use crate::errors::{self, to_status};
+use crate::executor::{ExecutorClient, ExecutorError, OutputFrame, OutputStream};
+use crate::listener::ConnInfo;
+
+/// Messages buffered per output stream between the executor and the client: enough to
+/// keep both busy, small enough that a stalled client costs at most this many chunks.
+pub const STREAM_BUFFER: usize = 4;
+
+pub struct JobWorkerService {
+    executor: ExecutorClient,
+    auth: Authorizer,
+    streams: Arc<Semaphore>,
+    stop_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl JobWorkerService {
+    pub fn new(
+        executor: ExecutorClient,
+        auth: Authorizer,
+        max_streams: u32,
+        stop_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            executor,
+            auth,
+            streams: Arc::new(Semaphore::new(max_streams as usize)),
+            stop_timeout,
+            shutdown,
+        }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|info| self.auth.caller(&info.identity))
+            .ok_or_else(errors::unauthenticated)
+    }
+
+    async fn call(
+        &self,
+        request: ExecRequest,
+        timeout: Option<Duration>,
+    ) -> Result<ExecResponse, Status> {
+        self.executor
+            .call(request, timeout)
+            .await
+            .map_err(|e| e.to_status())
+    }
+}
+
+fn unexpected(what: &'static str, response: &ExecResponse) -> Status {
+    tracing::error!("{what}: unexpected executor response {response:?}");
+    to_status(ErrorKind::Internal, "")
+}
+
+#[tonic::async_trait]
+impl pb::job_worker_server::JobWorker for JobWorkerService {
+    async fn start_job(
+        &self,
+        request: Request<pb::StartJobRequest>,
+    ) -> Result<Response<pb::StartJobResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let spec = convert::job_spec(request.into_inner())?;
+        let response = self
+            .call(
+                ExecRequest::Start {
+                    owner: caller.identity.clone(),
+                    spec,
+                },
+                None,
+            )
+            .await?;
+        match response {
+            ExecResponse::Started { id } => {
+                tracing::info!(owner = %caller.identity, job = %id, "job started");
+                Ok(Response::new(pb::StartJobResponse { id: id.to_string() }))
+            }
+            other => Err(unexpected("start", &other)),
+        }
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::StopJobResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let id = convert::job_id(&request.get_ref().id)?;
+        let response = self
+            .call(
+                ExecRequest::Stop {
+                    scope: caller.scope(),
+                    id,
+                },
+                Some(self.stop_timeout),
+            )
+            .await?;
+        match response {
+            ExecResponse::Status(status) => {
+                tracing::info!(caller = %caller.identity, job = %id, "job stopped");
+                Ok(Response::new(pb::StopJobResponse {
+                    status: Some(convert::job_status(*status)),
+                }))
+            }
+            other => Err(unexpected("stop", &other)),
+        }
+    }
+
+    async fn get_job_status(
+        &self,
+        request: Request<pb::GetJobStatusRequest>,
+    ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let id = convert::job_id(&request.get_ref().id)?;
+        let response = self
+            .call(
+                ExecRequest::Status {
+                    scope: caller.scope(),
+                    id,
+                },
+                None,
+            )
+            .await?;
+        match response {
+            ExecResponse::Status(status) => Ok(Response::new(pb::GetJobStatusResponse {
+                status: Some(convert::job_status(*status)),
+            })),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let scope = caller.list_scope(r.all).ok_or_else(|| {
+            to_status(
+                ErrorKind::PermissionDenied,
+                "listing every job needs the admin role",
+            )
+        })?;
+        let limit = convert::page_size(r.page_size)?;
+        let after = convert::page_token(&r.page_token)?;
+        let response = self
+            .call(
+                ExecRequest::List {
+                    scope,
+                    after,
+                    limit,
+                },
+                None,
+            )
+            .await?;
+        match response {
+            ExecResponse::Jobs { jobs, next_after } => Ok(Response::new(pb::ListJobsResponse {
+                jobs: jobs.into_iter().map(convert::job_status).collect(),
+                next_page_token: next_after.map(|id| id.to_string()).unwrap_or_default(),
+            })),
+            other => Err(unexpected("list", &other)),
+        }
+    }
+
+    type StreamJobOutputStream = ReceiverStream<Result<pb::StreamJobOutputResponse, Status>>;
+
+    async fn stream_job_output(
+        &self,
+        request: Request<pb::StreamJobOutputRequest>,
+    ) -> Result<Response<Self::StreamJobOutputStream>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let id = convert::job_id(&r.id)?;
+        let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
+            to_status(
+                ErrorKind::ResourceExhausted,
+                "too many output streams are open; try again later",
+            )
+        })?;
+        let output = self
+            .executor
+            .output(ExecRequest::Output {
+                scope: caller.scope(),
+                id,
+                offset: r.offset,
+                follow: r.follow,
+            })
+            .await
+            .map_err(|e| e.to_status())?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(pump(output, tx, slot, self.shutdown.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Moves frames from the executor to the client until the output ends, the client goes
+/// away (its receiver is dropped), or the server shuts down. Returning drops the
+/// executor connection and the stream's slot.
+async fn pump(
+    mut output: OutputStream,
+    tx: mpsc::Sender<Result<pb::StreamJobOutputResponse, Status>>,
+    slot: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    pump_frames(&mut output, &tx, &shutdown).await;
+    // The slot first, then the executor connection: whoever sees the connection gone
+    // can open a new stream at once.
+    drop(slot);
+    drop(output);
+}
+
+async fn pump_frames(
+    output: &mut OutputStream,
+    tx: &mpsc::Sender<Result<pb::StreamJobOutputResponse, Status>>,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = tx.closed() => return,
+            _ = shutdown.cancelled() => {
+                let _ = tx.try_send(Err(errors::shutting_down()));
+                return;
+            }
+            frame = output.next() => frame,
+        };
+        let (message, last) = match frame {
+            None => return,
+            Some(Ok(OutputFrame::Chunk(data))) => (Ok(event(Event::Data(data))), false),
+            Some(Ok(OutputFrame::End(status))) => {
+                (Ok(event(Event::Status(convert::job_status(*status)))), true)
+            }
+            Some(Err(e)) => (Err(stream_error(&e)), true),
+        };
+        // Waits while the client is slow (the channel is full), which in turn stops
+        // reading from the executor: a slow reader slows only itself.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            sent = tx.send(message) => if sent.is_err() { return },
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+fn event(e: Event) -> pb::StreamJobOutputResponse {
+    pb::StreamJobOutputResponse { event: Some(e) }
+}
+
+fn stream_error(e: &ExecutorError) -> Status {
+    e.to_status()
+}

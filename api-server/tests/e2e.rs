@@ -1,0 +1,820 @@
+//! End to end, as root: the real `jobworker-executor` (root) on its real socket, the
+//! real `jobworker-api` as `nobody` in front of it, and gRPC clients over TLS 1.3 with
+//! certificates from a test PKI. Skipped, visibly, when not root.
+//!
+//! Executor flags these tests rely on: `--socket`, `--socket-group`, `--state-dir`,
+//! `--allow-uid`, `--job-user`, `--cgroup-parent`; readiness is the log line
+//! "executor ready" on its stderr.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Api, ApiOptions, NOBODY, Pki};
+use jobworker_proto::v1 as pb;
+use jobworker_proto::v1::job_worker_client::JobWorkerClient;
+use jobworker_proto::v1::stream_job_output_response::Event;
+use rustls::{NamedGroup, ProtocolVersion};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A scratch directory jobs can see too (a job's /tmp is its own).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let base = std::env::var_os("JOBWORKER_TEST_SCRATCH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/jobworker-tests"));
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("api-{tag}-"))
+            .tempdir_in(&base)
+            .unwrap()
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Scratch(dir)
+    }
+
+    /// A FIFO any job can open: the job blocks reading it until the test writes.
+    fn gate(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let st = Command::new("mkfifo")
+            .arg("-m")
+            .arg("0666")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens a gate: writes a line into the FIFO (blocks until the job opens it).
+async fn open_gate(path: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(b"go\n").unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// The real executor, as root.
+struct Executor {
+    child: Option<Child>,
+    socket: PathBuf,
+    state: PathBuf,
+    cgroup_parent: String,
+    log: Option<mpsc::Receiver<String>>,
+}
+
+impl Executor {
+    fn start(scratch: &Scratch) -> Executor {
+        let tag: String = scratch
+            .0
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let mut e = Executor {
+            child: None,
+            socket: scratch.0.join("executor.sock"),
+            state: scratch.0.join("state"),
+            cgroup_parent: format!("jobworker-test-{tag}"),
+            log: None,
+        };
+        e.launch();
+        e
+    }
+
+    fn launch(&mut self) {
+        let bin = common::workspace_binary("jobworker-executor", "JOBWORKER_EXECUTOR_BIN");
+        assert!(
+            bin.exists(),
+            "{} is missing: build the workspace first (make test does)",
+            bin.display()
+        );
+        let mut child = Command::new(&bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--socket-group")
+            .arg(NOBODY.to_string())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--allow-uid")
+            .arg(NOBODY.to_string())
+            .arg("--job-user")
+            .arg("nobody")
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
+            .env("JOBWORKER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning jobworker-executor");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[executor] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("executor ready") => break,
+                Ok(_) => {}
+                Err(_) => panic!("the executor did not log \"executor ready\""),
+            }
+        }
+        self.child = Some(child);
+        self.log = Some(rx);
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "executor exit: {status:?}");
+        }
+    }
+
+    /// Connections the executor currently holds on its socket: its socket fds whose
+    /// inode is bound to the socket path, less the listening socket.
+    fn connections(&self) -> usize {
+        let bound = unix_inodes_bound_to(&self.socket);
+        let held = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|target| {
+                let t = target.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|inode| bound.contains(inode))
+            .count();
+        held.saturating_sub(1)
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// Removes this test's cgroup parent from every hierarchy (v2 and each v1 controller),
+/// once the executor has gone.
+fn remove_cgroup_parent(name: &str) {
+    assert!(
+        name.starts_with("jobworker-test-api"),
+        "not a test parent: {name}"
+    );
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(name)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        dirs.extend(entries.flatten().map(|e| e.path().join(name)));
+    }
+    for dir in dirs {
+        rmdir_tree(&dir);
+    }
+}
+
+fn rmdir_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            rmdir_tree(&e.path());
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        eprintln!("cannot remove test cgroup {}: {e}", dir.display());
+    }
+}
+
+/// Inodes of the Unix sockets bound to `path` (the listener and every connection it
+/// accepted), from /proc/net/unix.
+fn unix_inodes_bound_to(path: &Path) -> HashSet<u64> {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let path = path.to_string_lossy();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 8 && fields[7] == path).then(|| fields[6].parse().ok())?
+        })
+        .collect()
+}
+
+struct World {
+    pki: Pki,
+    api: Api,
+    exec: Executor,
+    scratch: Scratch,
+}
+
+fn world(tag: &str, health_interval_ms: u64) -> World {
+    world_with(tag, health_interval_ms, "")
+}
+
+fn world_with(tag: &str, health_interval_ms: u64, extra_toml: &str) -> World {
+    let scratch = Scratch::new(tag);
+    let exec = Executor::start(&scratch);
+    let pki = Pki::new();
+    let api = Api::spawn(
+        &pki,
+        &ApiOptions {
+            health_interval_ms,
+            extra_toml: extra_toml.into(),
+            ..ApiOptions::new(&exec.socket)
+        },
+    );
+    World {
+        pki,
+        api,
+        exec,
+        scratch,
+    }
+}
+
+impl World {
+    async fn client(&self, who: &str) -> JobWorkerClient<Channel> {
+        let (channel, _) = common::channel(self.api.addr, self.pki.client_config(who))
+            .await
+            .expect("connect");
+        JobWorkerClient::new(channel)
+    }
+}
+
+fn start(argv: &[&str]) -> pb::StartJobRequest {
+    pb::StartJobRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        limits: None,
+    }
+}
+
+async fn start_job(c: &mut JobWorkerClient<Channel>, argv: &[&str]) -> String {
+    c.start_job(start(argv))
+        .await
+        .expect("start")
+        .into_inner()
+        .id
+}
+
+async fn stream(
+    c: &mut JobWorkerClient<Channel>,
+    id: &str,
+    offset: u64,
+    follow: bool,
+) -> Result<Streaming<pb::StreamJobOutputResponse>, tonic::Status> {
+    c.stream_job_output(pb::StreamJobOutputRequest {
+        id: id.into(),
+        offset,
+        follow,
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Reads a stream to its end: the bytes and the final status. `progress` (if any) is
+/// told once `notify_at` bytes have arrived.
+async fn collect(
+    mut s: Streaming<pb::StreamJobOutputResponse>,
+    notify_at: usize,
+    mut progress: Option<oneshot::Sender<()>>,
+) -> Result<(Vec<u8>, pb::JobStatus), tonic::Status> {
+    let mut data = Vec::new();
+    while let Some(message) = s.message().await? {
+        match message.event {
+            Some(Event::Data(bytes)) => {
+                data.extend_from_slice(&bytes);
+                if data.len() >= notify_at
+                    && let Some(tx) = progress.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+            Some(Event::Status(status)) => {
+                assert!(s.message().await?.is_none(), "the status must come last");
+                return Ok((data, status));
+            }
+            None => panic!("empty stream message"),
+        }
+    }
+    panic!("the stream ended without a final status");
+}
+
+async fn finished_output(c: &mut JobWorkerClient<Channel>, id: &str) -> (Vec<u8>, pb::JobStatus) {
+    collect(stream(c, id, 0, true).await.unwrap(), usize::MAX, None)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_client_starts_a_job_gets_its_status_and_streams_its_output() {
+    if common::skip_unless_root("valid_client_starts_a_job_gets_its_status_and_streams_its_output")
+    {
+        return;
+    }
+    let w = world("e2e", 200);
+    let (channel, negotiated) = common::channel(w.api.addr, w.pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut alice = JobWorkerClient::new(channel);
+    let id = start_job(
+        &mut alice,
+        &[
+            "sh",
+            "-c",
+            "printf 'hello\\n'; printf 'to stderr\\n' >&2; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(id.len(), 32);
+    let (data, end) = finished_output(&mut alice, &id).await;
+    assert_eq!(data, b"hello\nto stderr\n");
+    assert_eq!(end.state(), pb::JobState::Exited);
+    assert_eq!(end.exit_code, Some(3));
+    assert_eq!(end.output_bytes, data.len() as u64);
+
+    let status = alice
+        .get_job_status(pb::GetJobStatusRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.id, id);
+    assert_eq!(status.owner, "alice");
+    assert_eq!(status.argv[0], "sh");
+    assert_eq!(status.state(), pb::JobState::Exited);
+    assert_eq!(status.exit_code, Some(3));
+    assert!(status.started_at.is_some() && status.ended_at.is_some());
+    assert!(status.limits.is_some(), "effective limits are reported");
+
+    // From an offset, without following.
+    let (tail, _) = collect(stream(&mut alice, &id, 6, false).await.unwrap(), 0, None)
+        .await
+        .unwrap();
+    assert_eq!(tail, b"to stderr\n");
+
+    let seen = negotiated.lock().unwrap().clone().unwrap();
+    assert_eq!(seen.version, Some(ProtocolVersion::TLSv1_3));
+    assert_eq!(seen.group, Some(NamedGroup::X25519MLKEM768));
+
+    // Stopping a running job returns its status once it has ended.
+    let id = start_job(&mut alice, &["sleep", "1000"]).await;
+    let stopped = alice
+        .stop_job(pb::StopJobRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(stopped.state(), pb::JobState::Stopped);
+    assert!(stopped.ended_at.is_some());
+
+    // All of the above ran under the server's seccomp allow-list without one refusal.
+    let log = w.api.log();
+    assert!(log.contains("seccomp allow-list applied"), "{log}");
+    assert!(!log.contains("Operation not permitted"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_jobs_are_not_found_and_not_listed_but_admins_see_all() {
+    if common::skip_unless_root("other_users_jobs_are_not_found_and_not_listed_but_admins_see_all")
+    {
+        return;
+    }
+    let w = world("authz", 200);
+    let gate = w.scratch.gate("gate");
+    let gate_arg = format!("read x < {}", gate.display());
+    let mut alice = w.client("alice").await;
+    let mut bob = w.client("bob").await;
+    let mut admin = w.client("admin").await;
+    let id = start_job(&mut alice, &["sh", "-c", &gate_arg]).await;
+    let missing = "0123456789abcdef0123456789abcdef".to_string();
+
+    for target in [&id, &missing] {
+        let e = bob
+            .get_job_status(pb::GetJobStatusRequest { id: target.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "status {target}");
+        let e = bob
+            .stop_job(pb::StopJobRequest { id: target.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "stop {target}");
+        let e = match stream(&mut bob, target, 0, true).await {
+            Err(e) => e,
+            Ok(s) => collect(s, 0, None).await.unwrap_err(),
+        };
+        assert_eq!(e.code(), Code::NotFound, "stream {target}");
+        assert!(!e.message().contains("alice"), "{e:?}");
+    }
+    let bobs = bob
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(bobs.jobs.iter().all(|j| j.id != id && j.owner == "bob"));
+    let e = bob
+        .list_jobs(pb::ListJobsRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    let alices = alice
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(alices.jobs.iter().any(|j| j.id == id));
+
+    // The admin sees, lists and stops alice's job.
+    let s = admin
+        .get_job_status(pb::GetJobStatusRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.owner, "alice");
+    let all = admin
+        .list_jobs(pb::ListJobsRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.jobs.iter().any(|j| j.id == id));
+    let own = admin
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(own.jobs.iter().all(|j| j.id != id), "admin's own list");
+    let stopped = admin
+        .stop_job(pb::StopJobRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(stopped.state(), pb::JobState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_through_every_job_once() {
+    if common::skip_unless_root("list_pages_through_every_job_once") {
+        return;
+    }
+    let w = world("pages", 200);
+    let mut carol = w.client("alice").await;
+    let mut ids = HashSet::new();
+    for _ in 0..5 {
+        ids.insert(start_job(&mut carol, &["true"]).await);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = carol
+            .list_jobs(pb::ListJobsRequest {
+                all: false,
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.jobs.len() <= 2);
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_streams_started_at_different_moments_get_identical_complete_output() {
+    if common::skip_unless_root(
+        "three_streams_started_at_different_moments_get_identical_complete_output",
+    ) {
+        return;
+    }
+    let w = world("streams", 200);
+    let gate = w.scratch.gate("gate");
+    let script = format!(
+        "seq 1 100000; read x < {}; seq 100001 200000",
+        gate.display()
+    );
+    let first_half: Vec<u8> = (1..=100_000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let expected: Vec<u8> = (1..=200_000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["sh", "-c", &script]).await;
+
+    // A: from the start, while the job is writing.
+    let (a_progress, a_reached_gate) = oneshot::channel();
+    let a = tokio::spawn(collect(
+        stream(&mut alice, &id, 0, true).await.unwrap(),
+        first_half.len(),
+        Some(a_progress),
+    ));
+    // B: mid-way, once the first half exists and the job waits at the gate.
+    a_reached_gate
+        .await
+        .expect("stream A reached the first half");
+    let mut other_conn = w.client("alice").await;
+    let b = tokio::spawn(collect(
+        stream(&mut other_conn, &id, 0, true).await.unwrap(),
+        0,
+        None,
+    ));
+    open_gate(gate).await;
+    let (a_data, a_end) = a.await.unwrap().unwrap();
+    // C: after the job has ended.
+    let (c_data, c_end) = finished_output(&mut alice, &id).await;
+    let (b_data, b_end) = b.await.unwrap().unwrap();
+
+    assert_eq!(a_end.state(), pb::JobState::Exited);
+    assert_eq!(a_end.exit_code, Some(0));
+    assert_eq!(a_end.output_bytes, expected.len() as u64);
+    for (name, data, end) in [
+        ("A", &a_data, &a_end),
+        ("B", &b_data, &b_end),
+        ("C", &c_data, &c_end),
+    ] {
+        assert!(
+            data == &expected,
+            "stream {name}: {} bytes, differs",
+            data.len()
+        );
+        assert_eq!(end.state(), pb::JobState::Exited, "stream {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind() {
+    if common::skip_unless_root(
+        "a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind",
+    ) {
+        return;
+    }
+    // No periodic pings: every executor connection in this test is one we made.
+    let w = world("leave", 600_000);
+    let gate = w.scratch.gate("gate");
+    let script = format!("echo ready; read x < {}; echo done", gate.display());
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["sh", "-c", &script]).await;
+    assert!(
+        common::wait_until(LIMIT, || w.exec.connections() == 0),
+        "calls that finished left connections: {}",
+        w.exec.connections()
+    );
+
+    let (channel, _) = common::channel(w.api.addr, w.pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut leaver = JobWorkerClient::new(channel);
+    let mut s = stream(&mut leaver, &id, 0, true).await.unwrap();
+    let first = s.message().await.unwrap().unwrap();
+    assert_eq!(first.event, Some(Event::Data(b"ready\n".to_vec().into())));
+    // The stream's executor connection is open while the client reads.
+    assert_eq!(w.exec.connections(), 1);
+
+    // The client goes away mid-stream: stream, client and connection dropped.
+    drop(s);
+    drop(leaver);
+    assert!(
+        common::wait_until(LIMIT, || w.exec.connections() == 0),
+        "the executor still holds {} connection(s) after the client left",
+        w.exec.connections()
+    );
+
+    // The job itself is unaffected, and the server still serves.
+    let status = alice
+        .get_job_status(pb::GetJobStatusRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.state(), pb::JobState::Running);
+    open_gate(gate).await;
+    let (data, end) = finished_output(&mut alice, &id).await;
+    assert_eq!(data, b"ready\ndone\n");
+    assert_eq!(end.exit_code, Some(0));
+}
+
+async fn next_status(
+    watch: &mut Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> ServingStatus {
+    let m = tokio::time::timeout(LIMIT, watch.message())
+        .await
+        .expect("a health update")
+        .unwrap()
+        .expect("the watch stream stays open");
+    m.status()
+}
+
+async fn wait_for_status(
+    watch: &mut Streaming<tonic_health::pb::HealthCheckResponse>,
+    want: ServingStatus,
+) {
+    loop {
+        if next_status(watch).await == want {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_down_means_unavailable_and_not_serving_and_both_recover() {
+    if common::skip_unless_root("executor_down_means_unavailable_and_not_serving_and_both_recover")
+    {
+        return;
+    }
+    let mut w = world("restart", 200);
+    let (channel, _) = common::channel(w.api.addr, w.pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut alice = JobWorkerClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "jobworker.v1.JobWorker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    wait_for_status(&mut watch, ServingStatus::Serving).await;
+    let id = start_job(&mut alice, &["echo", "before"]).await;
+
+    w.exec.stop();
+    wait_for_status(&mut watch, ServingStatus::NotServing).await;
+    let e = alice.start_job(start(&["true"])).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(e.message(), "executor unavailable");
+    let e = alice
+        .get_job_status(pb::GetJobStatusRequest { id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+
+    w.exec.launch();
+    wait_for_status(&mut watch, ServingStatus::Serving).await;
+    let (data, _) = finished_output(&mut alice, &id).await;
+    assert_eq!(data, b"before\n", "the finished job survived the restart");
+    let id = start_job(&mut alice, &["echo", "after"]).await;
+    let (data, end) = finished_output(&mut alice, &id).await;
+    assert_eq!(data, b"after\n");
+    assert_eq!(end.exit_code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_and_the_next_call_works() {
+    if common::skip_unless_root("bad_input_is_invalid_argument_and_the_next_call_works") {
+        return;
+    }
+    let w = world("input", 200);
+    let mut alice = w.client("alice").await;
+    let limits = |l: pb::Limits| pb::StartJobRequest {
+        argv: vec!["true".into()],
+        env: vec![],
+        limits: Some(l),
+    };
+    let cases = [
+        ("empty argv", start(&[])),
+        ("oversized request", start(&["echo", &"z".repeat(2 << 20)])),
+        (
+            "zero pids",
+            limits(pb::Limits {
+                pids: Some(0),
+                ..Default::default()
+            }),
+        ),
+        (
+            "cpu past the sanity bound",
+            limits(pb::Limits {
+                cpu_millis: Some(u32::MAX),
+                ..Default::default()
+            }),
+        ),
+        (
+            "memory over the executor's ceiling",
+            limits(pb::Limits {
+                memory_bytes: Some(1 << 49),
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (what, request) in cases {
+        let e = alice.start_job(request).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        // The next call still works.
+        let id = start_job(&mut alice, &["echo", "ok"]).await;
+        let (data, _) = finished_output(&mut alice, &id).await;
+        assert_eq!(data, b"ok\n", "after {what}");
+    }
+
+    // A command that cannot be started says why.
+    match alice.start_job(start(&["/nonexistent/command"])).await {
+        Err(e) => {
+            assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().starts_with("the job failed to start"), "{e:?}");
+        }
+        Ok(r) => {
+            let (_, end) = finished_output(&mut alice, &r.into_inner().id).await;
+            assert_eq!(end.state(), pb::JobState::FailedToStart);
+            assert!(!end.error.is_empty());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_over_the_cap_are_resource_exhausted() {
+    if common::skip_unless_root("output_streams_over_the_cap_are_resource_exhausted") {
+        return;
+    }
+    let w = world_with("cap", 600_000, "[limits]\nmax_streams = 1\n");
+    let gate = w.scratch.gate("gate");
+    let script = format!("echo ready; read x < {}", gate.display());
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["sh", "-c", &script]).await;
+
+    let mut held = stream(&mut alice, &id, 0, true).await.unwrap();
+    assert!(held.message().await.unwrap().is_some());
+    let e = match stream(&mut alice, &id, 0, true).await {
+        Err(e) => e,
+        Ok(s) => collect(s, 0, None).await.unwrap_err(),
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+
+    // Once the first stream's client is gone its slot is free again.
+    drop(held);
+    assert!(
+        common::wait_until(LIMIT, || w.exec.connections() == 0),
+        "the first stream's executor connection is still open"
+    );
+    let mut again = stream(&mut alice, &id, 0, true).await.unwrap();
+    assert!(again.message().await.unwrap().is_some());
+    drop(again);
+    open_gate(gate).await;
+}

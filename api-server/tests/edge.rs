@@ -1,0 +1,404 @@
+//! Behaviour of the real server binary that does not depend on a running executor:
+//! identity and roles, input validation at the edge, error mapping when the executor is
+//! unreachable, health, reflection, root refusal, shutdown, and the seccomp filter.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Api, ApiOptions, Pki};
+use jobworker_proto::v1 as pb;
+use jobworker_proto::v1::job_worker_client::JobWorkerClient;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn client(api: &Api, pki: &Pki, who: &str) -> JobWorkerClient<Channel> {
+    let (channel, _) = common::channel(api.addr, pki.client_config(who))
+        .await
+        .expect("connect");
+    JobWorkerClient::new(channel).max_encoding_message_size(16 * 1024 * 1024)
+}
+
+fn no_executor() -> ApiOptions {
+    ApiOptions::new("/nonexistent/executor.sock")
+}
+
+fn start(argv: &[&str], limits: Option<pb::Limits>) -> pb::StartJobRequest {
+    pb::StartJobRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        limits,
+    }
+}
+
+#[tokio::test]
+async fn identity_comes_from_the_certificate_and_admins_come_from_the_config() {
+    let pki = Pki::new();
+    let api = Api::spawn(&pki, &no_executor());
+    let all = pb::ListJobsRequest {
+        all: true,
+        ..Default::default()
+    };
+    // alice is no admin: refused before the executor is asked.
+    let e = client(&api, &pki, "alice")
+        .await
+        .list_jobs(all.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // admin passes authorization and reaches the (absent) executor.
+    let e = client(&api, &pki, "admin")
+        .await
+        .list_jobs(all)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+}
+
+#[tokio::test]
+async fn unreachable_executor_is_unavailable_without_internal_details() {
+    let pki = Pki::new();
+    let api = Api::spawn(&pki, &no_executor());
+    let mut alice = client(&api, &pki, "alice").await;
+    let e = alice.start_job(start(&["true"], None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(e.message(), "executor unavailable");
+    let e = alice
+        .get_job_status(pb::GetJobStatusRequest {
+            id: "0123456789abcdef0123456789abcdef".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(!e.message().contains("nonexistent"), "{e:?}");
+    let mut stream = alice
+        .stream_job_output(pb::StreamJobOutputRequest {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            offset: 0,
+            follow: true,
+        })
+        .await;
+    if let Ok(s) = &mut stream {
+        let e = s.get_mut().message().await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+    } else {
+        assert_eq!(stream.unwrap_err().code(), Code::Unavailable);
+    }
+}
+
+#[tokio::test]
+async fn health_is_not_serving_without_an_executor() {
+    let pki = Pki::new();
+    let api = Api::spawn(&pki, &no_executor());
+    let (channel, _) = common::channel(api.addr, pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "jobworker.v1.JobWorker"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::NotServing, "{service:?}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_and_the_server_keeps_serving() {
+    let pki = Pki::new();
+    let api = Api::spawn(&pki, &no_executor());
+    let mut alice = client(&api, &pki, "alice").await;
+    let invalid = |r: Result<_, tonic::Status>| {
+        let e = r.expect_err("should be refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        e.message().to_string()
+    };
+    // Empty argv.
+    let m = invalid(alice.start_job(start(&[], None)).await.map(drop));
+    assert!(m.starts_with("argv:"), "{m}");
+    // Out-of-range limits: zero, and past the sanity bound.
+    let zero = pb::Limits {
+        cpu_millis: Some(0),
+        ..Default::default()
+    };
+    let m = invalid(
+        alice
+            .start_job(start(&["true"], Some(zero)))
+            .await
+            .map(drop),
+    );
+    assert!(m.starts_with("cpu:"), "{m}");
+    let huge = pb::Limits {
+        memory_bytes: Some(u64::MAX),
+        ..Default::default()
+    };
+    let m = invalid(
+        alice
+            .start_job(start(&["true"], Some(huge)))
+            .await
+            .map(drop),
+    );
+    assert!(m.starts_with("memory:"), "{m}");
+    // Over the protocol's argv bound, under the message limit.
+    let big = "x".repeat(200 * 1024);
+    let m = invalid(
+        alice
+            .start_job(start(&["echo", &big], None))
+            .await
+            .map(drop),
+    );
+    assert!(m.contains("bytes in all"), "{m}");
+    // Over the message limit itself.
+    let huge_arg = "y".repeat(2 * 1024 * 1024);
+    let m = invalid(
+        alice
+            .start_job(start(&["echo", &huge_arg], None))
+            .await
+            .map(drop),
+    );
+    assert!(m.starts_with("request too large"), "{m}");
+    // A malformed job id.
+    let m = invalid(
+        alice
+            .stop_job(pb::StopJobRequest {
+                id: "../../etc".into(),
+            })
+            .await
+            .map(drop),
+    );
+    assert!(m.starts_with("job id:"), "{m}");
+    // The same connection still serves: the next call reaches the executor stage.
+    let e = alice.start_job(start(&["true"], None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn reflection_describes_the_api() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let pki = Pki::new();
+    let api = Api::spawn(&pki, &no_executor());
+    let (channel, _) = common::channel(api.addr, pki.client_config("bob"))
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"jobworker.v1.JobWorker"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}
+
+// Multi-threaded so the client keeps answering the server's HTTP/2 shutdown
+// handshake while this thread waits for the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly() {
+    let pki = Pki::new();
+    let mut api = Api::spawn(&pki, &no_executor());
+    // An open connection does not hold the shutdown past the drain.
+    let _alice = client(&api, &pki, "alice").await;
+    let status = api.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", api.log());
+    // The idle connection closed at once: the drain deadline did not have to cut it.
+    assert!(
+        !api.log().contains("drain deadline passed"),
+        "{}",
+        api.log()
+    );
+    assert!(api.log().contains("SIGTERM received"), "{}", api.log());
+}
+
+#[test]
+fn refuses_to_run_as_root() {
+    if common::skip_unless_root("refuses_to_run_as_root") {
+        return;
+    }
+    let out = Command::new(common::api_binary())
+        .args([
+            "--tls-cert",
+            "/x",
+            "--tls-key",
+            "/y",
+            "--tls-client-ca",
+            "/z",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to run as root (uid 0)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn seccomp_filter_denies_calls_outside_the_allow_list() {
+    let out = Command::new(common::api_binary())
+        .arg("--seccomp-self-test")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for check in ["open /etc/hostname", "tcp socket", "spawn /bin/true"] {
+        assert!(
+            stdout.contains(&format!("{check}: denied (EPERM)")),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn configuration_errors_name_the_key() {
+    let dir = common::shared_dir();
+    let path = common::write_file(
+        dir.path(),
+        "api.toml",
+        b"[tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\n[limits]\nmax_streams = 0\n",
+        0o644,
+    );
+    let mut cmd = Command::new(common::api_binary());
+    cmd.arg("--config").arg(&path).stdin(Stdio::null());
+    if common::is_root() {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(common::NOBODY).gid(common::NOBODY);
+        let bin = common::install(&common::api_binary(), dir.path(), "jobworker-api", 0o755);
+        cmd = {
+            let mut c = Command::new(bin);
+            c.arg("--config").arg(&path).stdin(Stdio::null());
+            c.uid(common::NOBODY).gid(common::NOBODY);
+            c
+        };
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = common::spawn(&mut cmd).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("limits.max_streams: must be 1 to"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_open_calls_keep_theirs() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let api = Api::spawn(
+        &pki,
+        &ApiOptions {
+            extra_toml: "[http2]\nidle_timeout_ms = 300\n".into(),
+            ..no_executor()
+        },
+    );
+    // A connection with an open call: a health watch stream.
+    let (channel, negotiated) = common::channel(api.addr, pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+
+    // A connection without calls, opened later, is closed by the server.
+    let tcp = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut idle = tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config("bob")))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let closed = async {
+        let mut buf = [0u8; 4096];
+        // The server's HTTP/2 settings may come first; then the end of the stream.
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("the idle connection should be closed");
+
+    // The older connection, busy with its watch, is still the one in use.
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(negotiated.lock().unwrap().as_ref().unwrap().connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let pki = Pki::new();
+    let api = Api::spawn(
+        &pki,
+        &ApiOptions {
+            extra_toml: "[limits]\nmax_connections = 1\n".into(),
+            ..no_executor()
+        },
+    );
+    let (channel, _) = common::channel(api.addr, pki.client_config("alice"))
+        .await
+        .unwrap();
+    let mut first = HealthClient::new(channel);
+    first
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+
+    // A second connection: the server does not even accept it while the first holds
+    // the only slot.
+    let addr = api.addr;
+    let config = pki.client_config("bob");
+    let mut second = tokio::spawn(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map(drop)
+    });
+    // Round trips on the first connection: the server is busy serving, yet the second
+    // handshake makes no progress.
+    for _ in 0..5 {
+        first
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+        assert!(!second.is_finished(), "the second handshake went through");
+    }
+    // Freeing the slot lets the second connection in.
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(20), &mut second)
+        .await
+        .expect("the second connection should get the freed slot")
+        .unwrap()
+        .expect("handshake");
+}

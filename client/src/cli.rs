@@ -1,0 +1,404 @@
+//! The command line, declared with clap's derive API. Doc comments are the `--help`
+//! text; each subcommand's long help (`--help`, not `-h`) ends with examples.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+use crate::parse;
+use crate::settings::{self, Flags};
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  jobctl run -- uname -a
+  jobctl run --cpu 0.5 --memory 256M -- make -j2
+  id=$(jobctl start --pids 100 -- sh -c 'while :; do date; sleep 1; done')
+  jobctl logs -f \"$id\"
+  jobctl status \"$id\"
+  jobctl stop \"$id\"
+  jobctl list --output json
+
+Connection (each: flag, then environment variable, then the configuration file
+$XDG_CONFIG_HOME/jobworker/client.toml or ~/.config/jobworker/client.toml, then the
+default):
+  --server  JOBWORKER_SERVER  server = \"https://host:50051\"  default https://localhost:50051
+  --ca      JOBWORKER_CA      ca = \"ca.pem\"                  default <config dir>/ca.pem
+  --cert    JOBWORKER_CERT    cert = \"alice.pem\"             default <config dir>/client.pem
+  --key     JOBWORKER_KEY     key = \"alice.key\"              default <config dir>/client.key
+Relative paths in the file are relative to the file's directory.
+
+Exit status: 0 success; 1 other error; 2 bad usage or client configuration; 3 server
+unreachable or unavailable; 4 TLS handshake failed; 5 job not found; 6 invalid
+argument; 7 resource exhausted; 8 permission denied; 9 the job failed to start;
+141 stdout closed (e.g. `| head`). Each error prints one line starting with `jobctl:`
+on stderr. `run` exits with the job's own status instead: see `jobctl run --help`.";
+
+const START_EXAMPLES: &str = "\
+Examples:
+  jobctl start -- sleep 60
+  id=$(jobctl start --cpu 0.25 --memory 64M -- ./backup.sh --full)
+  jobctl start --env LANG=C.UTF-8 --io-device /dev/vda --io-write-bps 10M -- dd if=/dev/zero of=/tmp/x bs=1M count=100
+
+Prints only the new job's id (32 hexadecimal digits) on stdout.";
+
+const RUN_EXAMPLES: &str = "\
+Exit status: the job's own: its exit code when it exited, 128+N when a signal N killed
+it (137 for SIGKILL), with a line on stderr when the kernel's OOM killer did it. When
+jobctl itself fails it prints a `jobctl:` line on stderr and exits with one of the
+codes in `jobctl --help` (9: the command could not be started); a job's own exit
+prints nothing, so a script that must tell them apart can check stderr, or use
+`jobctl start`, `jobctl logs -f` and `jobctl status --output json`.
+
+Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the job (as `jobctl stop` does: SIGTERM to
+all its processes, SIGKILL after the server's grace period), prints its remaining
+output, and exits with its final status, usually 143 (128+SIGTERM). A second Ctrl-C
+exits at once with 130 without waiting. If stdout is closed (`| head`), the job is
+stopped too and jobctl exits with 141.
+
+Examples:
+  jobctl run -- uname -a
+  jobctl run --memory 256M --pids 50 -- sh -c 'echo hello; exit 3'; echo $?
+  jobctl run --cpu 1.5 --env GREETING=hi -- sh -c 'echo $GREETING'
+  jobctl run -- cat /proc/self/status > status.txt";
+
+const LOGS_EXAMPLES: &str = "\
+Examples:
+  jobctl logs 0123456789abcdef0123456789abcdef > out.bin
+  jobctl logs -f \"$id\"
+  jobctl logs \"$id\" | head -n 20
+
+The bytes are written exactly as the job wrote them (stdout and stderr interleaved in
+arrival order), from the first byte, with nothing added. If the server's per-job cap
+truncated the output, a note says so on stderr.";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  jobctl status \"$id\"
+  jobctl status --output json \"$id\" | jq -r .state
+
+JSON (--output json): one object; fields never change name or meaning, new ones may
+be added:
+  {
+    \"id\": \"0123456789abcdef0123456789abcdef\",   32 hexadecimal digits
+    \"owner\": \"alice\",                            who started the job
+    \"argv\": [\"sh\", \"-c\", \"exit 7\"],
+    \"state\": \"exited\",  running | exited | signaled | stopped | failed_to_start
+                          | lost | unknown
+    \"exit_code\": 7,                null unless the command exited by itself
+    \"signal\": null,                the signal number that killed it, or null
+    \"oom_killed\": false,           the kernel's OOM killer killed one of its processes
+    \"error\": null,                 why it failed to start or was lost, or null
+    \"started_at\": \"2025-01-31T12:00:00.123Z\",   RFC 3339, UTC, milliseconds
+    \"started_at_unix_ms\": 1738324800123,        the same, in ms since 1970
+    \"ended_at\": null,              null while running
+    \"ended_at_unix_ms\": null,
+    \"cpu_usec\": 1520,              CPU time of all its processes, or null
+    \"peak_memory_bytes\": 1048576,  or null when unknown
+    \"output_bytes\": 0,             output stored so far
+    \"output_truncated\": false,     the output reached the server's cap
+    \"limits\": {                    the limits applied (null: unknown)
+      \"cpu_millis\": 500,           thousandths of a core
+      \"memory_bytes\": 268435456,
+      \"pids\": 100,
+      \"io\": null                   or {\"device\": \"/dev/vda\", \"read_bps\": 10485760,
+                                     \"write_bps\": null, \"read_iops\": null,
+                                     \"write_iops\": null}
+    }
+  }";
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  jobctl list
+  jobctl list --all
+  jobctl list --output json | jq -r '.jobs[] | select(.state == \"running\") | .id'
+
+Lists your jobs, oldest first (administrators may add --all for everyone's). With
+--output json: {\"jobs\": [JOB, ...]} where each JOB has the shape shown in
+`jobctl status --help`.";
+
+const STOP_EXAMPLES: &str = "\
+Examples:
+  jobctl stop \"$id\"
+  jobctl stop --output json \"$id\"
+
+Sends SIGTERM to every process of the job, then SIGKILL after the server's grace
+period, and prints the job's final status (the JSON shape of `jobctl status --help`).
+Stopping a job that has already ended is not an error.";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  jobctl completions bash > /etc/bash_completion.d/jobctl
+  jobctl completions zsh > \"${fpath[1]}/_jobctl\"
+  jobctl completions fish > ~/.config/fish/completions/jobctl.fish";
+
+/// Run and manage isolated, resource-limited jobs on a jobworker server.
+///
+/// Talks to the jobworker API server over gRPC with mutual TLS (TLS 1.3 only). Your
+/// identity is the common name of your client certificate: you see and control only
+/// the jobs you started.
+#[derive(Debug, Parser)]
+#[command(name = "jobctl", version, after_long_help = MAIN_EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the server is and how to prove who we are.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectionArgs {
+    /// The API server, https://HOST:PORT (the port defaults to 50051) [env:
+    /// JOBWORKER_SERVER] [default: https://localhost:50051]
+    #[arg(long, global = true, value_name = "URL", value_parser = parse_server)]
+    pub server: Option<String>,
+
+    /// CA certificate (PEM) the server's certificate must chain to [env: JOBWORKER_CA]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+
+    /// Your client certificate (PEM); its common name is your identity [env:
+    /// JOBWORKER_CERT]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+
+    /// The private key of --cert (PEM); must not be readable by group or others [env:
+    /// JOBWORKER_KEY]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+}
+
+fn parse_server(text: &str) -> Result<String, String> {
+    text.parse::<settings::Server>()?;
+    Ok(text.to_string())
+}
+
+impl ConnectionArgs {
+    pub fn flags(&self) -> Flags {
+        Flags {
+            server: self.server.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a job and print its id
+    #[command(after_long_help = START_EXAMPLES)]
+    Start(JobArgs),
+
+    /// Start a job, stream its output, and exit with its exit status
+    #[command(after_long_help = RUN_EXAMPLES)]
+    Run(JobArgs),
+
+    /// Write a job's output, from its first byte
+    #[command(after_long_help = LOGS_EXAMPLES)]
+    Logs(LogsArgs),
+
+    /// Show the status of a job
+    #[command(after_long_help = STATUS_EXAMPLES)]
+    Status(IdArgs),
+
+    /// List your jobs
+    #[command(after_long_help = LIST_EXAMPLES)]
+    List(ListArgs),
+
+    /// Stop a job and show its final status
+    #[command(after_long_help = STOP_EXAMPLES)]
+    Stop(IdArgs),
+
+    /// Print shell completions
+    #[command(after_long_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell to complete for
+        #[arg(value_name = "SHELL")]
+        shell: Shell,
+    },
+}
+
+/// A job to start.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// Add NAME=VALUE to the job's environment (repeatable)
+    #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
+    pub env: Vec<(String, String)>,
+
+    /// The command and its arguments, after `--`
+    #[arg(value_name = "COMMAND", last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+
+    // Last: its help heading applies to the arguments declared after it.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Resource limits. An unset limit takes the server's ceiling.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Limits (unset: the server's ceiling)")]
+#[command(group(ArgGroup::new("io_rates").multiple(true).args(
+    ["io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops"]
+)))]
+pub struct LimitArgs {
+    /// CPU time in cores, up to 3 decimals: 0.5 is half of one core, 2 two cores
+    #[arg(long, value_name = "CORES", value_parser = parse::cpu)]
+    pub cpu: Option<u32>,
+
+    /// Memory, in bytes or with a binary unit: 512K, 256M, 2G (no swap)
+    #[arg(long, value_name = "SIZE", value_parser = parse::memory)]
+    pub memory: Option<u64>,
+
+    /// Most processes and threads at once
+    #[arg(long, value_name = "N", value_parser = parse::pids)]
+    pub pids: Option<u32>,
+
+    /// Block device the IO limits apply to, e.g. /dev/vda (needs an --io-* rate)
+    #[arg(long, value_name = "DEVICE", value_parser = parse::device, requires = "io_rates")]
+    pub io_device: Option<String>,
+
+    /// Bytes read per second from --io-device: 10M, 512K, 1048576
+    #[arg(long, value_name = "RATE", value_parser = parse::rate, requires = "io_device")]
+    pub io_read_bps: Option<u64>,
+
+    /// Bytes written per second to --io-device
+    #[arg(long, value_name = "RATE", value_parser = parse::rate, requires = "io_device")]
+    pub io_write_bps: Option<u64>,
+
+    /// Read operations per second on --io-device
+    #[arg(long, value_name = "N", value_parser = parse::count, requires = "io_device")]
+    pub io_read_iops: Option<u64>,
+
+    /// Write operations per second on --io-device
+    #[arg(long, value_name = "N", value_parser = parse::count, requires = "io_device")]
+    pub io_write_iops: Option<u64>,
+}
+
+/// How to print a result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Text for people
+    #[default]
+    Human,
+    /// JSON for scripts (the shape in `jobctl status --help`)
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdArgs {
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+
+    /// The job's id
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Everyone's jobs, not only yours (administrators only)
+    #[arg(short, long)]
+    pub all: bool,
+
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Keep writing new output until the job ends
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// The job's id
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("jobctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_takes_limits_and_the_command_after_the_separator() {
+        let cli = parse(&[
+            "run", "--cpu", "0.5", "--memory", "256M", "--pids", "100", "-e", "A=1", "--", "sh",
+            "-c", "exit 7",
+        ])
+        .unwrap();
+        let Command::Run(job) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(job.limits.cpu, Some(500));
+        assert_eq!(job.limits.memory, Some(256 << 20));
+        assert_eq!(job.limits.pids, Some(100));
+        assert_eq!(job.env, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(job.command, vec!["sh", "-c", "exit 7"]);
+    }
+
+    #[test]
+    fn the_separator_is_required() {
+        let e = parse(&["run", "sh", "-c", "exit 7"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        let e = parse(&["run", "--"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn io_rates_and_device_require_each_other() {
+        assert!(parse(&["start", "--io-read-bps", "1M", "--", "true"]).is_err());
+        assert!(parse(&["start", "--io-device", "/dev/vda", "--", "true"]).is_err());
+        let cli = parse(&[
+            "start",
+            "--io-device",
+            "/dev/vda",
+            "--io-write-iops",
+            "5",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Start(job) = cli.command else {
+            panic!("not start")
+        };
+        assert_eq!(job.limits.io_device.as_deref(), Some("/dev/vda"));
+        assert_eq!(job.limits.io_write_iops, Some(5));
+    }
+
+    #[test]
+    fn connection_flags_go_anywhere() {
+        let cli = parse(&["--server", "localhost:1", "status", "--ca", "/ca", "x"]).unwrap();
+        assert_eq!(cli.connection.server.as_deref(), Some("localhost:1"));
+        assert_eq!(cli.connection.ca, Some(PathBuf::from("/ca")));
+        assert!(parse(&["status", "--server", "http://localhost", "x"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        let e = parse(&["run", "--memory", "lots", "--", "true"]).unwrap_err();
+        let text = e.render().to_string();
+        assert!(
+            text.contains(
+                "invalid value 'lots' for '--memory <SIZE>': expected a size like 512M, 2G \
+                 or 1048576"
+            ),
+            "{text}"
+        );
+    }
+}

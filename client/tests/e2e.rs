@@ -1,0 +1,287 @@
+//! End to end, as root: jobctl (a subprocess) → the real `jobworker-api` (as nobody)
+//! → the real `jobworker-executor` (root) → real jobs, with certificates from the
+//! development PKI tool. Each test prints a visible `SKIPPED ...: needs root` line
+//! when not root.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::process::Stdio;
+
+use common::stack::{Stack, open_gate};
+use common::{Pki, finish, outcome, send_signal, sha256, skip_unless_root};
+
+fn start(stack: &Stack, user: &str, argv: &[&str]) -> String {
+    let out = outcome(stack.jobctl(user).arg("start").arg("--").args(argv));
+    assert_eq!(out.code, 0, "start: {}", out.stderr);
+    let id = out.stdout_text().trim_end().to_string();
+    assert_eq!(id.len(), 32, "{id:?}");
+    id
+}
+
+#[test]
+fn run_exits_with_the_jobs_exit_code() {
+    if skip_unless_root("run_exits_with_the_jobs_exit_code") {
+        return;
+    }
+    let stack = Stack::start("exit");
+    let out = outcome(stack.jobctl("alice").args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]));
+    assert_eq!(out.code, 7, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, b"out\nerr\n");
+    assert_eq!(out.stderr, "", "a job's own exit prints nothing");
+}
+
+#[test]
+fn run_of_a_job_killed_by_sigkill_exits_137() {
+    if skip_unless_root("run_of_a_job_killed_by_sigkill_exits_137") {
+        return;
+    }
+    let stack = Stack::start("kill");
+    let out = outcome(
+        stack
+            .jobctl("alice")
+            .args(["run", "--", "sh", "-c", "kill -9 $$"]),
+    );
+    assert_eq!(out.code, 137, "stderr: {}", out.stderr);
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn run_of_a_missing_program_exits_9() {
+    if skip_unless_root("run_of_a_missing_program_exits_9") {
+        return;
+    }
+    let stack = Stack::start("missing");
+    let out = outcome(
+        stack
+            .jobctl("alice")
+            .args(["run", "--", "/nonexistent/program"]),
+    );
+    out.assert_error(9, "failed to start");
+}
+
+#[test]
+fn ctrl_c_during_run_stops_the_whole_job() {
+    if skip_unless_root("ctrl_c_during_run_stops_the_whole_job") {
+        return;
+    }
+    let stack = Stack::start("ctrlc");
+    let mut child = stack
+        .jobctl("alice")
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600; echo never",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"started\n");
+    send_signal(child.id(), "INT");
+    child.stdout = Some(stdout);
+    let out = finish(&mut child);
+    assert_eq!(out.code, 143, "stopped by SIGTERM; stderr: {}", out.stderr);
+    assert_eq!(out.stdout, b"", "nothing after the stop");
+    assert!(
+        out.stderr.starts_with("jobctl: stopping job "),
+        "{}",
+        out.stderr
+    );
+
+    // The job is over, with the stop recorded.
+    let out = outcome(stack.jobctl("alice").args(["list", "--output", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["jobs"][0]["state"], "stopped");
+    assert_eq!(v["jobs"][0]["signal"], 15);
+}
+
+#[test]
+fn logs_follow_of_random_binary_output_is_byte_exact() {
+    if skip_unless_root("logs_follow_of_random_binary_output_is_byte_exact") {
+        return;
+    }
+    let stack = Stack::start("logs");
+    let data = stack.scratch.writable("data");
+    let gate = stack.scratch.gate("gate");
+    // Half the output before the gate opens, half after: the follower sees the job
+    // running and catches up, then follows to the end.
+    let script = format!(
+        "head -c 524288 /dev/urandom > {d}/1 && cat {d}/1 && read x < {g} && \
+         head -c 524288 /dev/urandom > {d}/2 && cat {d}/2",
+        d = data.display(),
+        g = gate.display()
+    );
+    let id = start(&stack, "alice", &["sh", "-c", &script]);
+    let mut follower = stack
+        .jobctl("alice")
+        .args(["logs", "-f", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follower.stdout.take().unwrap();
+    let mut first_half = vec![0u8; 524_288];
+    stdout.read_exact(&mut first_half).unwrap();
+    open_gate(&gate);
+    follower.stdout = Some(stdout);
+    let out = finish(&mut follower);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut followed = first_half;
+    followed.extend_from_slice(&out.stdout);
+
+    let mut written = std::fs::read(data.join("1")).unwrap();
+    written.extend(std::fs::read(data.join("2")).unwrap());
+    assert_eq!(written.len(), 1_048_576);
+    assert_eq!(followed.len(), written.len());
+    assert_eq!(sha256(&followed), sha256(&written));
+
+    // A reader that comes later gets the same bytes, from byte 0.
+    let out = outcome(stack.jobctl("alice").args(["logs", &id]));
+    assert_eq!(sha256(&out.stdout), sha256(&written));
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    if skip_unless_root("status_json_has_the_documented_fields") {
+        return;
+    }
+    let stack = Stack::start("json");
+    let id = start(&stack, "alice", &["sh", "-c", "echo hi"]);
+    // Following the output to its end waits for the job to end.
+    let out = outcome(stack.jobctl("alice").args(["logs", "-f", &id]));
+    assert_eq!(out.stdout, b"hi\n");
+
+    let out = outcome(
+        stack
+            .jobctl("alice")
+            .args(["status", "--output", "json", &id]),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let keys: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let documented = BTreeSet::from([
+        "id",
+        "owner",
+        "argv",
+        "state",
+        "exit_code",
+        "signal",
+        "oom_killed",
+        "error",
+        "started_at",
+        "started_at_unix_ms",
+        "ended_at",
+        "ended_at_unix_ms",
+        "cpu_usec",
+        "peak_memory_bytes",
+        "output_bytes",
+        "output_truncated",
+        "limits",
+    ]);
+    assert_eq!(keys, documented);
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["owner"], "alice");
+    assert_eq!(v["argv"], serde_json::json!(["sh", "-c", "echo hi"]));
+    assert_eq!(v["state"], "exited");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["signal"], serde_json::Value::Null);
+    assert_eq!(v["oom_killed"], false);
+    assert_eq!(v["output_bytes"], 3);
+    assert!(v["ended_at"].as_str().unwrap().ends_with('Z'));
+    assert!(v["ended_at_unix_ms"].as_i64().unwrap() >= v["started_at_unix_ms"].as_i64().unwrap());
+    // Unset limits took the executor's ceilings.
+    assert!(v["limits"]["memory_bytes"].as_u64().is_some(), "{v}");
+}
+
+#[test]
+fn list_shows_only_the_callers_jobs() {
+    if skip_unless_root("list_shows_only_the_callers_jobs") {
+        return;
+    }
+    let stack = Stack::start("list");
+    let alices = start(&stack, "alice", &["true"]);
+    let bobs = start(&stack, "bob", &["true"]);
+    let ids = |user: &str, all: bool| -> BTreeSet<String> {
+        let mut args = vec!["list", "--output", "json"];
+        if all {
+            args.push("--all");
+        }
+        let out = outcome(stack.jobctl(user).args(&args));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids("alice", false), BTreeSet::from([alices.clone()]));
+    assert_eq!(ids("bob", false), BTreeSet::from([bobs.clone()]));
+    assert_eq!(ids("admin", true), BTreeSet::from([alices.clone(), bobs]));
+    // Another user's job is not found, exactly like a missing one.
+    outcome(stack.jobctl("bob").args(["status", &alices])).assert_error(5, "not found");
+    outcome(stack.jobctl("bob").args(["list", "--all"])).assert_error(8, "permission denied");
+}
+
+#[test]
+fn bad_flags_a_wrong_ca_and_an_unreachable_server_each_give_one_line() {
+    if skip_unless_root("bad_flags_a_wrong_ca_and_an_unreachable_server_each_give_one_line") {
+        return;
+    }
+    let stack = Stack::start("errors");
+    outcome(
+        stack
+            .jobctl("alice")
+            .args(["run", "--memory", "lots", "--", "true"]),
+    )
+    .assert_error(
+        2,
+        "invalid value 'lots' for '--memory <SIZE>': expected a size like 512M, 2G or 1048576",
+    );
+    outcome(stack.jobctl("alice").args(["run", "uname", "-a"]))
+        .assert_error(2, "the job's command goes after `--`");
+
+    let other = Pki::new();
+    outcome(
+        stack
+            .jobctl("alice")
+            .env("JOBWORKER_CA", other.ca())
+            .args(["list"]),
+    )
+    .assert_error(4, "the server's certificate is not trusted");
+    let (cert, key) = other.client("alice");
+    outcome(
+        stack
+            .jobctl("alice")
+            .env("JOBWORKER_CERT", cert)
+            .env("JOBWORKER_KEY", key)
+            .args(["list"]),
+    )
+    .assert_error(4, "the server rejected our certificate");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    outcome(
+        stack
+            .jobctl("alice")
+            .args(["--server", &format!("https://localhost:{port}"), "list"]),
+    )
+    .assert_error(3, "cannot reach the server");
+}
