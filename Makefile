@@ -7,7 +7,7 @@ DESTDIR     ?=
 SHARED      ?= ../shared
 ADVISORY_DB := target/advisory-db
 
-.PHONY: all build deps test lint fmt-check clippy deny test-host test-vm
+.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm
 
 all: build
 
@@ -16,6 +16,14 @@ build:
 
 deps:
 	.ci/install-deps
+
+## The whole service in the foreground (as root), with the development PKI.
+run:
+	deploy/dev-run.sh
+
+## The development PKI in dev-pki/ (a CA, a server certificate, alice, bob and admin).
+certs:
+	$(CARGO) run --locked -q -p jobctl --bin jobworker-dev-certs -- dev-pki
 
 ## The whole suite: gates first, then host tests (root ones run as root), then the
 ## cgroup v2 tests in a VM.

@@ -116,6 +116,7 @@ pub fn main() -> ! {
 }
 
 fn run(report: &mut File) -> Result<i32, Step> {
+    sys::setsid().step(|| "job init: new session".into())?;
     let lifeline = sys::take_inherited_fd(FD_LIFELINE).step(|| "job init: lifeline".into())?;
     let spec = read_spec().step(|| "job init: reading the job spec".into())?;
     if sys::poll_readable([lifeline.as_fd()], Some(0)).step(|| "poll".into())?[0] {

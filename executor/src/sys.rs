@@ -377,6 +377,13 @@ pub fn mount(
     .map(drop)
 }
 
+/// Starts a new session (`setsid(2)`): the job leaves the executor's session and process
+/// group, so a terminal's signals (Ctrl-C on a foreground executor) never reach it.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments and touches no memory.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
 /// Detaches the mount at `target` (`umount2(MNT_DETACH)`).
 pub fn umount_detach(target: &str) -> io::Result<()> {
     let target = cstring(target)?;

@@ -116,6 +116,13 @@ fn inspect() -> Result<(), String> {
     let mut facts: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
     facts.insert("pid", std::process::id().into());
+    // Session id (field 6 of stat; fields after the command name start at ") ").
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let session: i64 = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(-1);
+    facts.insert("session", session.into());
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .map_err(|e| e.to_string())?
         .flatten()
