@@ -447,7 +447,7 @@ mod tests {
     #[test]
     fn every_denied_call_is_in_the_design_notes() {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-        let text: String = ["design.md", "design-isolation-cgroups.md"]
+        let text: String = ["design.md"]
             .iter()
             .filter_map(|f| std::fs::read_to_string(docs.join(f)).ok())
             .collect();
