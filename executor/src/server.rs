@@ -75,7 +75,7 @@ pub async fn serve(
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!("connection cap ({max_connections}) reached; connection refused");
-            tasks.spawn(refuse(stream, max_connections));
+            refuse(stream, max_connections);
             continue;
         };
         let engine = engine.clone();
@@ -89,15 +89,18 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-async fn refuse(stream: UnixStream, max: usize) {
-    let mut t = server_transport(stream);
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        t.send(Response::Error(WireError::exhausted(format!(
-            "the executor already has {max} connections, its maximum"
-        )))),
-    )
-    .await;
+/// Tells a peer over the cap why it is refused, without a task or a wait: one small
+/// frame fits an empty socket buffer, and if it somehow does not, the peer just sees the
+/// connection close.
+fn refuse(stream: UnixStream, max: usize) {
+    let refusal = Response::Error(WireError::exhausted(format!(
+        "the executor already has {max} connections, its maximum"
+    )));
+    if let Ok(body) = codec::encode(&refusal) {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let _ = stream.try_write(&frame);
+    }
 }
 
 async fn connection(stream: UnixStream, engine: Arc<Engine>, shutdown: CancellationToken) {

@@ -212,6 +212,8 @@ async fn shutdown_stops_running_jobs_and_records_them() {
         ])
         .await
         .unwrap();
+    // Only once the trap is in place does the job really ignore SIGTERM.
+    exec.client().await.wait_for_output(id, b"up").await;
     let status = exec.terminate();
     assert!(status.success(), "{status:?}");
     drop(c);
