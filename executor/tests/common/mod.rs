@@ -487,6 +487,12 @@ fn stat_of(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// Whether a /proc state letter is that of a live process: not a zombie (`Z`, waiting to
+/// be reaped) nor dead (`X`, being released).
+fn alive_state(state: char) -> bool {
+    !matches!(state, 'Z' | 'X' | 'x')
+}
+
 /// The live processes of the job whose PID namespace is `ns`. Take this snapshot while
 /// the job runs: once a namespace is gone its inode number can be reused by another job.
 /// Zombies are dead (they only wait for the host's PID 1 to reap them) and not listed.
@@ -497,7 +503,7 @@ pub fn job_processes(ns: &str) -> Vec<Proc> {
             continue;
         };
         match stat_of(pid) {
-            Some((state, start)) if state != 'Z' && pid_ns(pid) == ns => {
+            Some((state, start)) if alive_state(state) && pid_ns(pid) == ns => {
                 out.push(Proc { pid, start })
             }
             _ => {}
@@ -512,7 +518,7 @@ pub fn still_alive(procs: &[Proc]) -> Vec<Proc> {
         .iter()
         .copied()
         .filter(
-            |p| matches!(stat_of(p.pid), Some((state, start)) if state != 'Z' && start == p.start),
+            |p| matches!(stat_of(p.pid), Some((state, start)) if alive_state(state) && start == p.start),
         )
         .collect()
 }
