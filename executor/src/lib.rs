@@ -12,7 +12,7 @@
 //! - [`cgroup`]: cgroup v2 and v1 backends behind one interface;
 //! - [`seccomp`]: the job's seccomp filter;
 //! - [`users`]: resolving the job user and groups;
-//! - [`sys`]: every raw system call, and the only place with `unsafe`.
+//! - [`sys`]: every raw system call: the one module allowed to bypass Rust's safety checks.
 
 pub mod cgroup;
 pub mod config;

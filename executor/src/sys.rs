@@ -189,11 +189,10 @@ pub fn spawn_reexec(
         args.cgroup = cg.as_raw_fd() as u64;
     }
 
-    // SAFETY: `args` is a valid clone_args of the size passed; `pidfd` outlives the
-    // call. No stack is given, so the child runs on a copy of this thread's stack like
-    // fork(2). In the child (return value 0) only async-signal-safe calls follow, on
-    // memory allocated before the clone, and it never returns from this function: it
-    // either execs or `_exit`s.
+    // No stack is given, so the child runs on a copy of this thread's stack like fork(2);
+    // in the child (return value 0) only async-signal-safe calls follow, on memory
+    // allocated before the clone, and it never returns from here: it execs or `_exit`s.
+    // SAFETY: `args` is a valid clone_args of the size passed; `pidfd` outlives the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,

@@ -2,7 +2,7 @@
 //!
 //! Read directly rather than through NSS: the accounts the executor uses are system
 //! accounts created by `sysusers.d`, which live in those files, and this keeps the
-//! resolution free of dynamic modules and `unsafe`. Numeric ids are accepted too.
+//! resolution free of dynamic modules and foreign calls. Numeric ids are accepted too.
 
 /// A user entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

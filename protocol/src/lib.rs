@@ -12,7 +12,7 @@
 //! - [`codec`]: framing (length-delimited frames with an explicit maximum) and bincode
 //!   encoding with a byte limit, plus the version handshake.
 //!
-//! The crate does no I/O beyond the codec and contains no `unsafe` code.
+//! The crate does no I/O beyond the codec; the workspace lints forbid unchecked code in it.
 
 pub mod codec;
 pub mod error;
