@@ -7,7 +7,25 @@ DESTDIR     ?=
 SHARED      ?= ../shared
 ADVISORY_DB := target/advisory-db
 
-.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm
+# Install layout (see docs/design.md, "Install layout"). Units, sysusers.d and tmpfiles.d
+# entries go below $(PREFIX)/lib, which systemd searches for both /usr/local and /usr;
+# configuration always goes to /etc/jobworker, state is /var/lib/jobworker.
+BINDIR      ?= $(PREFIX)/bin
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+CONFDIR     ?= /etc/jobworker
+# Where `make install` takes the binaries from; it builds them first when this is the
+# default release directory.
+INSTALL_FROM ?= target/release
+INSTALL_BINS := jobworker-executor jobworker-api jobctl
+INSTALL_UNITS := jobworker-executor.socket jobworker-executor.service jobworker-api.service
+# $(call install_config,SOURCE,NAME,MODE): deploy/SOURCE becomes $(CONFDIR)/NAME, unless
+# that file exists: an administrator's configuration is never replaced.
+install_config = if [ -e $(DESTDIR)$(CONFDIR)/$(2) ]; then echo "keeping $(DESTDIR)$(CONFDIR)/$(2)"; \
+	else install -m $(3) deploy/$(1) $(DESTDIR)$(CONFDIR)/$(2); fi
+
+.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall
 
 all: build
 
@@ -27,7 +45,7 @@ certs:
 
 ## The whole suite: gates first, then host tests (root ones run as root), then the
 ## cgroup v2 tests in a VM.
-test: deps lint deny build test-host test-vm
+test: deps lint deny build test-units test-host test-vm
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
@@ -50,3 +68,37 @@ test-host:
 
 test-vm:
 	.ci/vm/test-vm.sh
+
+## The systemd units: `systemd-analyze verify`, the exposure scores, and an install into
+## a temporary DESTDIR (deploy/check-units.sh).
+test-units: build
+	deploy/check-units.sh
+
+## Installs the release binaries, the systemd units (with the binaries' installed paths),
+## the sysusers.d and tmpfiles.d entries, and the example configuration, which never
+## replaces an existing file.
+install:
+	@if [ "$(INSTALL_FROM)" = target/release ]; then \
+		echo "$(CARGO) build --release --locked (jobworker-executor, jobworker-api, jobctl)"; \
+		$(CARGO) build --release --locked -p jobworker-executor --bin jobworker-executor \
+			-p jobworker-api --bin jobworker-api -p jobctl --bin jobctl; \
+	fi
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(TMPFILESDIR)
+	test -d $(DESTDIR)$(CONFDIR) || install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	for b in $(INSTALL_BINS); do install -m 0755 $(INSTALL_FROM)/$$b $(DESTDIR)$(BINDIR)/$$b || exit 1; done
+	for u in $(INSTALL_UNITS); do \
+		sed 's|@BINDIR@|$(BINDIR)|g' deploy/$$u >$(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		mv -f $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	install -m 0644 deploy/sysusers.d/jobworker.conf $(DESTDIR)$(SYSUSERSDIR)/jobworker.conf
+	install -m 0644 deploy/tmpfiles.d/jobworker.conf $(DESTDIR)$(TMPFILESDIR)/jobworker.conf
+	$(call install_config,executor.toml,executor.toml,0600)
+	$(call install_config,jobworker-api.toml,api.toml,0644)
+
+## Removes what `make install` put, except the configuration and the state.
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(INSTALL_BINS))
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(INSTALL_UNITS))
+	rm -f $(DESTDIR)$(SYSUSERSDIR)/jobworker.conf $(DESTDIR)$(TMPFILESDIR)/jobworker.conf

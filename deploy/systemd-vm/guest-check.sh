@@ -1,0 +1,223 @@
+#!/bin/bash
+# Runs inside the systemd guest that run.sh boots (as jobworker-vmcheck.service) and
+# prints one line per check on the console:
+#   VMCHECK PASS <what>
+#   VMCHECK FAIL <what>: <why>
+#   VMCHECK INFO <what>: <value>        facts for the documentation
+#   VMCHECK-DONE <passed> <failed>      then the guest powers off
+# Waits are polls with a bound: the guest runs under software emulation.
+set -u
+export PATH=/usr/local/bin:/usr/bin:/usr/sbin
+export JOBWORKER_SERVER=https://localhost:50051
+export JOBWORKER_CA=/root/pki/ca.pem JOBWORKER_CERT=/root/pki/alice.pem JOBWORKER_KEY=/root/pki/alice.key
+probe=/usr/local/libexec/jobworker-probe
+cg=/sys/fs/cgroup/system.slice/jobworker-executor.service
+dropins=/run/systemd/system/jobworker-executor.service.d
+
+passed=0
+failed=0
+ok() {
+    echo "VMCHECK PASS $*"
+    passed=$((passed + 1))
+}
+bad() {
+    echo "VMCHECK FAIL $*"
+    failed=$((failed + 1))
+}
+info() { echo "VMCHECK INFO $*"; }
+# expect NAME WANT GOT: passes when GOT equals WANT.
+expect() {
+    if [[ $3 == "$2" ]]; then ok "$1"; else bad "$1: expected '$2', got '$3'"; fi
+}
+# expect_match NAME REGEX GOT
+expect_match() {
+    if [[ $3 =~ $2 ]]; then ok "$1"; else bad "$1: expected /$2/, got '$3'"; fi
+}
+one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
+status_field() { sed -n "s/^$2:[[:space:]]*\([^[:space:]]*\).*/\1/p" "/proc/$1/status"; }
+json_field() { tr -d ' \n' | sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+
+wait_for() { # TRIES CMD...: runs CMD once a second until it succeeds
+    local n=$1
+    shift
+    for ((i = 0; i < n; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    return 1
+}
+api_ready() { jobctl list; }
+executor_pid() { systemctl show -p MainPID --value jobworker-executor.service; }
+restart_executor() {
+    systemctl daemon-reload
+    systemctl reset-failed jobworker-executor.service
+    systemctl restart jobworker-executor.service
+    wait_for 120 api_ready
+}
+# A job that reports SIGTERM, for stop tests; prints its id once the trap is set.
+start_trap_job() {
+    local id
+    id=$(jobctl start -- sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 1; done') || return 1
+    wait_for 60 sh -c "jobctl logs $id | grep -q ready" || return 1
+    echo "$id"
+}
+
+info "kernel: $(uname -r), systemd $(systemctl --version | head -n 1 | cut -d' ' -f2)"
+
+# --- accounts and directories from sysusers.d/tmpfiles.d at boot --------------------------
+expect_match "sysusers created jobworker" '^jobworker:x:[0-9]+:[0-9]+:jobworker API server:/nonexistent:/usr/sbin/nologin$' "$(getent passwd jobworker)"
+expect_match "sysusers created jobworker-job" '^jobworker-job:x:[0-9]+:[0-9]+:jobworker jobs:/nonexistent:/usr/sbin/nologin$' "$(getent passwd jobworker-job)"
+expect "tmpfiles created /var/lib/jobworker" "700 root root" "$(stat -c '%a %U %G' /var/lib/jobworker 2>&1)"
+
+# --- enabling, as documented ----------------------------------------------------------
+if out=$(systemctl enable --now jobworker-executor.socket jobworker-api.service 2>&1); then
+    ok "systemctl enable --now jobworker-executor.socket jobworker-api.service"
+else
+    bad "systemctl enable --now: $out"
+fi
+if wait_for 180 api_ready; then ok "API server answers"; else
+    bad "API server answers: $(jobctl list 2>&1); $(journalctl -b -u jobworker-api -u jobworker-executor --no-pager | tail -n 20 | one_line)"
+fi
+expect "executor socket" "660 root jobworker socket" "$(stat -c '%a %U %G %F' /run/jobworker/executor.sock 2>&1)"
+expect "executor started by socket activation" "active" "$(systemctl is-active jobworker-executor.service)"
+
+out=$(jobctl run -- echo hello 2>&1)
+expect "jobctl run -- echo hello" "hello" "$out"
+
+# --- the processes ---------------------------------------------------------------------
+epid=$(executor_pid)
+apid=$(systemctl show -p MainPID --value jobworker-api.service)
+# CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8, CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21
+expect "executor bounding set" "00000000002011e0" "$(status_field "$epid" CapBnd)"
+expect "executor effective set" "00000000002011e0" "$(status_field "$epid" CapEff)"
+expect "executor no_new_privs" "1" "$(status_field "$epid" NoNewPrivs)"
+expect "executor seccomp" "2" "$(status_field "$epid" Seccomp)"
+expect "executor cgroup" "0::/system.slice/jobworker-executor.service/supervisor" "$(cat "/proc/$epid/cgroup")"
+expect "executor network namespace is private" "yes" "$([[ $(readlink "/proc/$epid/ns/net") != "$(readlink /proc/1/ns/net)" ]] && echo yes || echo no)"
+expect "API server user" "$(id -u jobworker)" "$(status_field "$apid" Uid)"
+expect "API server bounding set" "0000000000000000" "$(status_field "$apid" CapBnd)"
+expect "API server no_new_privs" "1" "$(status_field "$apid" NoNewPrivs)"
+expect "API server seccomp" "2" "$(status_field "$apid" Seccomp)"
+cred=/run/credentials/jobworker-api.service/server.key
+info "credential file: $(stat -c '%a %U:%G' $cred 2>&1) on $(stat -f -c %T "${cred%/*}" 2>&1)"
+expect "API server's key from LoadCredential= (0400, its own user)" "400 jobworker" "$(stat -c '%a %U' $cred 2>&1)"
+
+# --- what a job sees -------------------------------------------------------------------
+inspect=$(jobctl run -- "$probe" inspect 2>&1)
+info "probe inspect: $(one_line <<<"$inspect")"
+expect "job: only lo" '["lo"]' "$(tr -d ' \n' <<<"$inspect" | sed -n 's/.*"interfaces":\(\[[^]]*\]\).*/\1/p')"
+expect "job: lo is up" "true" "$(json_field lo_up <<<"$inspect")"
+expect "job: no capabilities" "0000000000000000" "$(json_field cap_bnd <<<"$inspect")"
+expect "job: uid" "$(id -u jobworker-job)" "$(json_field uid <<<"$inspect" | sed 's/\\t.*//')"
+id=$(jobctl start -- sleep 1000)
+jobdir=$cg/jobs/$id
+expect "job cgroup under the delegated subtree" "yes" "$([[ -f $jobdir/memory.max && -f $jobdir/pids.max ]] && echo yes || echo "no: $(find "$cg" -maxdepth 2 -type d | one_line)")"
+expect_match "controllers enabled for jobs" 'cpu.*io.*memory.*pids|cpu io memory pids' "$(cat "$cg/jobs/cgroup.subtree_control")"
+jobctl stop "$id" >/dev/null
+
+# socket(2) families: the unit's RestrictAddressFamilies= binds jobs (97 = EAFNOSUPPORT).
+# shellcheck disable=SC2016 # perl code
+families='use Socket; for my $f ([40,1,"vsock"],[17,3,"packet"],[38,5,"alg"],[31,5,"bluetooth"]) { print "$f->[2]=", (socket(my $s, $f->[0], $f->[1], 0) ? "ok" : $!+0), " " }'
+info "socket families as root outside the units: $(perl -e "$families")"
+expect "job: vsock, packet, alg, bluetooth sockets refused" "vsock=97 packet=97 alg=97 bluetooth=97" "$(jobctl run -- perl -e "$families" | one_line)"
+# shellcheck disable=SC2016 # perl code
+expect "job: TCP over IPv6 lo" "ok" "$(jobctl run -- perl -e 'use Socket qw(:all); socket(my $l, AF_INET6, SOCK_STREAM, 0) or die "$!"; bind($l, pack_sockaddr_in6(0, inet_pton(AF_INET6, "::1"))) or die "$!"; listen($l, 1) or die; socket(my $c, AF_INET6, SOCK_STREAM, 0) or die; connect($c, getsockname($l)) or die "$!"; print "ok"' 2>&1)"
+
+# Files: read-only host, no home directories, no state, no private configuration.
+expect_match "job: /home is hidden" 'Permission denied|No such file' "$(jobctl run -- cat /home/alice/notes.txt 2>&1)"
+expect_match "job: world-writable host directory is read-only" 'Read-only file system' "$(jobctl run -- touch /srv/dropbox/x 2>&1)"
+expect "job: /tmp and /var/tmp are writable" "ok" "$(jobctl run -- sh -c 'touch /tmp/x /var/tmp/x && echo ok' 2>&1)"
+expect_match "job: state directory closed" 'Permission denied' "$(jobctl run -- ls /var/lib/jobworker 2>&1)"
+expect_match "job: executor.toml closed" 'Permission denied' "$(jobctl run -- cat /etc/jobworker/executor.toml 2>&1)"
+# DevicePolicy=closed: a device node that its mode would let anyone open.
+chmod 0666 /dev/ttyS1
+expect_match "job: device outside the allow-list refused" 'Operation not permitted' "$(jobctl run -- sh -c ': </dev/ttyS1' 2>&1)"
+expect "job: /dev/null usable" "ok" "$(jobctl run -- sh -c 'echo x >/dev/null && echo ok' 2>&1)"
+
+# --- stop, restart, crash ---------------------------------------------------------------
+if id=$(start_trap_job); then
+    jobctl stop "$id" >/dev/null
+    expect_match "stop: SIGTERM reaches the job" '^ready .*got-term$' "$(jobctl logs "$id" | one_line)"
+    expect "stop: state" "stopped" "$(jobctl status -o json "$id" | json_field state)"
+else
+    bad "stop: the trap job did not start"
+fi
+
+id=$(jobctl start -- sleep 1000)
+systemctl restart jobworker-executor.service
+wait_for 120 api_ready
+expect "restart: a running job is stopped, not orphaned" "stopped" "$(jobctl status -o json "$id" | json_field state)"
+expect "restart: no job process left" "" "$(pgrep -x sleep | one_line)"
+
+id=$(jobctl start -- sleep 1000)
+old=$(executor_pid)
+systemctl kill --kill-whom=main -s SIGKILL jobworker-executor.service
+wait_for 120 sh -c "p=\$(systemctl show -p MainPID --value jobworker-executor.service); [ \"\$p\" != 0 ] && [ \"\$p\" != $old ]"
+wait_for 120 api_ready
+expect "crash: Restart=on-failure brought the executor back" "active" "$(systemctl is-active jobworker-executor.service)"
+expect "crash: the running job is lost" "lost" "$(jobctl status -o json "$id" | json_field state)"
+expect "crash: no job process left" "" "$(pgrep -x sleep | one_line)"
+expect "crash: stale job cgroup removed" "no" "$([[ -d $cg/jobs/$id ]] && echo yes || echo no)"
+
+# --- each capability kept, and each setting left out, is needed -------------------------
+# One drop-in at a time; the executor must then fail to start or its jobs fail to start
+# (or, for CAP_KILL, the job must not get its SIGTERM). The messages are recorded for
+# the documentation.
+mkdir -p "$dropins"
+try_dropin() { # LABEL CONTENT
+    printf '[Service]\n%s\n' "$2" >"$dropins/test.conf"
+    systemctl daemon-reload
+    systemctl reset-failed jobworker-executor.service 2>/dev/null
+    local since pid serving=no why log
+    since=$(date +%s)
+    systemctl restart jobworker-executor.service
+    pid=$(executor_pid)
+    for ((i = 0; i < 120; i++)); do
+        [[ $pid != 0 && -d /proc/$pid ]] || break
+        if jobctl list >/dev/null 2>&1; then
+            serving=yes
+            break
+        fi
+        sleep 1
+    done
+    if [[ $serving == yes ]]; then
+        if why=$(jobctl run -- true 2>&1); then
+            bad "$1: a job still ran"
+            return
+        fi
+    else
+        why="the executor does not start"
+    fi
+    log=$(journalctl -b -u jobworker-executor.service --since "@$since" -o cat --no-pager |
+        grep -E 'ERROR|jobworker-executor:' | tail -n 1)
+    info "$1: $(one_line <<<"$why") | executor log: $log"
+    ok "$1: no job can run"
+}
+for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN; do
+    try_dropin "CapabilityBoundingSet without $cap" "CapabilityBoundingSet=~$cap"
+done
+try_dropin "RestrictAddressFamilies without AF_INET" $'RestrictAddressFamilies=\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET6'
+try_dropin "ProtectHostname=yes" "ProtectHostname=yes"
+try_dropin "RestrictNamespaces=mnt pid net uts ipc cgroup" "RestrictNamespaces=mnt pid net uts ipc cgroup"
+try_dropin "ProtectControlGroups=yes" "ProtectControlGroups=yes"
+
+printf '[Service]\nCapabilityBoundingSet=~CAP_KILL\n' >"$dropins/test.conf"
+if restart_executor && id=$(start_trap_job); then
+    jobctl stop "$id" >/dev/null
+    logs=$(jobctl logs "$id" | one_line)
+    info "CapabilityBoundingSet without CAP_KILL: stop gives output '$logs', state $(jobctl status -o json "$id" | json_field state), signal $(jobctl status -o json "$id" | json_field signal)"
+    expect "CapabilityBoundingSet without CAP_KILL: the job gets no SIGTERM" "ready" "$logs"
+else
+    bad "CapabilityBoundingSet without CAP_KILL: the trap job did not start"
+fi
+rm -f "$dropins/test.conf"
+restart_executor
+expect "all settings restored: jobs run" "hello" "$(jobctl run -- echo hello 2>&1)"
+
+# --- stopping everything ---------------------------------------------------------------
+systemctl stop jobworker-api.service jobworker-executor.service jobworker-executor.socket
+expect "stopped: socket removed" "no" "$([[ -e /run/jobworker/executor.sock ]] && echo yes || echo no)"
+expect "stopped: no process left" "" "$(systemctl show -p MainPID --value jobworker-executor.service jobworker-api.service | grep -v '^0$' | one_line)"
+
+echo "VMCHECK-DONE $passed $failed"
+systemctl poweroff --no-block
