@@ -107,7 +107,7 @@ EOF
     done
     grep -Eq "^ExecStart=$prefix/bin/jobworker-api " "$root/$p/lib/systemd/system/jobworker-api.service" ||
         fail "PREFIX=$prefix: jobworker-api.service does not run $prefix/bin/jobworker-api"
-    grep -Eq "^ExecStart=.* exec $prefix/bin/jobworker-executor " "$root/$p/lib/systemd/system/jobworker-executor.service" ||
+    grep -Eq "^ExecStart=$prefix/bin/jobworker-executor " "$root/$p/lib/systemd/system/jobworker-executor.service" ||
         fail "PREFIX=$prefix: jobworker-executor.service does not run $prefix/bin/jobworker-executor"
     cmp -s deploy/executor.toml "$root/etc/jobworker/executor.toml" ||
         fail "PREFIX=$prefix: /etc/jobworker/executor.toml is not deploy/executor.toml"

@@ -36,6 +36,9 @@ pub struct Flags {
     /// Peer gid allowed to connect (repeatable).
     #[arg(long = "allow-gid", value_name = "GID")]
     pub allow_gid: Vec<u32>,
+    /// Peer group, by name, allowed to connect (repeatable), e.g. the API server's group.
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    pub allow_group: Vec<String>,
     /// User (name or uid) that jobs run as; never root.
     #[arg(long, value_name = "USER")]
     pub job_user: Option<String>,
@@ -107,6 +110,8 @@ struct FileConfig {
     allowed_uids: Vec<u32>,
     #[serde(default)]
     allowed_gids: Vec<u32>,
+    #[serde(default)]
+    allowed_groups: Vec<String>,
     job_user: Option<String>,
     job_group: Option<String>,
     max_running_jobs: Option<usize>,
@@ -228,10 +233,16 @@ impl Config {
         allowed_uids.extend(flags.allow_uid);
         let mut allowed_gids = file.allowed_gids;
         allowed_gids.extend(flags.allow_gid);
+        for name in file.allowed_groups.iter().chain(&flags.allow_group) {
+            let gid = db
+                .group(name)
+                .ok_or_else(|| invalid("allowed_groups", format!("no such group: {name:?}")))?;
+            allowed_gids.push(gid);
+        }
         if allowed_uids.is_empty() && allowed_gids.is_empty() {
             return Err(invalid(
                 "allowed_uids",
-                "no peer may connect: set allowed_uids or allowed_gids (--allow-uid/--allow-gid) to the API server's account",
+                "no peer may connect: set allowed_uids, allowed_gids or allowed_groups (--allow-uid/--allow-gid/--allow-group) to the API server's account",
             ));
         }
 
@@ -491,6 +502,20 @@ mod tests {
         assert_eq!(
             err(Config::merge(f, FileConfig::default(), &db())),
             "job_user: no such user: \"ghost\""
+        );
+    }
+
+    #[test]
+    fn peer_groups_are_resolved_by_name() {
+        let file = parse_file(Path::new("x.toml"), "allowed_groups = [\"jobworker\"]").unwrap();
+        let mut f = Flags::default();
+        f.allow_group = vec!["nogroup".into()];
+        let c = Config::merge(f, file, &db()).unwrap();
+        assert_eq!(c.allowed_gids, vec![991, 65534]);
+        let file = parse_file(Path::new("x.toml"), "allowed_groups = [\"ghosts\"]").unwrap();
+        assert_eq!(
+            err(Config::merge(Flags::default(), file, &db())),
+            "allowed_groups: no such group: \"ghosts\""
         );
     }
 
