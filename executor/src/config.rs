@@ -508,8 +508,10 @@ mod tests {
     #[test]
     fn peer_groups_are_resolved_by_name() {
         let file = parse_file(Path::new("x.toml"), "allowed_groups = [\"jobworker\"]").unwrap();
-        let mut f = Flags::default();
-        f.allow_group = vec!["nogroup".into()];
+        let f = Flags {
+            allow_group: vec!["nogroup".into()],
+            ..Default::default()
+        };
         let c = Config::merge(f, file, &db()).unwrap();
         assert_eq!(c.allowed_gids, vec![991, 65534]);
         let file = parse_file(Path::new("x.toml"), "allowed_groups = [\"ghosts\"]").unwrap();
