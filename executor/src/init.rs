@@ -60,7 +60,8 @@ pub struct InitSpec {
     pub hostname: String,
     /// Size of each private tmpfs, in bytes.
     pub tmp_size_bytes: u64,
-    /// cgroup v1: the `cgroup.procs` files to write "0" into before anything else.
+    /// cgroup v1: the `tasks` files to write "0" into before anything else (the init is
+    /// single-threaded, so this moves the whole process; see `cgroup::v1`).
     pub cgroup_join: Vec<PathBuf>,
     /// cgroup v1: unshare the cgroup namespace after joining (v2 jobs get it at clone).
     pub unshare_cgroupns: bool,
