@@ -76,6 +76,10 @@ pub struct InitSpec {
     pub mount_cgroup2: bool,
     /// Working directory of the command.
     pub cwd: String,
+    /// The open-file limit `(soft, hard)` the executor started with, which the job gets
+    /// instead of the executor's raised one.
+    #[serde(default)]
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl InitSpec {
@@ -194,6 +198,9 @@ fn read_spec() -> io::Result<InitSpec> {
 }
 
 fn setup_namespaces(spec: &InitSpec) -> Result<(), Step> {
+    if let Some((soft, hard)) = spec.nofile {
+        sys::set_nofile(soft, hard).step(|| "restoring the open file limit".into())?;
+    }
     for procs in &spec.cgroup_join {
         std::fs::write(procs, "0").step(|| format!("joining cgroup {}", procs.display()))?;
     }
