@@ -1564,12 +1564,14 @@ async fn scenario_scale(stack: &Stack, sizes: &Sizes, report: &mut Report) -> an
     println!("5. scale: {jobs} sleeping jobs ...");
     let mut c = stack.client().await?;
     // StartJob of a short job with nothing else running.
-    let mut at0 = Vec::new();
+    // unshare runs alongside, to tell the kernel's share of any slow-down.
+    let (mut at0, mut un0) = (Vec::new(), Vec::new());
     for _ in 0..sizes.scale_probes {
         let t = Instant::now();
         let id = start(&mut c, &["/bin/true"]).await?;
         at0.push(ms(t.elapsed()));
         follow(&mut c, &id, 0, false).await?;
+        un0.push(ms(time_command(unshare_true()).await?));
     }
     let (exec0, api0) = stack.rss_now();
     let mut ids = Vec::new();
@@ -1580,12 +1582,13 @@ async fn scenario_scale(stack: &Stack, sizes: &Sizes, report: &mut Report) -> an
     let fill = t.elapsed();
     let (exec1, api1) = stack.rss_now();
     let (exec_fds, api_fds) = (open_fds(stack.exec_pid), open_fds(stack.api_pid));
-    let mut at_n = Vec::new();
+    let (mut at_n, mut un_n) = (Vec::new(), Vec::new());
     for _ in 0..sizes.scale_probes {
         let t = Instant::now();
         let id = start(&mut c, &["/bin/true"]).await?;
         at_n.push(ms(t.elapsed()));
         follow(&mut c, &id, 0, false).await?;
+        un_n.push(ms(time_command(unshare_true()).await?));
     }
     let mut list_page = Vec::new();
     let mut list_all = Vec::new();
@@ -1652,6 +1655,7 @@ async fn scenario_scale(stack: &Stack, sizes: &Sizes, report: &mut Report) -> an
     }
     let stop = stop_t.elapsed();
     let (at0, at_n) = (Samples::new(at0), Samples::new(at_n));
+    let (un0, un_n) = (Samples::new(un0), Samples::new(un_n));
     let (list_page, list_all, status) = (
         Samples::new(list_page),
         Samples::new(list_all),
@@ -1682,7 +1686,14 @@ async fn scenario_scale(stack: &Stack, sizes: &Sizes, report: &mut Report) -> an
     );
     report.row(
         s,
-        &format!("ListJobs p50 at {jobs}: page of 100; all"),
+        &format!("unshare ... true p50 at {jobs} running"),
+        format!("{:.2} ms", un_n.p50()),
+        &format!("at 0: {:.2} ms", un0.p50()),
+        &ratio(un_n.p50(), un0.p50()),
+    );
+    report.row(
+        s,
+        &format!("ListJobs p50 at {jobs}: page of 100; all {listed}"),
         format!("{:.2}; {:.2} ms", list_page.p50(), list_all.p50()),
         "",
         "",
@@ -1710,6 +1721,8 @@ async fn scenario_scale(stack: &Stack, sizes: &Sizes, report: &mut Report) -> an
             "open_fds_api_at_n": api_fds,
             "start_at_0": at0.json(),
             "start_at_n": at_n.json(),
+            "unshare_at_0": un0.json(),
+            "unshare_at_n": un_n.json(),
             "list_page_100": list_page.json(),
             "list_all": list_all.json(),
             "jobs_listed": listed,
