@@ -1,5 +1,6 @@
-# jobworker: `make run` runs the service, `make test` runs the whole test suite.
-# Both install what they need on a fresh Debian 12 machine with a Rust toolchain.
+# jobworker: `make run` runs the service, `make test` runs the whole test suite,
+# `make bench` measures the whole stack (as root; see docs/benchmarks.md).
+# All install what they need on a fresh Debian 12 machine with a Rust toolchain.
 
 CARGO       ?= cargo
 PREFIX      ?= /usr/local
@@ -25,7 +26,7 @@ INSTALL_UNITS := jobworker-executor.socket jobworker-executor.service jobworker-
 install_config = if [ -e $(DESTDIR)$(CONFDIR)/$(2) ]; then echo "keeping $(DESTDIR)$(CONFDIR)/$(2)"; \
 	else install -m $(3) deploy/$(1) $(DESTDIR)$(CONFDIR)/$(2); fi
 
-.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall
+.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall bench bench-deps
 
 all: build
 
@@ -102,3 +103,21 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(INSTALL_BINS))
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(INSTALL_UNITS))
 	rm -f $(DESTDIR)$(SYSUSERSDIR)/jobworker.conf $(DESTDIR)$(TMPFILESDIR)/jobworker.conf
+
+## Benchmarks of the whole stack against baselines measured in the same run (needs root).
+## Prints a table and writes bench-results.json; see docs/benchmarks.md.
+BENCH_PACKAGES := bubblewrap crun busybox-static util-linux
+
+bench: bench-deps
+	$(CARGO) build --release --workspace --locked
+	$(CARGO) bench -p jobworker-api --bench stack --locked
+
+bench-deps:
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "bench: installing Debian packages:$$missing"; \
+	    if [ "$$(id -u)" != 0 ]; then echo "bench: need root to install packages"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi

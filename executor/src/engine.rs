@@ -326,6 +326,7 @@ impl Engine {
             unshare_cgroupns: v1,
             mount_cgroup2: group.clone_into_fd().is_some(),
             cwd: "/tmp".into(),
+            nofile: sys::job_nofile_limit(),
         };
         let join = match group.clone_into_fd() {
             Some(fd) => CgroupJoin::CloneInto(fd),

@@ -11,14 +11,20 @@
 //!    their group), makes every mount private, mounts a fresh `/proc` and private
 //!    size-capped tmpfs on `/tmp` (and `/var/tmp`, `/dev/shm`), brings `lo` up and sets
 //!    the host name;
-//! 3. forks the command, which clears its groups, switches to the job user, drops every
-//!    capability (bounding and ambient sets too), sets `no_new_privs`, installs the
-//!    seccomp filter and executes the command with only fds 0, 1 and 2 open;
-//! 4. tells the executor on fd 4 whether the command started or why it did not, drops its
-//!    own privileges the same way, and then waits: it reaps orphans, forwards
-//!    SIGTERM/SIGINT/SIGHUP to every process of the namespace, reports the command's exit
-//!    status and exits, which makes the kernel kill whatever else is left in the PID
-//!    namespace.
+//! 3. drops every privilege once, for itself and the command alike: clears its groups,
+//!    switches to the job user, drops every capability (bounding and ambient sets too),
+//!    sets `no_new_privs` and installs the seccomp filter;
+//! 4. forks the command, which inherits all of that, resets its signals and executes the
+//!    command with only fds 0, 1 and 2 open;
+//! 5. tells the executor on fd 4 whether the command started or why it did not, and then
+//!    waits: it reaps orphans, forwards SIGTERM/SIGINT/SIGHUP to every process of the
+//!    namespace, reports the command's exit status and exits, which makes the kernel kill
+//!    whatever else is left in the PID namespace.
+//!
+//! Dropping privileges before the fork, rather than in the command and again in the
+//! init, builds and installs the seccomp filter once per job instead of twice (the kernel
+//! converts and compiles it on every install) and keeps the fork-to-exec path short; the
+//! init needs no privilege after its namespaces are set up.
 //!
 //! fd 5 is the read end of a "lifeline" pipe whose write end only the executor holds: if
 //! the executor dies, the pipe hangs up and the init kills the job, so no job outlives
@@ -60,7 +66,8 @@ pub struct InitSpec {
     pub hostname: String,
     /// Size of each private tmpfs, in bytes.
     pub tmp_size_bytes: u64,
-    /// cgroup v1: the `cgroup.procs` files to write "0" into before anything else.
+    /// cgroup v1: the `tasks` files to write "0" into before anything else (the init is
+    /// single-threaded, so this moves the whole process; see `cgroup::v1`).
     pub cgroup_join: Vec<PathBuf>,
     /// cgroup v1: unshare the cgroup namespace after joining (v2 jobs get it at clone).
     pub unshare_cgroupns: bool,
@@ -69,6 +76,10 @@ pub struct InitSpec {
     pub mount_cgroup2: bool,
     /// Working directory of the command.
     pub cwd: String,
+    /// The open-file limit `(soft, hard)` the executor started with, which the job gets
+    /// instead of the executor's raised one.
+    #[serde(default)]
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl InitSpec {
@@ -130,6 +141,8 @@ fn run(report: &mut File) -> Result<i32, Step> {
     let signals =
         sys::block_into_signalfd(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .step(|| "blocking signals".into())?;
+    // From here on nothing the init or the command does needs a privilege.
+    drop_privileges(&spec)?;
     let (exec_r, exec_w) = io::pipe().step(|| "creating the exec status pipe".into())?;
 
     let child = match sys::fork().step(|| "fork of the command".into())? {
@@ -171,12 +184,8 @@ fn run(report: &mut File) -> Result<i32, Step> {
     }
     let _ = report::write(report, &Report::Started);
 
-    // The init keeps no handle on the job's output and drops its own privileges too.
+    // The init keeps no handle on the job's output.
     let _ = sys::redirect_to_devnull(&[1, 2]);
-    drop_privileges(&spec).map_err(|Step { what, err }| Step {
-        what: format!("job init: {what}"),
-        err,
-    })?;
     sys::set_non_dumpable().step(|| "job init: non-dumpable".into())?;
 
     supervise(child, &signals, &lifeline, report)
@@ -190,6 +199,9 @@ fn read_spec() -> io::Result<InitSpec> {
 }
 
 fn setup_namespaces(spec: &InitSpec) -> Result<(), Step> {
+    if let Some((soft, hard)) = spec.nofile {
+        sys::set_nofile(soft, hard).step(|| "restoring the open file limit".into())?;
+    }
     for procs in &spec.cgroup_join {
         std::fs::write(procs, "0").step(|| format!("joining cgroup {}", procs.display()))?;
     }
@@ -273,16 +285,14 @@ fn drop_privileges(spec: &InitSpec) -> Result<(), Step> {
     Ok(())
 }
 
-/// In the forked child: prepare and execute the command. Returns only on failure.
+/// In the forked child, which inherited the init's dropped privileges and seccomp
+/// filter: prepare and execute the command. Returns only on failure.
 fn exec_command(spec: &InitSpec) -> Step {
     if let Err(e) = sys::reset_signals() {
         return Step {
             what: "resetting signals".into(),
             err: e,
         };
-    }
-    if let Err(step) = drop_privileges(spec) {
-        return step;
     }
     if let Err(e) = std::env::set_current_dir(&spec.cwd) {
         return Step {

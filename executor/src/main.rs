@@ -70,6 +70,10 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
         bail!("the executor must run as root (it creates namespaces and cgroups)");
     }
     let cfg = Config::load(flags).context("configuration")?;
+    match sys::raise_nofile_limit() {
+        Ok(n) => tracing::info!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!("raising the open file limit: {e}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("executor")

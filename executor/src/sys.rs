@@ -66,6 +66,49 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The open-file limit the executor started with, `(soft, hard)`, recorded by
+/// [`raise_nofile_limit`] so that jobs get it back.
+static STARTING_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+fn get_nofile() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which lives on our stack.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Sets the open-file limit (`setrlimit(RLIMIT_NOFILE)`).
+pub fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads one rlimit from `lim`, which lives on our stack.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }).map(drop)
+}
+
+/// Raises the soft open-file limit to the hard one and returns it. Each running job holds
+/// four descriptors (pidfd, output pipe, report pipe, output file), so the usual soft
+/// default of 1024 would run out below 256 running jobs; the executor only uses epoll,
+/// never `select`, so a large limit is safe here. Jobs get the starting limit back
+/// ([`job_nofile_limit`]).
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let (soft, hard) = get_nofile()?;
+    let _ = STARTING_NOFILE.set((soft, hard));
+    if soft < hard {
+        set_nofile(hard, hard)?;
+    }
+    Ok(hard)
+}
+
+/// The open-file limit jobs get: the one the executor started with, if it raised it.
+pub fn job_nofile_limit() -> Option<(u64, u64)> {
+    STARTING_NOFILE.get().copied()
+}
+
 /// Takes ownership of a descriptor inherited from the service manager (socket
 /// activation), after checking that it is open, and marks it close-on-exec.
 pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {

@@ -4,7 +4,7 @@
 //! picks a backend and prepares the executor's parent group. For every job,
 //! [`Cgroups::create`] makes the job's group and writes every limit *before* the job
 //! starts; the job joins it at clone time (v2, [`JobGroup::clone_into_fd`]) or by writing
-//! `0` into each hierarchy's `cgroup.procs` before it execs (v1, [`JobGroup::join_files`]).
+//! `0` into each hierarchy's `tasks` file before it execs (v1, [`JobGroup::join_files`]).
 //! [`Cgroups::kill`] ends every process of the group, [`Cgroups::usage`] reads what the
 //! job consumed, [`Cgroups::remove`] deletes the group once it is empty, and
 //! [`Cgroups::reap_stale`] cleans up after a previous run.
@@ -152,7 +152,7 @@ pub struct JobGroup {
     id: JobId,
     /// One directory per hierarchy (one on v2), in creation order.
     dirs: Vec<PathBuf>,
-    /// v1: the `cgroup.procs` file of each directory.
+    /// v1: the `tasks` file of each directory.
     join_files: Vec<PathBuf>,
     /// v2: the group's directory, opened for `CLONE_INTO_CGROUP`.
     dir_fd: Option<OwnedFd>,
@@ -175,8 +175,8 @@ impl JobGroup {
         self.dir_fd.as_ref().map(AsFd::as_fd)
     }
 
-    /// v1: the `cgroup.procs` files, one per hierarchy, into which the job's init writes
-    /// `0` before it execs. Empty on v2.
+    /// v1: the `tasks` files, one per hierarchy, into which the job's init writes `0`
+    /// (its one thread) before it forks or execs. Empty on v2.
     pub fn join_files(&self) -> &[PathBuf] {
         &self.join_files
     }

@@ -620,7 +620,7 @@ fn co_mounted_controllers_share_one_group() {
         .map(|m| host.root().join(m).join("jw/test").join(ID))
         .collect();
     assert_eq!(g.dirs(), expected);
-    let joins: Vec<PathBuf> = expected.iter().map(|d| d.join("cgroup.procs")).collect();
+    let joins: Vec<PathBuf> = expected.iter().map(|d| d.join("tasks")).collect();
     assert_eq!(g.join_files(), joins);
     assert!(g.clone_into_fd().is_none());
     cg.remove(&g).unwrap();

@@ -4,7 +4,13 @@
 //! The hierarchies are found in the mount table by their super options, never assumed.
 //! A job's group is `<mount>/<parent>/<job-id>` in each hierarchy (co-mounted controllers
 //! such as `cpu,cpuacct` share one), and the job's init joins them all by writing `0`
-//! into each one's `cgroup.procs` before it execs.
+//! into each one's `tasks` file before it execs.
+//!
+//! `tasks`, not `cgroup.procs`: the init is single-threaded when it joins, so moving its
+//! one thread moves the whole process, and the kernel then skips the global
+//! threadgroup lock that a `cgroup.procs` write takes. Taking that lock waits for an
+//! RCU grace period, which cost about 9 ms per job on the benchmark host (see
+//! `docs/benchmarks.md`); the `tasks` write costs tens of microseconds.
 
 use std::path::{Path, PathBuf};
 
@@ -179,7 +185,7 @@ impl V1 {
             fs::remove_created(&created);
             return Err(e);
         }
-        let join_files = created.iter().map(|d| d.join("cgroup.procs")).collect();
+        let join_files = created.iter().map(|d| d.join("tasks")).collect();
         Ok(JobGroup {
             id: *job,
             dirs: created,
