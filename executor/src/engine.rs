@@ -439,8 +439,10 @@ impl Engine {
         if let Err(e) = self.store.save(&status) {
             tracing::error!(job = %id, "recording the job's end: {e}");
         }
-        writer.finish();
+        // The running slot is freed before followers and stoppers learn that the job
+        // ended: whoever saw the end may start another job at once.
         drop(permit);
+        writer.finish();
         tracing::info!(job = %id, state = status.state.as_str(), exit_code = ?status.exit_code, signal = ?status.signal, oom = status.oom_killed, "job ended");
 
         let evicted = {
