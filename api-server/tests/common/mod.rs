@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod stack;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
