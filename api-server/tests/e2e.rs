@@ -462,3 +462,19 @@ async fn output_streams_over_the_cap_are_resource_exhausted() {
     drop(again);
     open_gate(gate).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_seen_to_end_has_already_freed_its_slot() {
+    if common::skip_unless_root("a_stream_seen_to_end_has_already_freed_its_slot") {
+        return;
+    }
+    let w = world_with("slot", 600_000, "[limits]\nmax_streams = 1\n");
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["echo", "hi"]).await;
+    // Each stream opens right after the previous one's final status: never refused.
+    for _ in 0..20 {
+        let (data, end) = finished_output(&mut alice, &id).await;
+        assert_eq!(data, b"hi\n");
+        assert_eq!(end.exit_code, Some(0));
+    }
+}
