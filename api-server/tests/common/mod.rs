@@ -37,6 +37,13 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Prints a line the test harness does not capture (figures worth seeing in a passing
+/// run): written to the stderr handle, not with `eprintln!`.
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Prints the visible skip line and returns true when the test needs root and is not.
 pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
@@ -344,4 +351,45 @@ pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();
     let _ = r.read_to_string(&mut s);
     s
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Threads of a process.
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises this process's soft limit on open files to its hard limit (for tests that
+/// hold a thousand connections at once; `prlimit` from util-linux, as root). Returns
+/// the soft limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut f = l["Max open files".len()..].split_whitespace();
+            Some((
+                f.next()?.parse::<u64>().ok()?,
+                f.next()?.parse::<u64>().ok()?,
+            ))
+        })
+        .expect("Max open files in /proc/self/limits");
+    if soft < hard {
+        let _ = Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status();
+        return hard;
+    }
+    soft
 }

@@ -179,6 +179,79 @@ impl Executor {
         }
     }
 
+    /// SIGKILL and wait: no chance to stop or record anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Waits for a log line containing `needle`; panics at the deadline.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let log = self.log.as_ref().expect("launched");
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no executor log line containing {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Discards the log lines received so far (a later `wait_log` sees only newer ones).
+    pub fn drain_log(&self) {
+        while self.log.as_ref().expect("launched").try_recv().is_ok() {}
+    }
+
+    /// Job groups left under this executor's cgroup parent, in every hierarchy.
+    pub fn job_groups_left(&self) -> Vec<PathBuf> {
+        let root = Path::new("/sys/fs/cgroup");
+        let mut parents = vec![root.join(&self.cgroup_parent)];
+        if let Ok(entries) = std::fs::read_dir(root) {
+            parents.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path().join(&self.cgroup_parent)),
+            );
+        }
+        let mut left = Vec::new();
+        for parent in parents {
+            for dir in [parent.clone(), parent.join("jobs")] {
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.parse::<jobworker_protocol::JobId>().is_ok() {
+                        left.push(e.path());
+                    }
+                }
+            }
+        }
+        left
+    }
+
+    /// A job's status asked of the executor itself, bypassing the API server (the
+    /// executor must allow uid 0: `start_with(.., &["--allow-uid", "0"])`).
+    pub async fn status(&self, id: &str) -> jobworker_protocol::JobStatus {
+        use futures::{SinkExt, StreamExt};
+        use jobworker_protocol::{Request, Response, Scope};
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
+        let mut t = jobworker_protocol::client_transport(stream);
+        jobworker_protocol::codec::client_handshake(&mut t)
+            .await
+            .expect("the executor lets root in");
+        t.send(Request::Status {
+            scope: Scope::Any,
+            id: id.parse().unwrap(),
+        })
+        .await
+        .unwrap();
+        match t.next().await.unwrap().unwrap() {
+            Response::Status(s) => *s,
+            other => panic!("status of {id}: {other:?}"),
+        }
+    }
+
     /// Connections the executor currently holds on its socket: its socket fds whose
     /// inode is bound to the socket path, less the listening socket.
     pub fn connections(&self) -> usize {
