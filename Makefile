@@ -7,7 +7,7 @@ DESTDIR     ?=
 SHARED      ?= ../shared
 ADVISORY_DB := target/advisory-db
 
-.PHONY: all build deps test lint fmt-check clippy deny test-host test-vm
+.PHONY: all build deps test lint fmt-check clippy deny test-host test-vm fuzz fuzz-short
 
 all: build
 
@@ -17,9 +17,9 @@ build:
 deps:
 	.ci/install-deps
 
-## The whole suite: gates first, then host tests (root ones run as root), then the
-## cgroup v2 tests in a VM.
-test: deps lint deny build test-host test-vm
+## The whole suite: gates first, then host tests (root ones run as root), a short run
+## of every fuzz target, then the cgroup v2 tests in a VM.
+test: deps lint deny build test-host fuzz-short test-vm
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
@@ -42,3 +42,14 @@ test-host:
 
 test-vm:
 	.ci/vm/test-vm.sh
+
+## Fuzzing (cargo-fuzz, nightly; .ci/fuzz installs what is missing). fuzz-short runs
+## each target FUZZ_SHORT_SECONDS (part of test); fuzz runs each FUZZ_SECONDS.
+FUZZ_SECONDS       ?= 600
+FUZZ_SHORT_SECONDS ?= 30
+
+fuzz:
+	.ci/fuzz $(FUZZ_SECONDS)
+
+fuzz-short:
+	.ci/fuzz $(FUZZ_SHORT_SECONDS)
