@@ -225,13 +225,12 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
-/// Waits until the daemon's descriptors and threads are back to at most `base` (idle
-/// runtime threads exit on their own after a while; a descriptor of the warm-up may
-/// still have been closing when the baseline was taken).
+/// Waits until the daemon's descriptors are back to `base` and its threads at most
+/// `base` (idle runtime threads exit on their own after a while).
 fn back_to(pid: u32, base: Usage, what: &str) -> Usage {
     let ok = common::wait_until(LIMIT, || {
         let u = usage(pid);
-        u.fds <= base.fds && u.threads <= base.threads
+        u.fds == base.fds && u.threads <= base.threads
     });
     let now = usage(pid);
     assert!(ok, "{what}: {now:?}, baseline {base:?}");
@@ -316,17 +315,15 @@ async fn abandoned_streams_and_dropped_handshakes_leave_nothing_behind() {
     assert!(common::wait_until(LIMIT, || w.exec.connections() == 0));
     let exec_pid = w.exec.pid();
     let api_pid = w.api.pid();
-    // Quiet: two samples in a row agree.
-    let settle = |pid: u32| {
-        let mut last = usage(pid);
-        common::wait_until(LIMIT, || {
-            let now = usage(pid);
-            std::mem::replace(&mut last, now) == now
-        });
-        last
-    };
-    let exec_base = settle(exec_pid);
-    let api_base = settle(api_pid);
+    // Quiet: the executor holds no connection and the server only alice's.
+    let port = w.api.addr.port();
+    let quiet = || w.exec.connections() == 0 && common::tcp_connections(api_pid, port) == 1;
+    assert!(
+        common::wait_until(LIMIT, quiet),
+        "the warm-up left connections"
+    );
+    let exec_base = usage(exec_pid);
+    let api_base = usage(api_pid);
     common::note(&format!(
         "baseline: executor {exec_base:?}, api {api_base:?}"
     ));

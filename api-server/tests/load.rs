@@ -211,7 +211,7 @@ async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
         finished_output(&mut admin, &id).await.0,
         b"after the load\n"
     );
-    assert_eq!(exec.connections(), 0);
+    assert!(common::wait_until(LIMIT, || exec.connections() == 0));
     assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
 }
 

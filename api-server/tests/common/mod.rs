@@ -393,3 +393,35 @@ pub fn raise_fd_limit() -> u64 {
     }
     soft
 }
+
+/// TCP connections (any state but LISTEN) that process `pid` holds on local `port`:
+/// its socket descriptors matched against /proc/net/tcp and tcp6.
+pub fn tcp_connections(pid: u32, port: u16) -> usize {
+    let held: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|t| {
+                    let t = t.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let listening = f.get(3) == Some(&"0A");
+                    (f.len() > 9 && f[1].ends_with(&port) && !listening)
+                        .then(|| f[9].parse::<u64>().ok())?
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|inode| held.contains(inode))
+        .count()
+}
