@@ -61,8 +61,16 @@ async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
         }
         assert_eq!(got, CAP);
     }
-    // The job is blocked at its gate, having written twice the cap.
-    let s = c.status(id).await.unwrap();
+    // The job writes twice the cap, then blocks at its gate. That the executor has
+    // drained the pipe past the cap shows only in the status: ask until it says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let s = loop {
+        let s = c.status(id).await.unwrap();
+        if s.output_truncated || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::task::yield_now().await;
+    };
     assert_eq!(s.state, JobState::Running, "{s:?}");
     assert_eq!(s.output_bytes, CAP);
     assert!(s.output_truncated, "{s:?}");
@@ -174,6 +182,7 @@ async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
     let follower = tokio::spawn(async move { f.wait(id).await });
     // The job opens the gate only after closing stdout and stderr.
     gate.open().await;
+    exec.client().await.wait_for_len(id, 7).await;
     let s = c.status(id).await.unwrap();
     assert_eq!(s.state, JobState::Running, "{s:?}");
     assert_eq!(s.output_bytes, 7);
