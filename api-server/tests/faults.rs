@@ -21,13 +21,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// `seq FROM TO` as the job prints it.
-fn seq(from: u64, to: u64) -> Vec<u8> {
-    (from..=to)
-        .flat_map(|i| format!("{i}\n").into_bytes())
-        .collect()
-}
-
 async fn connect(api: &Api, pki: &Pki, who: &str) -> JobWorkerClient<Channel> {
     let (channel, _) = common::channel(api.addr, pki.client_config(who))
         .await

@@ -21,13 +21,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// `seq FROM TO` as the job prints it.
-fn seq(from: u64, to: u64) -> Vec<u8> {
-    (from..=to)
-        .flat_map(|i| format!("{i}\n").into_bytes())
-        .collect()
-}
-
 /// Counts of what the clients met.
 #[derive(Default)]
 struct Tally {

@@ -370,6 +370,13 @@ impl World {
     }
 }
 
+/// The output of `seq FROM TO`.
+pub fn seq(from: u64, to: u64) -> Vec<u8> {
+    (from..=to)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect()
+}
+
 pub fn start(argv: &[&str]) -> pb::StartJobRequest {
     pb::StartJobRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
