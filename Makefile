@@ -26,7 +26,7 @@ INSTALL_UNITS := jobworker-executor.socket jobworker-executor.service jobworker-
 install_config = if [ -e $(DESTDIR)$(CONFDIR)/$(2) ]; then echo "keeping $(DESTDIR)$(CONFDIR)/$(2)"; \
 	else install -m $(3) deploy/$(1) $(DESTDIR)$(CONFDIR)/$(2); fi
 
-.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall bench bench-deps
+.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall bench bench-deps fuzz fuzz-short
 
 all: build
 
@@ -44,9 +44,9 @@ run:
 certs:
 	$(CARGO) run --locked -q -p jobctl --bin jobworker-dev-certs -- dev-pki
 
-## The whole suite: gates first, then host tests (root ones run as root), then the
-## cgroup v2 tests in a VM.
-test: deps lint deny build test-units test-host test-vm
+## The whole suite: gates first, then the units, the host tests (root ones run as root), a
+## short run of every fuzz target, then the cgroup v2 tests in a VM.
+test: deps lint deny build test-units test-host fuzz-short test-vm
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
@@ -121,3 +121,14 @@ bench-deps:
 	    if [ "$$(id -u)" != 0 ]; then echo "bench: need root to install packages"; exit 1; fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+## Fuzzing (cargo-fuzz, nightly; .ci/fuzz installs what is missing). fuzz-short runs
+## each target FUZZ_SHORT_SECONDS (part of test); fuzz runs each FUZZ_SECONDS.
+FUZZ_SECONDS       ?= 600
+FUZZ_SHORT_SECONDS ?= 30
+
+fuzz:
+	.ci/fuzz $(FUZZ_SECONDS)
+
+fuzz-short:
+	.ci/fuzz $(FUZZ_SHORT_SECONDS)

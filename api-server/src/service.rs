@@ -226,7 +226,8 @@ async fn pump(
     slot: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) {
-    pump_frames(&mut output, &tx, &shutdown).await;
+    let mut slot = Some(slot);
+    pump_frames(&mut output, &tx, &mut slot, &shutdown).await;
     // The slot first, then the executor connection: whoever sees the connection gone
     // can open a new stream at once.
     drop(slot);
@@ -236,6 +237,7 @@ async fn pump(
 async fn pump_frames(
     output: &mut OutputStream,
     tx: &mpsc::Sender<Result<pb::StreamJobOutputResponse, Status>>,
+    slot: &mut Option<OwnedSemaphorePermit>,
     shutdown: &CancellationToken,
 ) {
     loop {
@@ -255,6 +257,11 @@ async fn pump_frames(
             }
             Some(Err(e)) => (Err(stream_error(&e)), true),
         };
+        if last {
+            // Freed before the client can see the end of its stream: a client that
+            // opens its next stream on seeing it must not find the cap still taken.
+            slot.take();
+        }
         // Waits while the client is slow (the channel is full), which in turn stops
         // reading from the executor: a slow reader slows only itself.
         tokio::select! {

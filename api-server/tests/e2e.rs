@@ -9,350 +9,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use common::{Api, ApiOptions, NOBODY, Pki};
+use common::stack::*;
 use jobworker_proto::v1 as pb;
 use jobworker_proto::v1::job_worker_client::JobWorkerClient;
 use jobworker_proto::v1::stream_job_output_response::Event;
 use rustls::{NamedGroup, ProtocolVersion};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
-use tonic::{Code, Streaming};
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A scratch directory jobs can see too (a job's /tmp is its own).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let base = std::env::var_os("JOBWORKER_TEST_SCRATCH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/jobworker-tests"));
-        std::fs::create_dir_all(&base).unwrap();
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("api-{tag}-"))
-            .tempdir_in(&base)
-            .unwrap()
-            .keep();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch(dir)
-    }
-
-    /// A FIFO any job can open: the job blocks reading it until the test writes.
-    fn gate(&self, name: &str) -> PathBuf {
-        let path = self.0.join(name);
-        let st = Command::new("mkfifo")
-            .arg("-m")
-            .arg("0666")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Opens a gate: writes a line into the FIFO (blocks until the job opens it).
-async fn open_gate(path: PathBuf) {
-    tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all(b"go\n").unwrap();
-    })
-    .await
-    .unwrap();
-}
-
-/// The real executor, as root.
-struct Executor {
-    child: Option<Child>,
-    socket: PathBuf,
-    state: PathBuf,
-    cgroup_parent: String,
-    log: Option<mpsc::Receiver<String>>,
-}
-
-impl Executor {
-    fn start(scratch: &Scratch) -> Executor {
-        let tag: String = scratch
-            .0
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        let mut e = Executor {
-            child: None,
-            socket: scratch.0.join("executor.sock"),
-            state: scratch.0.join("state"),
-            cgroup_parent: format!("jobworker-test-{tag}"),
-            log: None,
-        };
-        e.launch();
-        e
-    }
-
-    fn launch(&mut self) {
-        let bin = common::workspace_binary("jobworker-executor", "JOBWORKER_EXECUTOR_BIN");
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace first (make test does)",
-            bin.display()
-        );
-        let mut child = Command::new(&bin)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--socket-group")
-            .arg(NOBODY.to_string())
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--allow-uid")
-            .arg(NOBODY.to_string())
-            .arg("--job-user")
-            .arg("nobody")
-            .arg("--cgroup-parent")
-            .arg(&self.cgroup_parent)
-            .env("JOBWORKER_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning jobworker-executor");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[executor] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("executor ready") => break,
-                Ok(_) => {}
-                Err(_) => panic!("the executor did not log \"executor ready\""),
-            }
-        }
-        self.child = Some(child);
-        self.log = Some(rx);
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let status = child.wait().unwrap();
-            assert!(status.success(), "executor exit: {status:?}");
-        }
-    }
-
-    /// Connections the executor currently holds on its socket: its socket fds whose
-    /// inode is bound to the socket path, less the listening socket.
-    fn connections(&self) -> usize {
-        let bound = unix_inodes_bound_to(&self.socket);
-        let held = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter_map(|target| {
-                let t = target.to_string_lossy().into_owned();
-                t.strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .filter(|inode| bound.contains(inode))
-            .count();
-        held.saturating_sub(1)
-    }
-}
-
-impl Drop for Executor {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-        remove_cgroup_parent(&self.cgroup_parent);
-    }
-}
-
-/// Removes this test's cgroup parent from every hierarchy (v2 and each v1 controller),
-/// once the executor has gone.
-fn remove_cgroup_parent(name: &str) {
-    assert!(
-        name.starts_with("jobworker-test-api"),
-        "not a test parent: {name}"
-    );
-    let root = Path::new("/sys/fs/cgroup");
-    let mut dirs = vec![root.join(name)];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        dirs.extend(entries.flatten().map(|e| e.path().join(name)));
-    }
-    for dir in dirs {
-        rmdir_tree(&dir);
-    }
-}
-
-fn rmdir_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            rmdir_tree(&e.path());
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(dir) {
-        eprintln!("cannot remove test cgroup {}: {e}", dir.display());
-    }
-}
-
-/// Inodes of the Unix sockets bound to `path` (the listener and every connection it
-/// accepted), from /proc/net/unix.
-fn unix_inodes_bound_to(path: &Path) -> HashSet<u64> {
-    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
-    let path = path.to_string_lossy();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.len() >= 8 && fields[7] == path).then(|| fields[6].parse().ok())?
-        })
-        .collect()
-}
-
-struct World {
-    pki: Pki,
-    api: Api,
-    exec: Executor,
-    scratch: Scratch,
-}
-
-fn world(tag: &str, health_interval_ms: u64) -> World {
-    world_with(tag, health_interval_ms, "")
-}
-
-fn world_with(tag: &str, health_interval_ms: u64, extra_toml: &str) -> World {
-    let scratch = Scratch::new(tag);
-    let exec = Executor::start(&scratch);
-    let pki = Pki::new();
-    let api = Api::spawn(
-        &pki,
-        &ApiOptions {
-            health_interval_ms,
-            extra_toml: extra_toml.into(),
-            ..ApiOptions::new(&exec.socket)
-        },
-    );
-    World {
-        pki,
-        api,
-        exec,
-        scratch,
-    }
-}
-
-impl World {
-    async fn client(&self, who: &str) -> JobWorkerClient<Channel> {
-        let (channel, _) = common::channel(self.api.addr, self.pki.client_config(who))
-            .await
-            .expect("connect");
-        JobWorkerClient::new(channel)
-    }
-}
-
-fn start(argv: &[&str]) -> pb::StartJobRequest {
-    pb::StartJobRequest {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: vec![],
-        limits: None,
-    }
-}
-
-async fn start_job(c: &mut JobWorkerClient<Channel>, argv: &[&str]) -> String {
-    c.start_job(start(argv))
-        .await
-        .expect("start")
-        .into_inner()
-        .id
-}
-
-async fn stream(
-    c: &mut JobWorkerClient<Channel>,
-    id: &str,
-    offset: u64,
-    follow: bool,
-) -> Result<Streaming<pb::StreamJobOutputResponse>, tonic::Status> {
-    c.stream_job_output(pb::StreamJobOutputRequest {
-        id: id.into(),
-        offset,
-        follow,
-    })
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-/// Reads a stream to its end: the bytes and the final status. `progress` (if any) is
-/// told once `notify_at` bytes have arrived.
-async fn collect(
-    mut s: Streaming<pb::StreamJobOutputResponse>,
-    notify_at: usize,
-    mut progress: Option<oneshot::Sender<()>>,
-) -> Result<(Vec<u8>, pb::JobStatus), tonic::Status> {
-    let mut data = Vec::new();
-    while let Some(message) = s.message().await? {
-        match message.event {
-            Some(Event::Data(bytes)) => {
-                data.extend_from_slice(&bytes);
-                if data.len() >= notify_at
-                    && let Some(tx) = progress.take()
-                {
-                    let _ = tx.send(());
-                }
-            }
-            Some(Event::Status(status)) => {
-                assert!(s.message().await?.is_none(), "the status must come last");
-                return Ok((data, status));
-            }
-            None => panic!("empty stream message"),
-        }
-    }
-    panic!("the stream ended without a final status");
-}
-
-async fn finished_output(c: &mut JobWorkerClient<Channel>, id: &str) -> (Vec<u8>, pb::JobStatus) {
-    collect(stream(c, id, 0, true).await.unwrap(), usize::MAX, None)
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_client_starts_a_job_gets_its_status_and_streams_its_output() {
@@ -663,28 +329,6 @@ async fn a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind() 
     assert_eq!(end.exit_code, Some(0));
 }
 
-async fn next_status(
-    watch: &mut Streaming<tonic_health::pb::HealthCheckResponse>,
-) -> ServingStatus {
-    let m = tokio::time::timeout(LIMIT, watch.message())
-        .await
-        .expect("a health update")
-        .unwrap()
-        .expect("the watch stream stays open");
-    m.status()
-}
-
-async fn wait_for_status(
-    watch: &mut Streaming<tonic_health::pb::HealthCheckResponse>,
-    want: ServingStatus,
-) {
-    loop {
-        if next_status(watch).await == want {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_down_means_unavailable_and_not_serving_and_both_recover() {
     if common::skip_unless_root("executor_down_means_unavailable_and_not_serving_and_both_recover")
@@ -817,4 +461,20 @@ async fn output_streams_over_the_cap_are_resource_exhausted() {
     assert!(again.message().await.unwrap().is_some());
     drop(again);
     open_gate(gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_seen_to_end_has_already_freed_its_slot() {
+    if common::skip_unless_root("a_stream_seen_to_end_has_already_freed_its_slot") {
+        return;
+    }
+    let w = world_with("slot", 600_000, "[limits]\nmax_streams = 1\n");
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["echo", "hi"]).await;
+    // Each stream opens right after the previous one's final status: never refused.
+    for _ in 0..20 {
+        let (data, end) = finished_output(&mut alice, &id).await;
+        assert_eq!(data, b"hi\n");
+        assert_eq!(end.exit_code, Some(0));
+    }
 }

@@ -204,17 +204,29 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 impl Config {
     /// Loads the file named by the flags (if any), applies the flags, validates.
     pub fn load(flags: Flags) -> Result<Self, ConfigError> {
-        let file = match &flags.config {
+        let db = users::Db::system();
+        match flags.config.clone() {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
                     path: path.clone(),
                     source,
                 })?;
-                parse_file(path, &text)?
+                Self::from_text(&path, &text, flags, &db)
             }
-            None => FileConfig::default(),
-        };
-        Self::merge(flags, file, &users::Db::system())
+            None => Self::merge(flags, FileConfig::default(), &db),
+        }
+    }
+
+    /// The file's text (read from `path`) with the flags applied, users and groups
+    /// resolved in `db`: everything [`Config::load`] does past reading files. Pure, so
+    /// it is fuzzed as is.
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        flags: Flags,
+        db: &users::Db,
+    ) -> Result<Self, ConfigError> {
+        Self::merge(flags, parse_file(path, text)?, db)
     }
 
     fn merge(flags: Flags, file: FileConfig, db: &users::Db) -> Result<Self, ConfigError> {

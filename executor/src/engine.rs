@@ -197,9 +197,7 @@ impl Engine {
 
     /// Starts a job and returns once its command is running (or failed to start).
     pub async fn start(self: &Arc<Self>, owner: String, spec: JobSpec) -> Result<JobId, WireError> {
-        validate::owner(&owner)?;
-        validate::spec(&spec)?;
-        let (resolved, effective) = resolve_limits(&spec.limits, &self.cfg.ceilings)?;
+        let (resolved, effective) = check_start(&owner, &spec, &self.cfg.ceilings)?;
         if self.shutdown.is_cancelled() {
             return Err(WireError::new(
                 ErrorKind::Unavailable,
@@ -440,8 +438,10 @@ impl Engine {
         if let Err(e) = self.store.save(&status) {
             tracing::error!(job = %id, "recording the job's end: {e}");
         }
-        writer.finish();
+        // The running slot is freed before followers and stoppers learn that the job
+        // ended: whoever saw the end may start another job at once.
         drop(permit);
+        writer.finish();
         tracing::info!(job = %id, state = status.state.as_str(), exit_code = ?status.exit_code, signal = ?status.signal, oom = status.oom_killed, "job ended");
 
         let evicted = {
@@ -724,6 +724,18 @@ impl Job {
             output_truncated: p.truncated,
         }
     }
+}
+
+/// The checks a start request passes before anything is created: the owner, the shape
+/// of the spec, and its limits against the ceilings. Pure, so it is fuzzed as is.
+pub fn check_start(
+    owner: &str,
+    spec: &JobSpec,
+    ceilings: &Ceilings,
+) -> Result<(ResolvedLimits, Limits), WireError> {
+    validate::owner(owner)?;
+    validate::spec(spec)?;
+    resolve_limits(&spec.limits, ceilings)
 }
 
 /// Merges the request's limits with the ceilings: a missing limit gets the ceiling, a

@@ -260,3 +260,129 @@ mod tests {
         assert_eq!(task.await.unwrap(), b"abc");
     }
 }
+
+/// Generated sequences of writes and followers: whatever the sizes, the cap, the start
+/// offsets and the moment each follower starts, every follower reads exactly the bytes
+/// kept from its offset on.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    #[derive(Debug, Clone)]
+    struct Follower {
+        /// Where it starts reading; may lie beyond the end.
+        offset: u64,
+        /// How many writes have happened when it starts: 0 is before the first, the
+        /// number of writes is after the last, and one more is after `finish`.
+        start: Index,
+        follow: bool,
+        chunk: usize,
+    }
+
+    fn follower() -> impl Strategy<Value = Follower> {
+        (0u64..4000, any::<Index>(), any::<bool>(), 1usize..300).prop_map(
+            |(offset, start, follow, chunk)| Follower {
+                offset,
+                start,
+                follow,
+                chunk,
+            },
+        )
+    }
+
+    /// Byte `pos` of the output, tagged with the write that produced it so a byte from
+    /// the wrong write or the wrong place shows.
+    fn byte(pos: usize, write: usize) -> u8 {
+        (pos % 251) as u8 ^ ((write as u8) << 4)
+    }
+
+    async fn drain(mut r: OutputReader) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(c) = r.next_chunk().await.unwrap() {
+            assert!(!c.is_empty(), "an empty chunk");
+            out.extend_from_slice(&c);
+        }
+        out
+    }
+
+    fn run(writes: Vec<usize>, cap: Option<u64>, followers: Vec<Follower>, drop_writer: bool) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("out");
+            let cap = cap.unwrap_or(u64::MAX);
+            let mut w = Some(OutputWriter::create(&path, cap).unwrap());
+            // What the engine keeps per job, and clones for each follower.
+            let job_rx = w.as_ref().unwrap().sender().subscribe();
+            let phases = writes.len() + 2;
+            let mut all = Vec::new();
+            let mut tasks = Vec::new();
+            for phase in 0..phases {
+                for f in followers.iter().filter(|f| f.start.index(phases) == phase) {
+                    let r = OutputReader::open(&path, job_rx.clone(), f.offset, f.follow, f.chunk)
+                        .unwrap();
+                    if f.follow {
+                        tasks.push((f.offset, tokio::spawn(drain(r))));
+                    } else {
+                        // Reads what exists now, right now.
+                        let kept = all.len().min(usize::try_from(cap).unwrap_or(usize::MAX));
+                        let from = (f.offset as usize).min(kept);
+                        assert_eq!(drain(r).await, &all[from..kept], "{f:?} at {phase}");
+                    }
+                }
+                if phase < writes.len() {
+                    let data: Vec<u8> = (all.len()..all.len() + writes[phase])
+                        .map(|pos| byte(pos, phase))
+                        .collect();
+                    w.as_mut().unwrap().append(&data).unwrap();
+                    all.extend_from_slice(&data);
+                } else if phase == writes.len() {
+                    let mut writer = w.take().unwrap();
+                    let p = writer.progress();
+                    let kept = (all.len() as u64).min(cap);
+                    assert_eq!(p.len, kept);
+                    assert_eq!(p.truncated, all.len() as u64 > cap);
+                    assert_eq!(std::fs::metadata(&path).unwrap().len(), kept);
+                    if drop_writer {
+                        drop(writer);
+                    } else {
+                        writer.finish();
+                    }
+                }
+                // Let the followers that started run a little between writes.
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let kept = all.len().min(usize::try_from(cap).unwrap_or(usize::MAX));
+            for (offset, task) in tasks {
+                let from = (offset as usize).min(kept);
+                let got = task.await.unwrap();
+                assert!(
+                    got == all[from..kept],
+                    "follower from {offset}: {} bytes, expected {}",
+                    got.len(),
+                    kept - from
+                );
+            }
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn every_follower_reads_exactly_the_bytes_kept_from_its_offset(
+            writes in prop::collection::vec(prop_oneof![Just(0usize), 1usize..700], 0..12),
+            cap in prop::option::of(1u64..3000),
+            followers in prop::collection::vec(follower(), 0..6),
+            drop_writer in any::<bool>(),
+        ) {
+            run(writes, cap, followers, drop_writer);
+        }
+    }
+}

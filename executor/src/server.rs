@@ -80,9 +80,18 @@ pub async fn serve(
         };
         let engine = engine.clone();
         let shutdown = shutdown.clone();
+        let open = max_connections - slots.available_permits();
+        tracing::debug!(open, "connection accepted");
         tasks.spawn(async move {
             connection(stream, engine, shutdown).await;
+            let slots = permit.semaphore().clone();
             drop(permit);
+            // Each connection is one task: this count is the number of connection tasks
+            // left, which nothing outside the process can see otherwise.
+            tracing::debug!(
+                open = max_connections - slots.available_permits(),
+                "connection closed"
+            );
         });
     }
     tasks.close();

@@ -209,6 +209,7 @@ async fn a_memory_hog_over_its_limit_is_oom_killed() {
         status.peak_memory_bytes.is_some_and(|m| m <= 32 << 20),
         "{status:?}"
     );
+    assert_unaffected(&exec).await;
 }
 
 #[tokio::test]
@@ -252,6 +253,7 @@ async fn a_fork_bomb_is_contained_and_can_be_stopped() {
     assert_eq!(s.state, JobState::Stopped);
     assert_eq!(still_alive(&procs), vec![]);
     assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
+    assert_unaffected(&exec).await;
 }
 
 #[tokio::test]
@@ -364,6 +366,7 @@ async fn stop_ends_a_job_that_ignores_sigterm_and_forks() {
     );
     assert_eq!(still_alive(&procs), vec![]);
     assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
+    assert_unaffected(&exec).await;
 }
 
 #[tokio::test]
@@ -419,34 +422,75 @@ async fn a_killed_executor_takes_its_jobs_with_it_and_records_them_as_lost() {
     let mut c = exec.client().await;
     let done = c.run(&["echo", "finished"]).await.unwrap();
     let (_, done_status) = c.wait(done).await;
-    let id = c
+    // Three running jobs: a plain one, one with a daemon that left its session (and
+    // still holds the output pipe), and one blocked half-way through 1 MiB of output.
+    let plain = c
         .run(&["sh", "-c", "echo partial; exec sleep 1000"])
         .await
         .unwrap();
-    let init = exec.init_pid(&id);
-    let ns = pid_ns(init);
-    exec.client().await.wait_for_output(id, b"partial").await;
-    let procs = job_processes(&ns);
-    assert_eq!(procs.len(), 2, "the init and sleep: {procs:?}");
+    let daemon = c
+        .run(&[
+            "sh",
+            "-c",
+            "(setsid sleep 1000 &); echo daemonized; exec sleep 1000",
+        ])
+        .await
+        .unwrap();
+    let gate = Gate::new();
+    let gate_path = gate.path.to_string_lossy().into_owned();
+    let half = c
+        .run(&[&probe(), "pattern", &(1 << 20).to_string(), &gate_path])
+        .await
+        .unwrap();
+    let mut gate = gate;
+    gate.open().await;
+    let mut inits = Vec::new();
+    let mut procs = Vec::new();
+    for (id, len) in [(plain, 8), (daemon, 11), (half, 1 << 19)] {
+        let init = exec.init_pid(&id);
+        inits.push(init);
+        let ns = pid_ns(init);
+        // Once the executor has stored all the job will write for now.
+        exec.client().await.wait_for_len(id, len).await;
+        procs.extend(job_processes(&ns));
+    }
+    // Each job's init, then: a sleep; the daemon's sleep and a sleep; the probe.
+    assert_eq!(procs.len(), 2 + 3 + 2, "{procs:?}");
     drop(c);
     exec.kill9();
-    // The lifeline pipe hangs up: the job's init kills the job and exits.
-    assert!(
-        wait_exit(init, Duration::from_secs(10)),
-        "the job outlived its executor"
+    // The lifeline pipe hangs up: each job's init kills its job and exits.
+    for init in inits {
+        assert!(
+            wait_exit(init, Duration::from_secs(10)),
+            "a job outlived its executor"
+        );
+    }
+    assert_eq!(
+        still_alive(&procs),
+        vec![],
+        "a process of a job was orphaned"
     );
-    assert_eq!(still_alive(&procs), vec![]);
     let exec = exec.restart();
     assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
     let mut c = exec.client().await;
-    let s = c.status(id).await.unwrap();
-    assert_eq!(s.state, JobState::Lost);
-    assert!(
-        s.error.as_deref().unwrap_or("").contains("restarted"),
-        "{s:?}"
-    );
-    let (out, _) = c.wait(id).await;
-    assert_eq!(out, b"partial\n");
+    for (id, expected) in [
+        (plain, b"partial\n".to_vec()),
+        (daemon, b"daemonized\n".to_vec()),
+        (half, pattern(1 << 19)),
+    ] {
+        let s = c.status(id).await.unwrap();
+        assert_eq!(s.state, JobState::Lost);
+        assert!(
+            s.error.as_deref().unwrap_or("").contains("restarted"),
+            "{s:?}"
+        );
+        assert!(s.ended_at_ms.is_some());
+        assert_eq!(s.output_bytes, expected.len() as u64);
+        let (out, end) = c.wait(id).await;
+        assert!(out == expected, "job {id}: {} bytes of output", out.len());
+        assert_eq!(end, s);
+    }
     assert_eq!(c.status(done).await.unwrap(), done_status);
     assert_eq!(c.wait(done).await.0, b"finished\n");
+    assert_unaffected(&exec).await;
 }

@@ -131,6 +131,30 @@ async fn over_the_running_jobs_cap_start_is_resource_exhausted() {
 }
 
 #[tokio::test]
+async fn a_job_seen_to_end_has_already_freed_its_running_slot() {
+    if !root_or_skip("a_job_seen_to_end_has_already_freed_its_running_slot") {
+        return;
+    }
+    let exec = Executor::start(Opts {
+        extra: vec!["--max-running-jobs".into(), "1".into()],
+        ..Default::default()
+    });
+    let mut c = exec.client().await;
+    // Each start comes right after the previous job's end frame: never refused.
+    for _ in 0..10 {
+        let id = c.run(&["true"]).await.unwrap();
+        assert_eq!(c.wait(id).await.1.exit_code, Some(0));
+    }
+    // The same after a stop.
+    for _ in 0..3 {
+        let id = c.run(&["sleep", "1000"]).await.unwrap();
+        assert_eq!(c.stop(id).await.unwrap().state, JobState::Stopped);
+    }
+    let id = c.run(&["true"]).await.unwrap();
+    assert_eq!(c.wait(id).await.1.exit_code, Some(0));
+}
+
+#[tokio::test]
 async fn over_the_connection_cap_a_client_is_told_so() {
     if !root_or_skip("over_the_connection_cap_a_client_is_told_so") {
         return;

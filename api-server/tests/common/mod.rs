@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod stack;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -34,6 +35,13 @@ pub fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// Prints a line the test harness does not capture (figures worth seeing in a passing
+/// run): written to the stderr handle, not with `eprintln!`.
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Prints the visible skip line and returns true when the test needs root and is not.
@@ -343,4 +351,77 @@ pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();
     let _ = r.read_to_string(&mut s);
     s
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Threads of a process.
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises this process's soft limit on open files to its hard limit (for tests that
+/// hold a thousand connections at once; `prlimit` from util-linux, as root). Returns
+/// the soft limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut f = l["Max open files".len()..].split_whitespace();
+            Some((
+                f.next()?.parse::<u64>().ok()?,
+                f.next()?.parse::<u64>().ok()?,
+            ))
+        })
+        .expect("Max open files in /proc/self/limits");
+    if soft < hard {
+        let _ = Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status();
+        return hard;
+    }
+    soft
+}
+
+/// TCP connections (any state but LISTEN) that process `pid` holds on local `port`:
+/// its socket descriptors matched against /proc/net/tcp and tcp6.
+pub fn tcp_connections(pid: u32, port: u16) -> usize {
+    let held: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|t| {
+                    let t = t.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let listening = f.get(3) == Some(&"0A");
+                    (f.len() > 9 && f[1].ends_with(&port) && !listening)
+                        .then(|| f[9].parse::<u64>().ok())?
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|inode| held.contains(inode))
+        .count()
 }

@@ -718,3 +718,69 @@ pub fn cgroup_stat(path: &Path, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {key} in {}", path.display()))
 }
+
+/// A `Name: value kB` field of /proc/PID/status (VmRSS, VmHWM), in kB.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Threads of a process.
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// After a misbehaving job: the executor still answers on a new connection and runs a
+/// new job, and the host can still fork.
+pub async fn assert_unaffected(exec: &Executor) {
+    let mut c = exec.client().await;
+    assert_eq!(
+        c.call(jobworker_protocol::Request::Ping).await,
+        jobworker_protocol::Response::Pong
+    );
+    let id = c.run(&["echo", "still serving"]).await.unwrap();
+    assert_eq!(c.wait(id).await.0, b"still serving\n");
+    assert!(
+        std::process::Command::new("true")
+            .status()
+            .expect("the host can fork")
+            .success()
+    );
+}
+
+impl Client {
+    /// Follows the job's output until at least `len` bytes have arrived, then drops the
+    /// stream: the executor has stored that much.
+    pub async fn wait_for_len(self, id: jobworker_protocol::JobId, len: usize) -> Vec<u8> {
+        let mut t = self.into_inner();
+        t.send(jobworker_protocol::Request::Output {
+            scope: jobworker_protocol::Scope::Any,
+            id,
+            offset: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < len {
+            match t.next().await.expect("a frame").expect("a valid frame") {
+                jobworker_protocol::Response::Chunk(c) => seen.extend_from_slice(&c),
+                other => panic!("output ended at {} bytes: {other:?}", seen.len()),
+            }
+        }
+        seen
+    }
+}

@@ -1,0 +1,200 @@
+//! Jobs that misbehave and output that overflows: each ends as documented, and neither
+//! the executor nor the host is affected. (Ignoring SIGTERM, exhausting pids and memory,
+//! and the executor killed under its jobs are in `isolation.rs`.)
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use jobworker_protocol::*;
+
+fn output_file(exec: &Executor, id: &JobId) -> PathBuf {
+    exec.state.join("jobs").join(id.to_string()).join("output")
+}
+
+/// The job's output file: its length and the bytes the file system holds for it.
+fn disk_use(exec: &Executor, id: &JobId) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(output_file(exec, id)).unwrap();
+    (m.len(), m.blocks() * 512)
+}
+
+#[tokio::test]
+async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
+    if !root_or_skip("output_past_the_cap_is_dropped_and_the_job_keeps_running") {
+        return;
+    }
+    const CAP: u64 = 1 << 20;
+    const WRITTEN: usize = 4 << 20;
+    let exec = Executor::start(Opts {
+        extra: vec!["--max-output-bytes".into(), CAP.to_string()],
+        ..Default::default()
+    });
+    let mut c = exec.client().await;
+    let mut gate = Gate::new();
+    let gate_path = gate.path.to_string_lossy().into_owned();
+    let id = c
+        .run(&[&probe(), "pattern", &WRITTEN.to_string(), &gate_path])
+        .await
+        .unwrap();
+    // First half: 2 MiB, twice the cap; then the job blocks on the gate, still running.
+    gate.open().await;
+    // Follow until the cap is reached: the output stops growing there.
+    let mut t = exec.client().await.into_inner();
+    {
+        use futures::{SinkExt, StreamExt};
+        t.send(Request::Output {
+            scope: Scope::Any,
+            id,
+            offset: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+        let mut got = 0u64;
+        while got < CAP {
+            match t.next().await.unwrap().unwrap() {
+                Response::Chunk(b) => got += b.len() as u64,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, CAP);
+    }
+    // The job writes twice the cap, then blocks at its gate. That the executor has
+    // drained the pipe past the cap shows only in the status: ask until it says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let s = loop {
+        let s = c.status(id).await.unwrap();
+        if s.output_truncated || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(s.state, JobState::Running, "{s:?}");
+    assert_eq!(s.output_bytes, CAP);
+    assert!(s.output_truncated, "{s:?}");
+    let (len, bytes_on_disk) = disk_use(&exec, &id);
+    assert_eq!(len, CAP, "the file stops at the cap");
+    assert!(
+        bytes_on_disk <= CAP + (64 << 10),
+        "{bytes_on_disk} bytes on disk"
+    );
+    // Second half: the job writes 2 MiB more, all dropped, and exits normally.
+    gate.open().await;
+    let (out, end) = c.wait(id).await;
+    assert_eq!(end.state, JobState::Exited);
+    assert_eq!(end.exit_code, Some(0));
+    assert_eq!(end.output_bytes, CAP);
+    assert!(end.output_truncated);
+    assert!(
+        out == pattern(CAP as usize),
+        "the kept bytes are the first CAP"
+    );
+    assert_eq!(disk_use(&exec, &id).0, CAP);
+    assert_unaffected(&exec).await;
+    drop(t);
+}
+
+#[tokio::test]
+async fn a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory() {
+    if !root_or_skip("a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory") {
+        return;
+    }
+    const CAP: u64 = 8 << 20;
+    let exec = Executor::start(Opts {
+        extra: vec!["--max-output-bytes".into(), CAP.to_string()],
+        ..Default::default()
+    });
+    let mut c = exec.client().await;
+    // Warm up, so that the baseline includes the runtime's and the allocator's start.
+    let id = c.run(&["true"]).await.unwrap();
+    c.wait(id).await;
+    let before = proc_status_kb(exec.pid(), "VmRSS");
+    let id = c
+        .run(&["head", "-c", "104857600", "/dev/zero"])
+        .await
+        .unwrap();
+    let (out, end) = c.wait(id).await;
+    assert_eq!(end.state, JobState::Exited, "{end:?}");
+    assert_eq!(end.exit_code, Some(0));
+    assert_eq!(end.output_bytes, CAP);
+    assert!(end.output_truncated);
+    assert_eq!(out.len() as u64, CAP);
+    assert!(out.iter().all(|b| *b == 0));
+    assert_eq!(disk_use(&exec, &id).0, CAP);
+    // The 100 MB went through a fixed buffer: the executor's peak memory stays small.
+    let peak = proc_status_kb(exec.pid(), "VmHWM");
+    let after = proc_status_kb(exec.pid(), "VmRSS");
+    note(&format!(
+        "executor memory: VmRSS {before} kB before, {after} kB after, VmHWM {peak} kB"
+    ));
+    assert!(peak < 64 * 1024, "executor peak RSS {peak} kB");
+    assert!(
+        after < before + 16 * 1024,
+        "executor RSS {before} -> {after} kB"
+    );
+    assert_unaffected(&exec).await;
+}
+
+#[tokio::test]
+async fn a_double_forked_process_dies_when_its_command_exits() {
+    if !root_or_skip("a_double_forked_process_dies_when_its_command_exits") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let mut gate = Gate::new();
+    // The grandchild is re-parented to the job's init and keeps the output pipe open.
+    let script = format!(
+        "(setsid sleep 1000 &); echo forked; read x < {}; exit 5",
+        gate.path.display()
+    );
+    let id = c.run(&["sh", "-c", &script]).await.unwrap();
+    let ns = pid_ns(exec.init_pid(&id));
+    exec.client().await.wait_for_output(id, b"forked").await;
+    let procs = job_processes(&ns);
+    // The init, the shell and the orphaned sleep.
+    assert_eq!(procs.len(), 3, "{procs:?}");
+    gate.open().await;
+    let (out, end) = c.wait(id).await;
+    assert_eq!(out, b"forked\n");
+    assert_eq!(end.state, JobState::Exited);
+    assert_eq!(end.exit_code, Some(5));
+    assert_eq!(still_alive(&procs), vec![], "nothing of the job survives");
+    assert_eq!(exec.job_groups_left(), Vec::<PathBuf>::new());
+    assert_unaffected(&exec).await;
+}
+
+#[tokio::test]
+async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
+    if !root_or_skip("a_job_that_closes_its_output_keeps_running_until_it_exits") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    let mut gate = Gate::new();
+    let g = gate.path.display().to_string();
+    let script = format!("echo before; exec >&- 2>&-; read x < {g}; read y < {g}; exit 3");
+    let id = c.run(&["sh", "-c", &script]).await.unwrap();
+    // A follower from the start: it gets "before" and then waits for the job's end.
+    let mut f = exec.client().await;
+    let follower = tokio::spawn(async move { f.wait(id).await });
+    // The job opens the gate only after closing stdout and stderr.
+    gate.open().await;
+    exec.client().await.wait_for_len(id, 7).await;
+    let s = c.status(id).await.unwrap();
+    assert_eq!(s.state, JobState::Running, "{s:?}");
+    assert_eq!(s.output_bytes, 7);
+    assert!(
+        !follower.is_finished(),
+        "the stream ended before the job did"
+    );
+    assert_eq!(c.output(id, 0, false).await.bytes, b"before\n");
+    gate.open().await;
+    let (out, end) = follower.await.unwrap();
+    assert_eq!(out, b"before\n");
+    assert_eq!(end.state, JobState::Exited);
+    assert_eq!(end.exit_code, Some(3));
+    assert_unaffected(&exec).await;
+}

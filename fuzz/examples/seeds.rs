@@ -1,0 +1,117 @@
+//! Writes the seed corpus of `executor_request` (one well-formed frame sequence per
+//! request kind, and a few responses) into `fuzz/corpus/executor_request/`. The other
+//! targets' seeds are plain text files, written by hand.
+//!
+//! `cargo +nightly run --manifest-path fuzz/Cargo.toml --example seeds`
+
+use jobworker_protocol::*;
+
+/// Length-prefixed frames, as the codec writes them.
+fn frames(bodies: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for body in bodies {
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+fn main() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/executor_request");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    let id = JobId::from_bytes(*b"0123456789abcdef");
+    let alice = Scope::Owner("alice".into());
+    let spec = JobSpec {
+        argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+        env: vec![EnvVar {
+            name: "LANG".into(),
+            value: "C.UTF-8".into(),
+        }],
+        limits: Limits {
+            cpu_millis: Some(500),
+            memory_bytes: Some(64 << 20),
+            pids: Some(32),
+            io: Some(IoLimits {
+                device: "/dev/vda".into(),
+                read_bps: Some(1 << 20),
+                write_bps: None,
+                read_iops: None,
+                write_iops: Some(100),
+            }),
+        },
+    };
+    let requests: Vec<(&str, Vec<Request>)> = vec![
+        ("hello", vec![hello.clone()]),
+        (
+            "start",
+            vec![
+                hello.clone(),
+                Request::Start {
+                    owner: "alice".into(),
+                    spec,
+                },
+            ],
+        ),
+        (
+            "stop-status",
+            vec![
+                hello.clone(),
+                Request::Stop {
+                    scope: alice.clone(),
+                    id,
+                },
+                Request::Status {
+                    scope: Scope::Any,
+                    id,
+                },
+            ],
+        ),
+        (
+            "list",
+            vec![
+                hello.clone(),
+                Request::List {
+                    scope: alice.clone(),
+                    after: Some(id),
+                    limit: 100,
+                },
+            ],
+        ),
+        (
+            "output-ping",
+            vec![
+                hello,
+                Request::Output {
+                    scope: alice,
+                    id,
+                    offset: 12345,
+                    follow: true,
+                },
+                Request::Ping,
+            ],
+        ),
+    ];
+    for (name, items) in requests {
+        std::fs::write(
+            dir.join(name),
+            frames(items.iter().map(|r| codec::encode(r).unwrap())),
+        )
+        .unwrap();
+    }
+    let responses = vec![
+        Response::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        Response::Chunk(bytes::Bytes::from_static(b"some output\n")),
+        Response::Error(WireError::not_found("no job 0123")),
+        Response::Pong,
+    ];
+    std::fs::write(
+        dir.join("responses"),
+        frames(responses.iter().map(|r| codec::encode(r).unwrap())),
+    )
+    .unwrap();
+}

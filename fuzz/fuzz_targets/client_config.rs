@@ -1,0 +1,32 @@
+//! jobctl's configuration file (`client.toml`), resolved with no flags and a fixed
+//! environment: exactly what `settings::load` does after reading the file.
+//!
+//! Oracles: no panic; an accepted file gives a server with a usable name and port and
+//! absolute certificate paths.
+#![no_main]
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use jobctl::settings::{self, Flags};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let env = |name: &str| (name == "HOME").then(|| OsString::from("/home/u"));
+    let path = Path::new("/home/u/.config/jobworker/client.toml");
+    match settings::resolve(&Flags::default(), &env, Some((path, text))) {
+        Ok(s) => {
+            assert!(s.server.value.port > 0);
+            assert!(s.server.value.server_name().is_ok());
+            for p in [&s.ca.value, &s.cert.value, &s.key.value] {
+                assert!(p.is_absolute(), "{}", p.display());
+            }
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+});

@@ -1,0 +1,108 @@
+//! Bytes from the executor's socket: the length-delimited framing, bincode decoding of
+//! requests (and of responses, which the API server decodes), and the checks the
+//! executor's dispatch table runs on each request before it touches anything that
+//! needs root.
+//!
+//! Oracles: no panic; no frame above `MAX_FRAME_LEN`; no allocation above the frame cap
+//! (run with `-malloc_limit_mb`); every decoded message encodes back to itself; every
+//! refusal fits in one frame.
+#![no_main]
+
+use bytes::BytesMut;
+use jobworker_executor::config::Ceilings;
+use jobworker_executor::engine::check_start;
+use jobworker_protocol::{MAX_FRAME_LEN, Request, Response, WireError, codec, validate};
+use libfuzzer_sys::fuzz_target;
+use tokio_util::codec::Decoder;
+
+fuzz_target!(|data: &[u8]| {
+    let mut framing = codec::length_codec();
+    let mut buf = BytesMut::from(data);
+    loop {
+        match framing.decode(&mut buf) {
+            Ok(Some(frame)) => {
+                assert!(
+                    frame.len() <= MAX_FRAME_LEN,
+                    "frame of {} bytes",
+                    frame.len()
+                );
+                handle(&frame);
+            }
+            // An incomplete frame at the end of the input: the peer hung up mid-frame.
+            Ok(None) => {
+                let _ = framing.decode_eof(&mut buf);
+                return;
+            }
+            // A length over the cap: the executor closes the connection.
+            Err(_) => return,
+        }
+    }
+});
+
+fn handle(frame: &[u8]) {
+    if let Ok(request) = codec::decode::<Request>(frame) {
+        let again = codec::encode(&request).expect("a decoded request encodes");
+        assert_eq!(
+            codec::decode::<Request>(&again).ok().as_ref(),
+            Some(&request)
+        );
+        if let Err(e) = dispatch(&request) {
+            refusal_fits(e);
+        }
+    }
+    if let Ok(response) = codec::decode::<Response>(frame) {
+        let again = codec::encode(&response).expect("a decoded response encodes");
+        assert_eq!(
+            codec::decode::<Response>(&again).ok().as_ref(),
+            Some(&response)
+        );
+    }
+}
+
+/// The checks `server::dispatch` and the engine make before acting, in the same order.
+fn dispatch(request: &Request) -> Result<(), WireError> {
+    match request {
+        Request::Hello { .. } | Request::Ping => Ok(()),
+        Request::Start { owner, spec } => {
+            let (resolved, effective) = check_start(owner, spec, &ceilings())?;
+            // A started job never runs above a ceiling, and every limit is filled in.
+            let c = ceilings();
+            assert!(resolved.cpu_millis >= 1 && resolved.cpu_millis <= c.cpu_millis);
+            assert!(resolved.memory_bytes >= 1 && resolved.memory_bytes <= c.memory_bytes);
+            assert!(resolved.pids >= 1 && resolved.pids <= c.pids);
+            assert_eq!(effective.cpu_millis, Some(resolved.cpu_millis));
+            assert_eq!(effective.memory_bytes, Some(resolved.memory_bytes));
+            assert_eq!(effective.pids, Some(resolved.pids));
+            if let Some(io) = &resolved.io {
+                validate::device_path(&io.device).expect("a resolved device is valid");
+                for bps in [io.read_bps, io.write_bps].into_iter().flatten() {
+                    assert!(bps <= c.io_bps.unwrap_or(u64::MAX));
+                }
+            }
+            Ok(())
+        }
+        Request::Stop { scope, .. }
+        | Request::Status { scope, .. }
+        | Request::Output { scope, .. } => validate::scope(scope),
+        Request::List { scope, limit, .. } => {
+            validate::scope(scope)?;
+            validate::list_limit(*limit)
+        }
+    }
+}
+
+fn ceilings() -> Ceilings {
+    Ceilings {
+        cpu_millis: 2000,
+        memory_bytes: 1 << 30,
+        pids: 1024,
+        io_bps: Some(100 << 20),
+        io_iops: None,
+    }
+}
+
+/// The executor answers a refused request with one error frame: it always fits.
+fn refusal_fits(e: WireError) {
+    let bytes = codec::encode(&Response::Error(e)).expect("an error encodes");
+    assert!(bytes.len() <= MAX_FRAME_LEN);
+}
