@@ -34,14 +34,30 @@ pub struct Prepared {
 /// Loads the TLS material and binds the listener.
 pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let tls = tls::server_config(&config.tls)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = bind(config.listen)
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     Ok(Prepared {
         config,
         listener,
         tls,
     })
+}
+
+/// Pending connections the kernel queues before the accept loop takes them. The accept
+/// loop itself sheds load past the connection cap; a deep queue keeps a burst of clients
+/// (each soon accepted, or refused and closed) from hanging half-open in SYN backlog.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the listening socket with SO_REUSEADDR and a deep backlog.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 impl Prepared {
