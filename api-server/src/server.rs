@@ -34,8 +34,8 @@ pub struct Prepared {
 /// Loads the TLS material and binds the listener.
 pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let tls = tls::server_config(&config.tls)?;
-    let listener = bind(config.listen)
-        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let listener =
+        bind(config.listen).with_context(|| format!("listen: cannot bind {}", config.listen))?;
     Ok(Prepared {
         config,
         listener,
