@@ -22,8 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
-use rustls::crypto::aws_lc_rs::{self, cipher_suite, kx_group};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
@@ -38,8 +36,7 @@ use rustls::{
 use crate::auth::identity_from_certificate;
 use crate::config::TlsPaths;
 
-/// ALPN protocol of gRPC.
-pub const ALPN_H2: &[u8] = b"h2";
+pub use jobworker_proto::tls::{ALPN_H2, PROTOCOL_VERSIONS, provider};
 
 /// Why the TLS configuration could not be built. Each names the file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -75,23 +72,6 @@ pub enum TlsError {
     ServerCert(rustls::Error),
     #[error("TLS protocol configuration: {0}")]
     Protocol(rustls::Error),
-}
-
-/// The aws-lc-rs provider restricted to the chosen suites and groups.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(CryptoProvider {
-        cipher_suites: vec![
-            cipher_suite::TLS13_AES_256_GCM_SHA384,
-            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-            cipher_suite::TLS13_AES_128_GCM_SHA256,
-        ],
-        kx_groups: vec![
-            kx_group::X25519MLKEM768,
-            kx_group::X25519,
-            kx_group::SECP256R1,
-        ],
-        ..aws_lc_rs::default_provider()
-    })
 }
 
 fn read_file(key: &'static str, path: &Path) -> Result<(File, Vec<u8>), TlsError> {
@@ -213,7 +193,7 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
 
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(TlsError::Protocol)?
         .with_client_cert_verifier(Arc::new(IdentityVerifier { inner: verifier }))
         .with_single_cert(chain, key)
@@ -236,7 +216,7 @@ pub fn client_config(
         roots.add(c.clone())?;
     }
     let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];

@@ -17,10 +17,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
-use rustls::crypto::aws_lc_rs::{self, cipher_suite, kx_group};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -28,25 +25,7 @@ use rustls::{ClientConfig, RootCertStore};
 use crate::error::{CliError, os_message};
 use crate::settings::{Setting, Settings};
 
-/// ALPN protocol of gRPC.
-pub const ALPN_H2: &[u8] = b"h2";
-
-/// The aws-lc-rs provider restricted to the chosen suites and groups.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(CryptoProvider {
-        cipher_suites: vec![
-            cipher_suite::TLS13_AES_256_GCM_SHA384,
-            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-            cipher_suite::TLS13_AES_128_GCM_SHA256,
-        ],
-        kx_groups: vec![
-            kx_group::X25519MLKEM768,
-            kx_group::X25519,
-            kx_group::SECP256R1,
-        ],
-        ..aws_lc_rs::default_provider()
-    })
-}
+pub use jobworker_proto::tls::{ALPN_H2, PROTOCOL_VERSIONS, provider};
 
 /// Builds the client configuration from the CA, certificate and key files.
 pub fn client_config(settings: &Settings) -> Result<ClientConfig, CliError> {
@@ -64,7 +43,7 @@ pub fn client_config(settings: &Settings) -> Result<ClientConfig, CliError> {
         })?;
     }
     let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|e| CliError::other(format!("TLS configuration: {e}")))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)

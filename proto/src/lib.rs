@@ -4,6 +4,10 @@
 //! `build.rs`): the message types, the `JobWorker` service's client
 //! ([`v1::job_worker_client`]) and server ([`v1::job_worker_server`]), and the encoded
 //! descriptor set ([`FILE_DESCRIPTOR_SET`]) that gRPC server reflection serves.
+//!
+//! [`tls`] holds the transport policy both ends of the API share.
+
+pub mod tls;
 
 /// Package `jobworker.v1`.
 pub mod v1 {
