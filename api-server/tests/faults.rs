@@ -218,12 +218,14 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
-/// Waits until the daemon's descriptors are back to `base` and its threads at most
-/// `base` (idle runtime threads exit on their own after a while).
+/// Waits until the daemon holds at most the descriptors and threads of `base`. At
+/// most, not exactly: the baseline may still count something on its way out (a
+/// socket the peer already closed, an idle runtime thread that exits on its own after
+/// a while), and what the test checks is that nothing was added.
 fn back_to(pid: u32, base: Usage, what: &str) -> Usage {
     let ok = common::wait_until(LIMIT, || {
         let u = usage(pid);
-        u.fds == base.fds && u.threads <= base.threads
+        u.fds <= base.fds && u.threads <= base.threads
     });
     let now = usage(pid);
     assert!(ok, "{what}: {now:?}, baseline {base:?}");
@@ -370,5 +372,11 @@ async fn abandoned_streams_and_dropped_handshakes_leave_nothing_behind() {
     assert!(data == all);
     assert_eq!(end.exit_code, Some(0));
     assert_eq!(w.exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
-    assert_eq!(w.exec.connections(), 0);
+    // The final stream's executor connection closes as the server drops it, which can
+    // be just after the client has the final status.
+    assert!(
+        common::wait_until(LIMIT, || w.exec.connections() == 0),
+        "the executor still holds {} connection(s)",
+        w.exec.connections()
+    );
 }

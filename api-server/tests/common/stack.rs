@@ -7,12 +7,12 @@
 //! `--allow-uid`, `--job-user`, `--cgroup-parent`; readiness is the log line
 //! "executor ready" on its stderr.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use jobworker_proto::v1 as pb;
@@ -26,6 +26,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use super::{Api, ApiOptions, NOBODY, Pki};
 
 pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// How many of the executor's latest DEBUG lines a failing test prints.
+const DEBUG_TAIL: usize = 40;
 
 /// A scratch directory jobs can see too (a job's /tmp is its own).
 pub struct Scratch(pub PathBuf);
@@ -83,6 +86,9 @@ pub struct Executor {
     pub state: PathBuf,
     pub cgroup_parent: String,
     pub log: Option<mpsc::Receiver<String>>,
+    /// The latest DEBUG lines, which are not echoed as they come (a load test makes
+    /// thousands): printed if the test fails, to show what the executor did last.
+    pub debug_tail: Arc<Mutex<VecDeque<String>>>,
     /// Flags added to every launch (e.g. caps, or `--allow-uid 0` for a test that also
     /// talks to the executor directly).
     pub extra: Vec<String>,
@@ -109,6 +115,7 @@ impl Executor {
             state: scratch.0.join("state"),
             cgroup_parent: format!("jobworker-test-{tag}"),
             log: None,
+            debug_tail: Arc::default(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         e.launch();
@@ -144,10 +151,19 @@ impl Executor {
             .expect("spawning jobworker-executor");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let tail = self.debug_tail.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                eprintln!("[executor] {line}");
+                if line.contains(" DEBUG ") {
+                    let mut tail = tail.lock().unwrap();
+                    if tail.len() == DEBUG_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                } else {
+                    eprintln!("[executor] {line}");
+                }
                 let _ = tx.send(line);
             }
         });
@@ -274,6 +290,13 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let tail = self.debug_tail.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("[executor] last {} DEBUG lines:", tail.len());
+            for line in tail.iter() {
+                eprintln!("[executor] {line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
