@@ -350,6 +350,9 @@ async fn executor_down_means_unavailable_and_not_serving_and_both_recover() {
         .into_inner();
     wait_for_status(&mut watch, ServingStatus::Serving).await;
     let id = start_job(&mut alice, &["echo", "before"]).await;
+    // Finished before the executor goes: stopping it would stop a running job.
+    let (data, _) = finished_output(&mut alice, &id).await;
+    assert_eq!(data, b"before\n");
 
     w.exec.stop();
     wait_for_status(&mut watch, ServingStatus::NotServing).await;

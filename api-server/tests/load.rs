@@ -232,7 +232,7 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
         &common::ApiOptions {
             health_interval_ms: 600_000,
             extra_toml: format!(
-                "[limits]\nmax_connections = {CAP}\n[http2]\nidle_timeout_ms = 1000\n"
+                "[limits]\nmax_connections = {CAP}\n[http2]\nidle_timeout_ms = 2000\n"
             ),
             tls_extra: "handshake_timeout_ms = 3000\n".into(),
             ..common::ApiOptions::new(&exec.socket)

@@ -175,7 +175,9 @@ async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
     let mut c = exec.client().await;
     let mut gate = Gate::new();
     let g = gate.path.display().to_string();
-    let script = format!("echo before; exec >&- 2>&-; read x < {g}; read y < {g}; exit 3");
+    // The gate is opened once: reopening it between the reads would leave a moment
+    // without a reader, in which the test's second write would fail.
+    let script = format!("echo before; exec >&- 2>&-; exec 3< {g}; read x <&3; read y <&3; exit 3");
     let id = c.run(&["sh", "-c", &script]).await.unwrap();
     // A follower from the start: it gets "before" and then waits for the job's end.
     let mut f = exec.client().await;
