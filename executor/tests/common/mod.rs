@@ -107,9 +107,15 @@ pub struct Executor {
     pub log: mpsc::Receiver<String>,
     /// The cgroup parent this test created for the executor (removed after it exits).
     pub parent: std::sync::Arc<TestParent>,
+    /// The latest DEBUG lines, which are not echoed as they come (a load test makes
+    /// thousands): printed if the test fails, to show what the executor did last.
+    debug_tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
     opts: Opts,
     _scratch: std::sync::Arc<Scratch>,
 }
+
+/// How many of the executor's latest DEBUG lines a failing test prints.
+const DEBUG_TAIL: usize = 40;
 
 impl Executor {
     pub fn start(opts: Opts) -> Self {
@@ -147,10 +153,22 @@ impl Executor {
         let mut child = cmd.spawn().expect("spawning jobworker-executor");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let debug_tail = std::sync::Arc::new(std::sync::Mutex::new(
+            std::collections::VecDeque::with_capacity(DEBUG_TAIL),
+        ));
+        let tail = debug_tail.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                eprintln!("[executor] {line}");
+                if line.contains(" DEBUG ") {
+                    let mut tail = tail.lock().unwrap();
+                    if tail.len() == DEBUG_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                } else {
+                    eprintln!("[executor] {line}");
+                }
                 if tx.send(line).is_err() {
                     // Keep draining so the executor never blocks on a full pipe.
                 }
@@ -162,6 +180,7 @@ impl Executor {
             state,
             parent,
             log: rx,
+            debug_tail,
             opts,
             _scratch: scratch,
         };
@@ -225,6 +244,13 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let tail = self.debug_tail.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("[executor] last {} DEBUG lines:", tail.len());
+            for line in tail.iter() {
+                eprintln!("[executor] {line}");
+            }
+        }
         if let Some(mut c) = self.child.take() {
             signal_pid(c.id(), "TERM");
             let _ = c.wait();
