@@ -2,7 +2,6 @@
 //! run as a subprocess with a clean environment, and what it printed.
 #![allow(dead_code)]
 
-pub mod mock;
 pub mod stack;
 
 use std::ffi::OsStr;

@@ -97,7 +97,8 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn start(scratch: &Scratch) -> Executor {
+    /// Starts it with `extra` flags after the ones every test needs.
+    pub fn start(scratch: &Scratch, extra: &[&str]) -> Executor {
         let tag: String = scratch
             .0
             .file_name()
@@ -122,6 +123,7 @@ impl Executor {
             .arg("nobody")
             .arg("--cgroup-parent")
             .arg(&cgroup_parent)
+            .args(extra)
             .env("JOBWORKER_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -204,7 +206,8 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn start(pki: &Pki, executor_socket: &Path) -> Api {
+    /// Starts it listening on `listen` (an address with port 0).
+    pub fn start(pki: &Pki, executor_socket: &Path, listen: &str) -> Api {
         let dir = shared_dir("jobctl-test-api-");
         let d = dir.path();
         let install = |src: &Path, name: &str, mode: u32| {
@@ -225,7 +228,7 @@ impl Api {
         let log = std::fs::File::create(d.join("api.log")).unwrap();
         let mut cmd = Command::new(&bin);
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
@@ -311,10 +314,16 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(tag: &str) -> Stack {
+        Self::start_with(tag, &[], "127.0.0.1:0")
+    }
+
+    /// The service with `executor_flags` given to the executor and the API server
+    /// listening on `listen`.
+    pub fn start_with(tag: &str, executor_flags: &[&str], listen: &str) -> Stack {
         let scratch = Scratch::new(tag);
-        let executor = Executor::start(&scratch);
+        let executor = Executor::start(&scratch, executor_flags);
         let pki = Pki::new();
-        let api = Api::start(&pki, &executor.socket);
+        let api = Api::start(&pki, &executor.socket, listen);
         let home = tempfile::tempdir().unwrap();
         Stack {
             api,
