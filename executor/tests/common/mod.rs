@@ -414,19 +414,41 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
 
 /// The probe binary, copied once per test process into a world-readable directory so the
 /// job user can execute it wherever the checkout lives.
+///
+/// A static is never dropped, so the copy outlives the test process: its directory is
+/// named after the process (`probe-PID-...`), and each new copy first removes those of
+/// processes that have exited.
 pub fn probe() -> String {
     static PROBE: std::sync::OnceLock<(Scratch, PathBuf)> = std::sync::OnceLock::new();
     let (_, path) = PROBE.get_or_init(|| {
         let src = std::env::var_os("JOBWORKER_PROBE_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_jobworker-probe")));
-        let dir = Scratch::new("probe");
+        let dir = Scratch::new(&format!("probe-{}", std::process::id()));
+        remove_probes_of_exited_processes(dir.path.parent().expect("scratch base"));
         let dst = dir.path.join("jobworker-probe");
         std::fs::copy(&src, &dst).expect("copying the probe");
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
         (dir, dst)
     });
     path.to_string_lossy().into_owned()
+}
+
+/// Removes `probe-PID-*` directories under `base` whose test process has exited.
+fn remove_probes_of_exited_processes(base: &Path) {
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("probe-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A FIFO the job user can open, for the test to release a gated job step by step.
