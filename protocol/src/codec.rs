@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::error::{ErrorKind, WireError};
-use crate::message::{Request, Response};
+use crate::message::{MAX_CHUNK_LEN, Request, Response};
 
 /// Version of this protocol. Both sides must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -82,6 +82,59 @@ impl<In, Out: Serialize> tokio_serde::Serializer<Out> for Bincode<In, Out> {
         }
         Ok(Bytes::from(bytes))
     }
+}
+
+/// The bytes that precede a chunk's data on the wire: the frame's length prefix and the
+/// bincode encoding of [`Response::Chunk`] up to its data (the variant, then the data's
+/// length). `chunk_frame_header(n)` followed by `n` bytes of data is exactly the frame the
+/// codec writes for a `Response::Chunk` of those bytes, so the executor can send a chunk's
+/// data straight from the output file (`sendfile`) instead of copying it into a frame.
+/// Both parts come from bincode itself with the codec's options, not restated by hand.
+pub fn chunk_frame_header(len: usize) -> io::Result<Vec<u8>> {
+    if len > MAX_CHUNK_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "chunk longer than the maximum chunk length",
+        ));
+    }
+    let mut body = chunk_prefix()?;
+    body.extend_from_slice(&encode(&(len as u64))?);
+    let frame_len = u32::try_from(body.len() + len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "chunk frame length overflows"))?;
+    let mut header = Vec::with_capacity(4 + body.len());
+    header.extend_from_slice(&frame_len.to_be_bytes());
+    header.extend_from_slice(&body);
+    Ok(header)
+}
+
+/// The encoding of the `Chunk` variant's tag: an empty chunk without its (zero) length.
+fn chunk_prefix() -> io::Result<Vec<u8>> {
+    let mut prefix = encode(&Response::Chunk(Bytes::new()))?;
+    let zero = encode(&0u64)?.len();
+    prefix.truncate(prefix.len().saturating_sub(zero));
+    Ok(prefix)
+}
+
+/// Decodes one response frame body like the codec does, except that a chunk's data is
+/// not copied: the returned `Bytes` shares the frame's buffer. Anything the codec would
+/// refuse is refused here too (same limit, no trailing bytes).
+pub fn decode_response(mut frame: BytesMut) -> io::Result<Response> {
+    let prefix = chunk_prefix()?;
+    if frame.starts_with(&prefix) {
+        let mut rest = &frame[prefix.len()..];
+        let len: u64 = options()
+            .allow_trailing_bytes()
+            .deserialize_from(&mut rest)
+            .map_err(invalid_data)?;
+        if len != rest.len() as u64 {
+            // A short chunk is bincode's error to report; a long one its trailing bytes.
+            return decode(&frame);
+        }
+        let header = frame.len() - rest.len();
+        let _ = frame.split_to(header);
+        return Ok(Response::Chunk(frame.freeze()));
+    }
+    decode(&frame)
 }
 
 /// The length-delimited framing with the explicit maximum.

@@ -21,8 +21,8 @@ pub mod message;
 pub mod validate;
 
 pub use codec::{
-    ClientTransport, MAX_FRAME_LEN, PROTOCOL_VERSION, ServerTransport, client_transport,
-    server_transport,
+    ClientTransport, MAX_FRAME_LEN, PROTOCOL_VERSION, ServerTransport, chunk_frame_header,
+    client_transport, decode_response, server_transport,
 };
 pub use error::{ErrorKind, WireError};
 pub use job::{EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, Scope};

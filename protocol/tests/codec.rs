@@ -310,3 +310,66 @@ async fn a_refusal_is_reported_even_when_the_hello_meets_a_closed_socket() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// Chunk lengths around every change in bincode's length encoding, and the limits.
+const CHUNK_LENS: [usize; 9] = [0, 1, 250, 251, 252, 4096, 65535, 65536, MAX_CHUNK_LEN];
+
+#[tokio::test]
+async fn a_chunk_header_followed_by_its_data_is_exactly_the_frame_the_codec_writes() {
+    for len in CHUNK_LENS {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+        let (a, mut b) = duplex(2 * MAX_FRAME_LEN);
+        let mut server = server_transport(a);
+        server
+            .send(Response::Chunk(Bytes::from(data.clone())))
+            .await
+            .unwrap();
+        drop(server);
+        let mut written = Vec::new();
+        b.read_to_end(&mut written).await.unwrap();
+        let mut ours = codec::chunk_frame_header(len).unwrap();
+        ours.extend_from_slice(&data);
+        assert_eq!(ours, written, "chunk of {len} bytes");
+    }
+    let e = codec::chunk_frame_header(MAX_CHUNK_LEN + 1).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn decoding_a_chunk_shares_the_frame_and_agrees_with_the_codec() {
+    for len in CHUNK_LENS {
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 % 256) as u8).collect();
+        let body = codec::encode(&Response::Chunk(Bytes::from(data.clone()))).unwrap();
+        let frame = bytes::BytesMut::from(&body[..]);
+        let data_at = frame.as_ptr() as usize + body.len() - len;
+        match codec::decode_response(frame).unwrap() {
+            Response::Chunk(got) => {
+                assert_eq!(got, data, "chunk of {len} bytes");
+                if len > 0 {
+                    assert_eq!(got.as_ptr() as usize, data_at, "the data was copied");
+                }
+            }
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+    for resp in every_response() {
+        let body = codec::encode(&resp).unwrap();
+        let got = codec::decode_response(bytes::BytesMut::from(&body[..])).unwrap();
+        assert_eq!(got, resp);
+    }
+}
+
+#[test]
+fn a_malformed_chunk_is_refused_like_the_codec_refuses_it() {
+    let body = codec::encode(&Response::Chunk(Bytes::from(vec![5u8; 300]))).unwrap();
+    let short = &body[..body.len() - 1];
+    let mut long = body.clone();
+    long.push(0);
+    let header_only = &body[..body.len() - 300];
+    for bad in [short, &long[..], header_only, &body[..1]] {
+        let ours = codec::decode_response(bytes::BytesMut::from(bad)).unwrap_err();
+        let theirs = codec::decode::<Response>(bad).unwrap_err();
+        assert_eq!(ours.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(theirs.kind(), std::io::ErrorKind::InvalidData);
+    }
+}
