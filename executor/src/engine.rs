@@ -39,7 +39,7 @@ use crate::sys::{self, Exit};
 /// Fixed part of every job's environment; user variables may override all but the id.
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Bytes read from the output pipe at a time.
+/// Bytes moved from the output pipe at a time.
 const PIPE_READ: usize = 256 * 1024;
 
 pub struct Engine {
@@ -467,7 +467,8 @@ impl Engine {
         let (mut output_open, mut report_open) = (true, true);
         let mut report_bytes = Vec::new();
         let mut init_exit = None;
-        let mut buf = vec![0u8; PIPE_READ];
+        let mut discard: Option<Vec<u8>> = None;
+        let mut splice = true;
         let mut term_sent = false;
         let grace = tokio::time::sleep(std::time::Duration::MAX);
         tokio::pin!(grace);
@@ -477,13 +478,26 @@ impl Engine {
             tokio::select! {
                 r = output.readable(), if output_open => {
                     r?;
-                    // Drain what is there, a bounded number of reads per wake-up.
+                    // Drain what is there, a bounded number of moves per wake-up: into
+                    // the file by `splice` while the cap leaves room, then read and
+                    // dropped so the job never blocks on a full pipe.
                     for _ in 0..16 {
-                        match output.try_read(&mut buf) {
+                        let moved = if splice && writer.has_room() {
+                            output.try_io(|| writer.splice_from(output.as_fd(), PIPE_READ))
+                        } else {
+                            let buf = discard.get_or_insert_with(|| vec![0u8; PIPE_READ]);
+                            output.try_read(buf).and_then(|n| writer.append(&buf[..n]).map(|()| n))
+                        };
+                        match moved {
                             Ok(0) => { output_open = false; break; }
-                            Ok(n) => writer.append(&buf[..n])?,
+                            Ok(_) => {}
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            // A file system that cannot splice: copy instead.
+                            Err(e) if splice && e.raw_os_error() == Some(libc::EINVAL) => {
+                                tracing::warn!(job = %job.id, "splice refused, copying the output: {e}");
+                                splice = false;
+                            }
                             Err(e) => return Err(e),
                         }
                     }

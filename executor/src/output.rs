@@ -1,20 +1,23 @@
 //! A job's output: one append-only file per job with a size cap, and followers that each
 //! read it from their own offset.
 //!
-//! The writer (the job's supervisor, draining the job's pipe) appends to the file and
-//! then publishes the new length on a `watch` channel. A follower reads the file with
-//! `pread` up to the published length and, when it has caught up, waits for the next
-//! publication or for the end of the job: no timer, no polling, no buffer shared between
-//! followers. Memory per follower is one chunk; a slow follower only delays itself; the
-//! writer never waits for anyone.
+//! The writer (the job's supervisor, draining the job's pipe) moves the pipe's bytes into
+//! the file with `splice` and then publishes the new length on a `watch` channel. A
+//! follower sends the file's bytes to its socket with `sendfile` up to the published
+//! length and, when it has caught up, waits for the next publication or for the end of
+//! the job: no timer, no polling, no buffer shared between followers. The output's bytes
+//! never pass through the daemon's memory; a slow follower only delays itself; the writer
+//! never waits for anyone.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
+
+use crate::sys;
 
 /// What followers need to know about the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +59,29 @@ impl OutputWriter {
     /// A channel followers subscribe to.
     pub fn sender(&self) -> &watch::Sender<Progress> {
         &self.tx
+    }
+
+    /// Whether the cap leaves room for more bytes.
+    pub fn has_room(&self) -> bool {
+        self.progress.len < self.cap
+    }
+
+    /// Moves up to `max` bytes from `pipe` into the file (never past the cap) without
+    /// copying them through this process, and tells followers. Returns how many moved: 0
+    /// at the pipe's end (or with no room left); `WouldBlock` when the pipe is empty.
+    pub fn splice_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let room = self.cap.saturating_sub(self.progress.len);
+        let want = max.min(usize::try_from(room).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = sys::splice_pipe_to_file(pipe, self.file.as_fd(), want)?;
+        if n > 0 {
+            self.progress.len += n as u64;
+            let p = self.progress;
+            self.tx.send_replace(p);
+        }
+        Ok(n)
     }
 
     /// Appends `data`, dropping whatever would pass the cap, and tells followers.
@@ -134,24 +160,22 @@ impl OutputReader {
         })
     }
 
-    /// The next chunk of at most `chunk` bytes, or `None` at the end.
-    pub async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+    /// Waits until there are bytes past the offset and returns how many to send next (at
+    /// most one chunk), or `None` at the end. Checks that the file holds them, so a file
+    /// cut under us is an error before anything of the chunk is sent.
+    pub async fn next_len(&mut self) -> io::Result<Option<usize>> {
         loop {
             let p = *self.rx.borrow_and_update();
             if self.offset < p.len {
-                let want = (p.len - self.offset).min(self.chunk as u64) as usize;
-                let mut buf = BytesMut::zeroed(want);
-                let n = read_full_at(&self.file, &mut buf, self.offset)?;
-                if n == 0 {
+                let want = (p.len - self.offset).min(self.chunk as u64);
+                if self.file.metadata()?.len() < self.offset + want {
                     // The file is shorter than published: it was removed or cut under us.
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "output file shorter than recorded",
                     ));
                 }
-                buf.truncate(n);
-                self.offset += n as u64;
-                return Ok(Some(buf.freeze()));
+                return Ok(Some(want as usize));
             }
             if p.finished || !self.follow {
                 return Ok(None);
@@ -166,22 +190,46 @@ impl OutputReader {
         }
     }
 
+    /// Sends up to `len` bytes from the offset to `socket` with `sendfile` and advances
+    /// past them; returns how many were sent. `WouldBlock` when the socket is full.
+    pub fn send_to(&mut self, socket: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+        let n = sys::sendfile(socket, self.file.as_fd(), self.offset, len)?;
+        if n == 0 && len > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "output file shorter than recorded",
+            ));
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+
     pub fn offset(&self) -> u64 {
         self.offset
     }
 }
 
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// What a follower sends, read back from the other end of a real socket pair: each chunk
+/// announced by `next_len` is sent with `sendfile` and must arrive whole.
+#[cfg(test)]
+async fn drain_through_socket(r: &mut OutputReader) -> Vec<u8> {
+    use std::io::Read;
+    let (tx, mut rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut out = Vec::new();
+    while let Some(len) = r.next_len().await.unwrap() {
+        assert!(len > 0, "an empty chunk");
+        assert!(len <= r.chunk, "a chunk over the limit");
+        let mut left = len;
+        while left > 0 {
+            let n = r.send_to(tx.as_fd(), left).unwrap();
+            assert!(n > 0 && n <= left);
+            let mut got = vec![0u8; n];
+            rx.read_exact(&mut got).unwrap();
+            out.extend_from_slice(&got);
+            left -= n;
         }
     }
-    Ok(done)
+    out
 }
 
 #[cfg(test)]
@@ -189,12 +237,7 @@ mod tests {
     use super::*;
 
     async fn drain(r: &mut OutputReader) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some(c) = r.next_chunk().await.unwrap() {
-            assert!(!c.is_empty());
-            out.extend_from_slice(&c);
-        }
-        out
+        drain_through_socket(r).await
     }
 
     #[tokio::test]
@@ -236,6 +279,72 @@ mod tests {
             }
         );
         assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn splicing_from_a_pipe_keeps_its_bytes_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w = OutputWriter::create(&path, 10).unwrap();
+        let (r, mut tx) = std::io::pipe().unwrap();
+        let e = w.splice_from(r.as_fd(), 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "an empty pipe");
+        tx.write_all(b"0123").unwrap();
+        assert_eq!(w.splice_from(r.as_fd(), 1 << 20).unwrap(), 4);
+        tx.write_all(b"456789abcdef").unwrap();
+        assert_eq!(w.splice_from(r.as_fd(), 3).unwrap(), 3, "at most max");
+        assert_eq!(
+            w.splice_from(r.as_fd(), 1 << 20).unwrap(),
+            3,
+            "up to the cap"
+        );
+        assert!(!w.has_room());
+        assert_eq!(w.splice_from(r.as_fd(), 1 << 20).unwrap(), 0, "no room");
+        assert_eq!(
+            w.progress(),
+            Progress {
+                len: 10,
+                truncated: false,
+                finished: false
+            }
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+        // What the cap refused is still in the pipe, for the caller to drop.
+        w.append(b"abcdef").unwrap();
+        assert!(w.progress().truncated);
+
+        let mut w = OutputWriter::create(&path, 100).unwrap();
+        tx.write_all(b"xyz").unwrap();
+        drop(tx);
+        assert_eq!(
+            w.splice_from(r.as_fd(), 1 << 20).unwrap(),
+            9,
+            "the rest, then..."
+        );
+        assert_eq!(
+            w.splice_from(r.as_fd(), 1 << 20).unwrap(),
+            0,
+            "...the pipe's end"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcdefxyz");
+    }
+
+    #[tokio::test]
+    async fn a_file_cut_under_a_follower_is_an_error_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w = OutputWriter::create(&path, 100).unwrap();
+        w.append(b"abcdef").unwrap();
+        let mut r = OutputReader::open(&path, w.sender().subscribe(), 2, true, 64).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        let e = r.next_len().await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(r.offset(), 2);
     }
 
     #[tokio::test]
@@ -299,12 +408,7 @@ mod props {
     }
 
     async fn drain(mut r: OutputReader) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some(c) = r.next_chunk().await.unwrap() {
-            assert!(!c.is_empty(), "an empty chunk");
-            out.extend_from_slice(&c);
-        }
-        out
+        drain_through_socket(&mut r).await
     }
 
     fn run(writes: Vec<usize>, cap: Option<u64>, followers: Vec<Follower>, drop_writer: bool) {

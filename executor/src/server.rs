@@ -6,17 +6,21 @@
 //! the connection cap a connection gets one `ResourceExhausted` frame and is closed. A
 //! malformed or unexpected frame ends that connection only.
 
+use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
 use jobworker_protocol::codec::{self, ServerTransport};
 use jobworker_protocol::{ErrorKind, Request, Response, WireError, server_transport};
+use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
+use crate::output::OutputReader;
 
 /// Who may connect.
 #[derive(Debug, Clone)]
@@ -222,24 +226,28 @@ async fn stream_output(
         Ok(r) => r,
         Err(e) => return t.send(Response::Error(e)).await.is_ok(),
     };
-    let (mut sink, mut stream) = t.split();
     loop {
         let next = tokio::select! {
-            n = reader.next_chunk() => n,
+            n = reader.next_len() => n,
             // A frame from the peer mid-stream is a protocol violation; EOF means it left.
-            _ = stream.next() => return false,
+            _ = t.next() => return false,
             _ = shutdown.cancelled() => return false,
         };
         match next {
-            Ok(Some(chunk)) => {
-                if sink.send(Response::Chunk(chunk)).await.is_err() {
+            Ok(Some(len)) => {
+                let sent = tokio::select! {
+                    r = send_chunk(t.get_ref().get_ref(), &mut reader, len) => r,
+                    _ = shutdown.cancelled() => return false,
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(job = %id, "sending output: {e}");
                     return false;
                 }
             }
             Ok(None) => break,
             Err(e) => {
                 tracing::error!(job = %id, "reading output: {e}");
-                let _ = sink
+                let _ = t
                     .send(Response::Error(WireError::new(
                         ErrorKind::Internal,
                         "reading the job's output failed",
@@ -250,12 +258,36 @@ async fn stream_output(
         }
     }
     let Some(status) = engine.status_of(&id) else {
-        let _ = sink
+        let _ = t
             .send(Response::Error(WireError::not_found(format!(
                 "no job {id}"
             ))))
             .await;
         return false;
     };
-    sink.send(Response::End(Box::new(status))).await.is_ok()
+    t.send(Response::End(Box::new(status))).await.is_ok()
+}
+
+/// Writes one `Response::Chunk` frame of `len` bytes whose data goes from the output file
+/// to the socket by `sendfile`, never through this process: the frame's header (exactly
+/// what the codec would write before the data), then the data. The codec has nothing
+/// buffered here: every earlier frame went out with `send`, which flushes.
+async fn send_chunk(sock: &UnixStream, reader: &mut OutputReader, len: usize) -> io::Result<()> {
+    let header = jobworker_protocol::chunk_frame_header(len)?;
+    let mut done = 0;
+    while done < header.len() {
+        sock.writable().await?;
+        match sock.try_write(&header[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut left = len;
+    while left > 0 {
+        left -= sock
+            .async_io(Interest::WRITABLE, || reader.send_to(sock.as_fd(), left))
+            .await?;
+    }
+    Ok(())
 }
