@@ -254,7 +254,11 @@ impl OutputStream {
         if self.done {
             return None;
         }
-        let result = match self.transport.next().await {
+        // Frames are read below the serde layer and decoded by `decode_response`, which
+        // is the codec's decoding except that a chunk's data stays in the frame's buffer
+        // instead of being copied out of it.
+        let frame = self.transport.get_mut().next().await;
+        let result = match frame.map(|f| f.and_then(jobworker_protocol::decode_response)) {
             None => Err(ExecutorError::Closed),
             Some(Err(e)) => Err(ExecutorError::Unreachable(e)),
             Some(Ok(Response::Chunk(bytes))) => Ok(OutputFrame::Chunk(bytes)),

@@ -1,11 +1,12 @@
 //! Bytes from the executor's socket: the length-delimited framing, bincode decoding of
-//! requests (and of responses, which the API server decodes), and the checks the
-//! executor's dispatch table runs on each request before it touches anything that
-//! needs root.
+//! requests (and of responses, which the API server decodes, also through its zero-copy
+//! reader), and the checks the executor's dispatch table runs on each request before it
+//! touches anything that needs root.
 //!
 //! Oracles: no panic; no frame above `MAX_FRAME_LEN`; no allocation above the frame cap
-//! (run with `-malloc_limit_mb`); every decoded message encodes back to itself; every
-//! refusal fits in one frame.
+//! (run with `-malloc_limit_mb`); every decoded message encodes back to itself; the
+//! zero-copy response reader decodes every frame as the codec does; every refusal fits
+//! in one frame.
 #![no_main]
 
 use bytes::BytesMut;
@@ -50,13 +51,19 @@ fn handle(frame: &[u8]) {
             refusal_fits(e);
         }
     }
-    if let Ok(response) = codec::decode::<Response>(frame) {
-        let again = codec::encode(&response).expect("a decoded response encodes");
+    let response = codec::decode::<Response>(frame);
+    if let Ok(response) = &response {
+        let again = codec::encode(response).expect("a decoded response encodes");
         assert_eq!(
             codec::decode::<Response>(&again).ok().as_ref(),
-            Some(&response)
+            Some(response)
         );
     }
+    // The API server's zero-copy reader accepts exactly what the codec accepts, with the
+    // same result.
+    let shared = codec::decode_response(BytesMut::from(frame));
+    assert_eq!(shared.as_ref().ok(), response.as_ref().ok());
+    assert_eq!(shared.is_ok(), response.is_ok());
 }
 
 /// The checks `server::dispatch` and the engine make before acting, in the same order.
