@@ -213,6 +213,7 @@ impl Stack {
         let mut api = Command::new(&api_bin);
         worker_override(&mut api, "BENCH_API_WORKERS");
         let mut api = api
+            .envs(api_unit_environment()?)
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -352,6 +353,27 @@ impl Cpu {
             client: self.client - before.client,
         }
     }
+}
+
+/// The variables the API server's systemd unit sets (its `Environment=` lines), so the
+/// benchmark runs the server as it is installed.
+fn api_unit_environment() -> anyhow::Result<Vec<(String, String)>> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/jobworker-api.service");
+    let text =
+        std::fs::read_to_string(&unit).with_context(|| format!("reading {}", unit.display()))?;
+    let mut vars = Vec::new();
+    for line in text.lines() {
+        let Some(assignment) = line.trim().strip_prefix("Environment=") else {
+            continue;
+        };
+        match assignment.split_once('=') {
+            Some((k, v)) if !assignment.contains(['"', '\'', ' ']) => {
+                vars.push((k.to_string(), v.to_string()));
+            }
+            _ => anyhow::bail!("{}: cannot read {line:?}", unit.display()),
+        }
+    }
+    Ok(vars)
 }
 
 /// An experiment knob: `BENCH_EXEC_WORKERS=N` / `BENCH_API_WORKERS=N` start that
