@@ -8,6 +8,7 @@
 use std::io;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::OnceLock;
 
 use bincode::Options;
 use bytes::{Bytes, BytesMut};
@@ -97,7 +98,7 @@ pub fn chunk_frame_header(len: usize) -> io::Result<Vec<u8>> {
             "chunk longer than the maximum chunk length",
         ));
     }
-    let mut body = chunk_prefix()?;
+    let mut body = chunk_prefix()?.to_vec();
     body.extend_from_slice(&encode(&(len as u64))?);
     let frame_len = u32::try_from(body.len() + len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "chunk frame length overflows"))?;
@@ -108,11 +109,16 @@ pub fn chunk_frame_header(len: usize) -> io::Result<Vec<u8>> {
 }
 
 /// The encoding of the `Chunk` variant's tag: an empty chunk without its (zero) length.
-fn chunk_prefix() -> io::Result<Vec<u8>> {
+/// Derived from bincode once, then kept.
+fn chunk_prefix() -> io::Result<&'static [u8]> {
+    static PREFIX: OnceLock<Vec<u8>> = OnceLock::new();
+    if let Some(prefix) = PREFIX.get() {
+        return Ok(prefix);
+    }
     let mut prefix = encode(&Response::Chunk(Bytes::new()))?;
     let zero = encode(&0u64)?.len();
     prefix.truncate(prefix.len().saturating_sub(zero));
-    Ok(prefix)
+    Ok(PREFIX.get_or_init(|| prefix))
 }
 
 /// Decodes one response frame body like the codec does, except that a chunk's data is
@@ -120,7 +126,7 @@ fn chunk_prefix() -> io::Result<Vec<u8>> {
 /// refuse is refused here too (same limit, no trailing bytes).
 pub fn decode_response(mut frame: BytesMut) -> io::Result<Response> {
     let prefix = chunk_prefix()?;
-    if frame.starts_with(&prefix) {
+    if frame.starts_with(prefix) {
         let mut rest = &frame[prefix.len()..];
         let len: u64 = options()
             .allow_trailing_bytes()
