@@ -24,6 +24,7 @@ use jobworker_protocol::{
 use std::os::fd::AsFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +42,17 @@ const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 /// Bytes moved from the output pipe at a time.
 const PIPE_READ: usize = 256 * 1024;
+
+/// What the supervisor of a job that was just cloned takes over.
+struct Launched {
+    spawned: Spawned,
+    group: Arc<JobGroup>,
+    writer: OutputWriter,
+    started_tx: oneshot::Sender<Result<(), String>>,
+    permit: OwnedSemaphorePermit,
+    /// The job's first record, being written.
+    recorded: JoinHandle<()>,
+}
 
 pub struct Engine {
     cfg: Config,
@@ -241,17 +253,23 @@ impl Engine {
             let s = job.running_status(None);
             (job, s)
         };
-        if let Err(e) = self.store.save(&seq_status) {
-            tracing::error!(job = %id, "recording the job: {e}");
-        }
+        // The record ends with an fsync: it is written on a blocking thread while the init
+        // sets the job up, and the supervisor waits for it before writing the final one.
+        let recorded = self.record(seq_status);
         tracing::info!(job = %id, owner = %job.owner, argv0 = %job.argv[0], pid = spawned.pid, "job started");
 
         let (started_tx, started_rx) = oneshot::channel();
         let engine = self.clone();
         self.tasks.spawn(async move {
-            engine
-                .supervise(job, spawned, group, writer, started_tx, permit)
-                .await;
+            let launched = Launched {
+                spawned,
+                group,
+                writer,
+                started_tx,
+                permit,
+                recorded,
+            };
+            engine.supervise(job, launched).await;
         });
         match started_rx.await {
             Ok(Ok(())) => Ok(id),
@@ -343,15 +361,15 @@ impl Engine {
     }
 
     /// Runs one job to its end; see the module documentation.
-    async fn supervise(
-        self: Arc<Self>,
-        job: Arc<Job>,
-        spawned: Spawned,
-        group: Arc<JobGroup>,
-        mut writer: OutputWriter,
-        started_tx: oneshot::Sender<Result<(), String>>,
-        permit: OwnedSemaphorePermit,
-    ) {
+    async fn supervise(self: Arc<Self>, job: Arc<Job>, launched: Launched) {
+        let Launched {
+            spawned,
+            group,
+            mut writer,
+            started_tx,
+            permit,
+            recorded,
+        } = launched;
         let mut started_tx = Some(started_tx);
         let (init_exit, reports) = match self
             .run_job(&job, spawned, &group, &mut writer, &mut started_tx)
@@ -435,13 +453,14 @@ impl Engine {
             Ok(Err(e)) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
             Err(e) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
         }
-        if let Err(e) = self.store.save(&status) {
-            tracing::error!(job = %id, "recording the job's end: {e}");
-        }
         // The running slot is freed before followers and stoppers learn that the job
         // ended: whoever saw the end may start another job at once.
         drop(permit);
         writer.finish();
+        // The final record is written after followers learn of the end, so its fsync is
+        // not part of the time to a final status; it always follows the first record.
+        let _ = recorded.await;
+        let _ = self.record(status.clone()).await;
         tracing::info!(job = %id, state = status.state.as_str(), exit_code = ?status.exit_code, signal = ?status.signal, oom = status.oom_killed, "job ended");
 
         let evicted = {
@@ -450,6 +469,17 @@ impl Engine {
             self.evict_locked(&mut table)
         };
         self.remove_evicted(evicted);
+    }
+
+    /// Writes a job's record on a blocking thread, since it ends with an fsync.
+    fn record(self: &Arc<Self>, status: JobStatus) -> JoinHandle<()> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = engine.store.save(&status) {
+                let state = status.state.as_str();
+                tracing::error!(job = %status.id, state, "recording the job: {e}");
+            }
+        })
     }
 
     /// The event loop of one job: returns the init's exit and everything it reported.
@@ -570,7 +600,7 @@ impl Engine {
             job.stop_requested.store(true, Ordering::SeqCst);
             job.stop.notify_one();
             let mut rx = job.progress.clone();
-            // The supervisor publishes `finished` only after recording the final status.
+            // The supervisor publishes `finished` only after setting the final status.
             let _ = rx.wait_for(|p| p.finished).await;
         }
         Ok(job.status(&self.cgroups))

@@ -13,6 +13,9 @@ use jobworker_executor::server::{self, Peers};
 use jobworker_executor::{cgroup, init, sys};
 use tokio_util::sync::CancellationToken;
 
+/// Threads for blocking file-system work.
+const MAX_BLOCKING_THREADS: usize = 32;
+
 fn main() -> ExitCode {
     // A job init is this binary re-executed in a job's namespaces: it must run before
     // anything else touches the descriptors it was handed.
@@ -77,6 +80,9 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("executor")
+        // Blocking work is short file-system calls (job records, cgroup removal): a
+        // bounded pool queues them instead of growing a thread per ending job.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("starting the runtime")?;
     rt.block_on(serve(cfg, listen_fds))
