@@ -468,7 +468,11 @@ impl Engine {
             table.finished += 1;
             self.evict_locked(&mut table)
         };
-        self.remove_evicted(evicted);
+        if !evicted.is_empty() {
+            // Deleting directories is blocking file-system work, like the records.
+            let engine = self.clone();
+            let _ = tokio::task::spawn_blocking(move || engine.remove_evicted(evicted)).await;
+        }
     }
 
     /// Writes a job's record on a blocking thread, since it ends with an fsync.
@@ -696,29 +700,31 @@ impl Engine {
     /// Drops the oldest finished jobs beyond the retention cap; returns their ids so the
     /// caller can delete their files outside the lock.
     fn evict_locked(&self, table: &mut Table) -> Vec<JobId> {
-        let mut evicted = Vec::new();
         if table.finished <= self.cfg.max_finished_jobs {
-            return evicted;
+            return Vec::new();
         }
-        let mut excess = table.finished - self.cfg.max_finished_jobs;
-        let seqs: Vec<(u64, JobId)> = table.order.iter().map(|(s, i)| (*s, *i)).collect();
-        for (seq, id) in seqs {
-            if excess == 0 {
+        let mut evicted = Vec::new();
+        // Oldest first; the walk stops at the last one needed, so it passes at most the
+        // running jobs older than them, not the whole table.
+        let excess = table.finished - self.cfg.max_finished_jobs;
+        for (&seq, id) in &table.order {
+            if evicted.len() == excess {
                 break;
             }
             let ended = table
                 .jobs
-                .get(&id)
+                .get(id)
                 .is_some_and(|j| lock(&j.live).final_status.is_some());
             if ended {
-                table.order.remove(&seq);
-                table.jobs.remove(&id);
-                table.finished -= 1;
-                excess -= 1;
-                evicted.push(id);
+                evicted.push((seq, *id));
             }
         }
-        evicted
+        for (seq, id) in &evicted {
+            table.order.remove(seq);
+            table.jobs.remove(id);
+            table.finished -= 1;
+        }
+        evicted.into_iter().map(|(_, id)| id).collect()
     }
 
     fn remove_evicted(&self, ids: Vec<JobId>) {

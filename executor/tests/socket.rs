@@ -238,3 +238,58 @@ async fn shutdown_stops_running_jobs_and_records_them() {
     assert_eq!(s.state, JobState::Stopped);
     assert_eq!(s.signal, Some(9));
 }
+
+#[tokio::test]
+async fn the_oldest_finished_jobs_are_deleted_beyond_the_retention_cap() {
+    if !root_or_skip("the_oldest_finished_jobs_are_deleted_beyond_the_retention_cap") {
+        return;
+    }
+    let exec = Executor::start(Opts {
+        extra: vec!["--max-finished-jobs".into(), "2".into()],
+        ..Default::default()
+    });
+    let mut c = exec.client().await;
+    let dir = |id: JobId| exec.state.join("jobs").join(id.to_string());
+    // Deletion follows the end of the job that went over the cap, shortly after its
+    // followers have seen that end.
+    async fn gone(c: &mut Client, id: JobId, dir: std::path::PathBuf) {
+        for _ in 0..500 {
+            if c.status(id).await.map_err(|e| e.kind) == Err(ErrorKind::NotFound) && !dir.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("job {id} was not deleted");
+    }
+
+    // The oldest job is still running while three newer ones end.
+    let long = c
+        .run(&["sh", "-c", "echo up; exec sleep 60"])
+        .await
+        .unwrap();
+    exec.client().await.wait_for_output(long, b"up").await;
+    let mut ended = Vec::new();
+    for i in 0..3 {
+        let id = c.run(&["sh", "-c", &format!("echo {i}")]).await.unwrap();
+        let (out, s) = c.wait(id).await;
+        assert_eq!(out, format!("{i}\n").as_bytes());
+        assert_eq!(s.state, JobState::Exited);
+        ended.push(id);
+    }
+    // Three finished, two kept: the oldest finished one goes, the running one stays.
+    gone(&mut c, ended[0], dir(ended[0])).await;
+    for id in [long, ended[1], ended[2]] {
+        c.status(id).await.unwrap();
+        assert!(dir(id).join("status.json").is_file(), "{id}");
+    }
+    assert_eq!(c.status(long).await.unwrap().state, JobState::Running);
+
+    // Once it ends, the formerly running job is the oldest finished one.
+    assert_eq!(c.stop(long).await.unwrap().state, JobState::Stopped);
+    gone(&mut c, long, dir(long)).await;
+    for id in [ended[1], ended[2]] {
+        assert_eq!(c.status(id).await.unwrap().state, JobState::Exited);
+        let (out, _) = c.wait(id).await;
+        assert!(!out.is_empty(), "{id}");
+    }
+}
