@@ -11,6 +11,8 @@
 //! percentiles come from one run, with the baselines interleaved with the measured
 //! operation so that a busy neighbour affects both alike. Peak RSS is the kernel's
 //! high-water mark (`VmHWM`), reset before each scenario through `/proc/PID/clear_refs`.
+//! Each scenario starts after a `sync`, so the writeback of earlier scenarios' output
+//! files is not part of its figures.
 //!
 //! Environment: `BENCH_QUICK=1` runs smaller sizes (a smoke test of the harness, not
 //! figures to report); `BENCH_ONLY=1,3` runs only the listed scenarios; `BENCH_HOLD=1`
@@ -112,6 +114,15 @@ impl Sizes {
     }
 }
 
+/// Writes back every dirty page of the machine (`sync`) before a scenario.
+fn settle() {
+    match std::process::Command::new("sync").status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("sync: {s}"),
+        Err(e) => eprintln!("sync: {e}"),
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark starts the executor, which needs root; run it as root");
@@ -154,6 +165,16 @@ fn run() -> anyhow::Result<()> {
         .build()?;
     let mut report = Report::default();
     let result = rt.block_on(async {
+        // Each scenario starts with no dirty page cache left by the previous one (the
+        // output files of 3, 4 and 6 are GiBs), so its figures do not include that
+        // writeback.
+        let want = |n: u32| {
+            let w = want(n);
+            if w {
+                settle();
+            }
+            w
+        };
         if want(1) {
             scenario_start_latency(&stack, &sizes, &mut report).await?;
         }
