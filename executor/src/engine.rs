@@ -729,8 +729,11 @@ impl Engine {
 
     fn remove_evicted(&self, ids: Vec<JobId>) {
         for id in ids {
-            if let Err(e) = self.store.remove(&id) {
-                tracing::error!(job = %id, "deleting an evicted job: {e}");
+            match self.store.remove(&id) {
+                Ok(()) => {
+                    tracing::debug!(job = %id, "deleted a finished job beyond the retention cap")
+                }
+                Err(e) => tracing::error!(job = %id, "deleting an evicted job: {e}"),
             }
         }
     }
