@@ -442,6 +442,11 @@ impl Engine {
             live.group = None;
             live.final_status = Some(status.clone());
         }
+        // The running slot is freed and followers and stoppers learn that the job ended
+        // before its group is removed: whoever saw the end may start another job at once,
+        // and the removal is not part of the time to a final status.
+        drop(permit);
+        writer.finish();
         // Removal runs on a blocking thread: the group empties asynchronously right after
         // the init is reaped, and the backend may retry briefly.
         let cgroups_engine = self.clone();
@@ -453,10 +458,6 @@ impl Engine {
             Ok(Err(e)) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
             Err(e) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
         }
-        // The running slot is freed before followers and stoppers learn that the job
-        // ended: whoever saw the end may start another job at once.
-        drop(permit);
-        writer.finish();
         // The final record is written after followers learn of the end, so its fsync is
         // not part of the time to a final status; it always follows the first record.
         let _ = recorded.await;

@@ -180,7 +180,10 @@ async fn limits_are_in_the_jobs_cgroup_while_it_runs_and_the_group_goes_after() 
         status.peak_memory_bytes.is_some_and(|m| m > 0),
         "{status:?}"
     );
-    assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        exec.job_groups_left_after_removal(),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[tokio::test]
@@ -252,7 +255,10 @@ async fn a_fork_bomb_is_contained_and_can_be_stopped() {
     let s = c.stop(id).await.unwrap();
     assert_eq!(s.state, JobState::Stopped);
     assert_eq!(still_alive(&procs), vec![]);
-    assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        exec.job_groups_left_after_removal(),
+        Vec::<std::path::PathBuf>::new()
+    );
     assert_unaffected(&exec).await;
 }
 
@@ -365,7 +371,10 @@ async fn stop_ends_a_job_that_ignores_sigterm_and_forks() {
         "SIGTERM was ignored, so SIGKILL ended it"
     );
     assert_eq!(still_alive(&procs), vec![]);
-    assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        exec.job_groups_left_after_removal(),
+        Vec::<std::path::PathBuf>::new()
+    );
     assert_unaffected(&exec).await;
 }
 
@@ -410,7 +419,10 @@ async fn an_io_limit_on_something_that_is_not_a_block_device_fails_to_start() {
     let e = c.start("alice", spec_with(&["true"], l)).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedToStart);
     assert!(e.message.contains("/dev/null"), "{}", e.message);
-    assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        exec.job_groups_left_after_removal(),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[tokio::test]

@@ -743,6 +743,20 @@ impl Executor {
         }
         left
     }
+
+    /// The job groups still there once the ended jobs' groups had time to go: the
+    /// executor removes a group right after it publishes the job's end, so this waits
+    /// (up to 30 s) for none to be left before answering.
+    pub fn job_groups_left_after_removal(&self) -> Vec<PathBuf> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = self.job_groups_left();
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// The numeric uid and gid of the test job user.
