@@ -1,9 +1,8 @@
 //! The job init: PID 1 of every job's namespaces.
 //!
-//! The executor clones a child into new namespaces and that child immediately
-//! re-executes the executor binary in this mode, so everything here runs in a fresh,
-//! single-threaded process where allocating, forking and formatting are all safe. The
-//! init:
+//! The init template (see [`crate::template`]) clones itself into the job's new
+//! namespaces and the clone runs [`main`]: a copy of a single-threaded process, where
+//! allocating, forking and formatting are all safe. The init:
 //!
 //! 1. reads its [`InitSpec`] from fd 3 (a sealed-in-practice memfd written by the
 //!    executor before the clone);
@@ -42,9 +41,10 @@ use crate::report::{self, Report};
 use crate::seccomp;
 use crate::sys::{self, Exit, Fork};
 
-/// Argument that selects this mode (argv[1]); argv[0] is [`INIT_ARGV0`].
+/// Argument that selects the init template (argv[1]); argv[0] is [`INIT_ARGV0`]. Job
+/// inits are clones of the template, so `ps` shows them with the same command line.
 pub const INIT_ARG: &str = "--job-init";
-/// argv[0] of job inits, as `ps` shows them.
+/// argv[0] of the init template and of job inits, as `ps` shows them.
 pub const INIT_ARGV0: &str = "jobworker-init";
 
 /// Descriptor numbers in the init.
@@ -108,7 +108,8 @@ impl<T> Context<T> for io::Result<T> {
     }
 }
 
-/// Entry point of the init mode. Never returns.
+/// Entry point of a job init, in a clone of the template with its descriptors on
+/// [`FD_SPEC`], [`FD_REPORT`], [`FD_LIFELINE`] and 0-2. Never returns.
 pub fn main() -> ! {
     // Nothing but fds 0-5 may survive into the job.
     let _ = sys::close_fds_from(FD_LIFELINE + 1);

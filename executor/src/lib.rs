@@ -7,7 +7,9 @@
 //! - [`output`]: per-job output files and their followers;
 //! - [`store`]: the state directory (job records and output survive restarts);
 //! - [`spawn`]: the one seam that starts a job (clone3 into new namespaces);
-//! - [`init`]: the job init, PID 1 of each job (this binary re-executed);
+//! - [`template`]: the init template, this binary re-executed once, which every job
+//!   init is cloned from;
+//! - [`init`]: the job init, PID 1 of each job (a clone of the template);
 //! - [`report`]: the init's one-way report pipe to the executor;
 //! - [`cgroup`]: cgroup v2 and v1 backends behind one interface;
 //! - [`seccomp`]: the job's seccomp filter;
@@ -25,4 +27,5 @@ pub mod server;
 pub mod spawn;
 pub mod store;
 pub mod sys;
+pub mod template;
 pub mod users;

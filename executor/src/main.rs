@@ -10,20 +10,20 @@ use clap::Parser;
 use jobworker_executor::config::{Backend, Config, Flags};
 use jobworker_executor::engine::Engine;
 use jobworker_executor::server::{self, Peers};
-use jobworker_executor::{cgroup, init, sys};
+use jobworker_executor::{cgroup, init, sys, template};
 use tokio_util::sync::CancellationToken;
 
 /// Threads for blocking file-system work.
 const MAX_BLOCKING_THREADS: usize = 32;
 
 fn main() -> ExitCode {
-    // A job init is this binary re-executed in a job's namespaces: it must run before
-    // anything else touches the descriptors it was handed.
+    // The init template (which job inits are cloned from) is this binary re-executed: it
+    // must run before anything else touches the descriptors it was handed.
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == init::INIT_ARG)
     {
-        init::main();
+        template::main();
     }
     // Before anything else: no inherited descriptor survives except those a service
     // manager passed on purpose, and nothing is created readable by others.

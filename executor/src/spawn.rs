@@ -1,14 +1,15 @@
-//! The one seam through which jobs are started: clone3 into new namespaces (and, on
-//! cgroup v2, straight into the job's group), then re-execute this binary as the job
-//! init (see [`crate::init`]).
+//! The one seam through which jobs are started: the init template (see
+//! [`crate::template`]) clones each job init into new namespaces (and, on cgroup v2,
+//! straight into the job's group); the init then sets the job up (see [`crate::init`]).
 
-use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
 
-use crate::init::{FD_LIFELINE, FD_REPORT, FD_SPEC, INIT_ARG, InitSpec};
+use crate::init::InitSpec;
 use crate::sys;
+use crate::template::{CloneError, Template};
 
 /// Capacity asked for the output pipe: fewer wake-ups per byte for chatty jobs.
 const OUTPUT_PIPE_SIZE: usize = 1024 * 1024;
@@ -22,14 +23,17 @@ pub const JOB_NAMESPACES: u64 = sys::CLONE_NEWPID
 
 /// Long-lived handles the spawn path needs, opened once at start-up.
 pub struct Spawner {
-    /// This binary, opened at start-up: the job init is always the code that is running,
-    /// even if the file on disk is replaced by an upgrade.
+    /// This binary, opened at start-up: a replacement template is always the code that
+    /// is running, even if the file on disk is replaced by an upgrade.
     exe: File,
     /// Read end of the lifeline pipe, handed to every init.
     lifeline_read: OwnedFd,
     /// Write end of the lifeline pipe: held, never written, until the executor exits.
     _lifeline_write: OwnedFd,
     devnull: File,
+    /// The init template; one request at a time. `None` after it failed, until the next
+    /// job starts a new one.
+    template: Mutex<Option<Template>>,
 }
 
 /// A job init that was just cloned.
@@ -53,14 +57,19 @@ pub enum CgroupJoin<'a> {
 }
 
 impl Spawner {
+    /// Opens what every spawn needs and starts the init template.
     pub fn new() -> io::Result<Self> {
         let exe = File::open("/proc/self/exe")?;
         let (r, w) = io::pipe()?;
+        let devnull = File::options().read(true).write(true).open("/dev/null")?;
+        let template = Template::start(exe.as_fd(), devnull.as_fd())?;
+        tracing::debug!(pid = template.pid(), "init template started");
         Ok(Self {
             exe,
             lifeline_read: r.into(),
             _lifeline_write: w.into(),
-            devnull: File::options().read(true).write(true).open("/dev/null")?,
+            devnull,
+            template: Mutex::new(Some(template)),
         })
     }
 
@@ -75,38 +84,18 @@ impl Spawner {
         let _ = sys::set_pipe_size(out_r.as_fd(), OUTPUT_PIPE_SIZE);
         let (rep_r, rep_w) = io::pipe()?;
 
-        // Sources above every target number, so the child's dup2 sequence cannot
-        // overwrite a source it still needs.
-        const ABOVE: i32 = 16;
-        let null = sys::dup_above(self.devnull.as_fd(), ABOVE)?;
-        let out = sys::dup_above(out_w.as_fd(), ABOVE)?;
-        let spec_fd = sys::dup_above(spec_file.as_fd(), ABOVE)?;
-        let rep = sys::dup_above(rep_w.as_fd(), ABOVE)?;
-        let life = sys::dup_above(self.lifeline_read.as_fd(), ABOVE)?;
-        let moves = [
-            (null.as_fd(), 0),
-            (out.as_fd(), 1),
-            (out.as_fd(), 2),
-            (spec_fd.as_fd(), FD_SPEC),
-            (rep.as_fd(), FD_REPORT),
-            (life.as_fd(), FD_LIFELINE),
-        ];
-        let argv0: &CStr = c"jobworker-init";
-        let arg1 = std::ffi::CString::new(INIT_ARG).expect("no NUL in a constant");
         let (ns, cg) = match cgroup {
             CgroupJoin::CloneInto(fd) => (JOB_NAMESPACES | sys::CLONE_NEWCGROUP, Some(fd)),
             CgroupJoin::InitJoins => (JOB_NAMESPACES, None),
         };
-        let (pid, pidfd) = sys::spawn_reexec(
-            self.exe.as_fd(),
-            &[argv0, &arg1],
-            ns,
-            cg,
-            &sys::ChildFds {
-                moves: &moves,
-                report: FD_REPORT,
-            },
-        )?;
+        let fds = [
+            self.devnull.as_fd(),
+            out_w.as_fd(),
+            spec_file.as_fd(),
+            rep_w.as_fd(),
+            self.lifeline_read.as_fd(),
+        ];
+        let (pid, pidfd) = self.clone_init(ns, cg, fds)?;
         // Our copies of the child's ends close here, so the pipes see EOF exactly when
         // the job's processes (output) or its init (report) are gone.
         Ok(Spawned {
@@ -115,5 +104,35 @@ impl Spawner {
             output: out_r.into(),
             report: rep_r.into(),
         })
+    }
+
+    /// Asks the template for a clone; a template that stopped answering is replaced once.
+    fn clone_init(
+        &self,
+        ns: u64,
+        cgroup: Option<BorrowedFd<'_>>,
+        fds: [BorrowedFd<'_>; 5],
+    ) -> io::Result<(sys::pid_t, OwnedFd)> {
+        let mut slot = self.template.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = None;
+        for _ in 0..2 {
+            if slot.is_none() {
+                let t = Template::start(self.exe.as_fd(), self.devnull.as_fd())?;
+                tracing::warn!(pid = t.pid(), "started a new init template");
+                *slot = Some(t);
+            }
+            let template = slot.as_ref().expect("just set");
+            match template.clone_init(ns, cgroup, fds) {
+                Ok(cloned) => return Ok(cloned),
+                Err(CloneError::Refused(e)) => return Err(e),
+                Err(CloneError::Broken(e)) => {
+                    tracing::error!(pid = template.pid(), "the init template failed: {e}");
+                    // Killed and reaped here.
+                    *slot = None;
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("the loop ran"))
     }
 }

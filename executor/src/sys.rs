@@ -3,7 +3,8 @@
 //! Nothing outside this module may use `unsafe`; the rest of the crate calls these safe
 //! wrappers, which return `io::Result` carrying the OS error. Wrappers are grouped by who
 //! calls them: the daemon at start-up, the spawn path (clone3 and the code that runs in
-//! the child before it re-executes as the job init), and the job init itself.
+//! the child before it re-executes as the init template), the init template (its
+//! control socket and the clones it makes), and the job init itself.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -153,7 +154,7 @@ pub fn memfd(name: &str) -> io::Result<File> {
 }
 
 // ---------------------------------------------------------------------------------------
-// clone3 and the child's few steps before it re-executes as the job init.
+// clone3 and the child's few steps before it re-executes as the init template.
 // ---------------------------------------------------------------------------------------
 
 pub const CLONE_NEWNS: u64 = 0x0002_0000;
@@ -189,7 +190,7 @@ pub struct ChildFds<'a> {
     /// Every source must be above every target (see [`dup_above`]), so no step can
     /// clobber a later source.
     pub moves: &'a [(BorrowedFd<'a>, RawFd)],
-    /// Target number of the pipe the child reports a failed `execveat` on.
+    /// Target number of the descriptor the child reports a failed `execveat` on.
     pub report: RawFd,
 }
 
@@ -268,7 +269,7 @@ pub fn spawn_reexec(
         // execveat failed: report the errno without allocating.
         let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
         let mut msg = [0u8; 64];
-        let prefix = b"re-executing the job init failed: errno ";
+        let prefix = b"re-executing this binary failed: errno ";
         let mut n = 3 + prefix.len();
         msg[3..n].copy_from_slice(prefix);
         n += write_decimal(&mut msg[n..], errno as u32);
@@ -302,6 +303,263 @@ fn write_decimal(buf: &mut [u8], mut v: u32) -> usize {
     let n = digits.len().min(buf.len());
     buf[..n].copy_from_slice(&digits[..n]);
     n
+}
+
+// ---------------------------------------------------------------------------------------
+// The init template: a control socket that carries descriptors, and clones of the
+// template, which is single-threaded.
+// ---------------------------------------------------------------------------------------
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (message boundaries are kept),
+/// close-on-exec.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds: [RawFd; 2] = [-1, -1];
+    // SAFETY: `fds` is an array of two ints the kernel fills in.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both fds were just returned by the kernel and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Most descriptors one control message carries.
+pub const MAX_PASSED_FDS: usize = 8;
+
+/// Room for one `SCM_RIGHTS` header with [`MAX_PASSED_FDS`] descriptors, aligned for
+/// `cmsghdr`.
+#[repr(C, align(8))]
+struct FdControl([u8; 64]);
+
+const _: () = assert!(
+    std::mem::size_of::<libc::cmsghdr>() + MAX_PASSED_FDS * std::mem::size_of::<RawFd>() <= 64
+);
+
+/// Sends one message of `data` with `fds` attached (`sendmsg(2)`, `SCM_RIGHTS`).
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice());
+    let mut control = FdControl([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload as u32) } as _;
+        // SAFETY: `msg_control` points at `control`, 8-aligned and large enough for one
+        // header with `payload` bytes (checked at compile time for the most descriptors
+        // allowed), so CMSG_FIRSTHDR is non-null and CMSG_DATA has room for `raw`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
+            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), payload);
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at `iov`, `data` and `control`, all alive for the call;
+        // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return if n as usize == data.len() {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "message cut short",
+                ))
+            };
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message into `buf` and the descriptors attached to it (close-on-exec),
+/// waiting for it (`recvmsg(2)`). `(0, [])` means the peer closed its end. A message or
+/// descriptor list that did not fit is an error, after the descriptors that did arrive
+/// are closed.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut control = FdControl([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len() as _;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`) and `control`, both alive and
+        // writable for the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` and set `msg_controllen`; the CMSG_* macros
+    // walk only within it, and each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) /
+    // 4` descriptors that now belong to this process and to nothing else in it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message cut short",
+        ));
+    }
+    Ok((n, fds))
+}
+
+/// Limits how long a receive on `sock` waits (`SO_RCVTIMEO`); past it, `WouldBlock`.
+pub fn set_recv_timeout(sock: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as _,
+        tv_usec: timeout.subsec_micros() as _,
+    };
+    // SAFETY: `tv` is a timeval alive for the call, and its size is passed.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `dup2(2)`: `fd` also becomes descriptor number `target` (not close-on-exec), closing
+/// whatever `target` was.
+pub fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 onto a descriptor number this process owns; touches no memory.
+    check(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+}
+
+/// The number of threads of this process (`Threads:` in `/proc/self/status`).
+fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no thread count"))
+}
+
+/// Which side of [`clone_sibling`] returned.
+pub enum Cloned {
+    /// In the parent: the child's pid and a pidfd for it.
+    Parent(pid_t, OwnedFd),
+    /// In the child.
+    Child,
+}
+
+/// Clones this process into new namespaces (`clone3(2)` with `CLONE_PIDFD`, and
+/// `CLONE_INTO_CGROUP` when `cgroup` is given) as a sibling: with `CLONE_PARENT`, the
+/// child's parent is this process's parent, which can wait for it through the pidfd.
+///
+/// Like `fork(2)`, the child continues on a copy of this process, so it may run any code
+/// only if this process has a single thread; that is checked first, and a process with
+/// more threads gets an error instead of a child.
+pub fn clone_sibling(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Cloned> {
+    if thread_count()? != 1 {
+        return Err(io::Error::other(
+            "clone_sibling needs a single-threaded process",
+        ));
+    }
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: ns_flags | CLONE_PIDFD | libc::CLONE_PARENT as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        // Ignored with CLONE_PARENT: the child gets this process's exit signal (SIGCHLD).
+        exit_signal: 0,
+        ..Default::default()
+    };
+    if let Some(cg) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
+    // No stack is given, so the child runs on a copy of this thread's stack like fork(2).
+    // SAFETY: `args` is a valid clone_args of the size passed and `pidfd` outlives the
+    // call; this process has one thread (checked above), so the child's copy of memory
+    // is consistent (no lock held by another thread) and it may run any code.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match check_long(ret)? {
+        0 => Ok(Cloned::Child),
+        pid => {
+            // SAFETY: the kernel stored a new pidfd, owned by nobody else, since clone3
+            // succeeded with CLONE_PIDFD.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            Ok(Cloned::Parent(pid as pid_t, pidfd))
+        }
+    }
+}
+
+/// Waits for the child behind `pidfd` to exit and reaps it (`waitid(P_PIDFD, WEXITED)`).
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    loop {
+        // SAFETY: `info` is a zeroed siginfo_t the kernel writes into; P_PIDFD = 3.
+        let r = unsafe {
+            libc::waitid(
+                3 as libc::idtype_t,
+                pidfd.as_raw_fd() as libc::id_t,
+                info.as_mut_ptr(),
+                libc::WEXITED,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Opens a pidfd for an existing process (`pidfd_open(2)`).

@@ -1,10 +1,12 @@
 //! Jobs that misbehave and output that overflows: each ends as documented, and neither
 //! the executor nor the host is affected. (Ignoring SIGTERM, exhausting pids and memory,
-//! and the executor killed under its jobs are in `isolation.rs`.)
+//! and the executor killed under its jobs are in `isolation.rs`.) Also: the init template
+//! killed, or outliving its executor.
 
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::*;
 use jobworker_protocol::*;
@@ -199,4 +201,38 @@ async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
     assert_eq!(end.state, JobState::Exited);
     assert_eq!(end.exit_code, Some(3));
     assert_unaffected(&exec).await;
+}
+
+#[tokio::test]
+async fn a_killed_init_template_is_reaped_and_replaced_and_jobs_still_start() {
+    if !root_or_skip("a_killed_init_template_is_reaped_and_replaced_and_jobs_still_start") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let old = exec.template_pid();
+    signal_pid(old, "KILL");
+    assert!(wait_exit(old, Duration::from_secs(10)));
+    // The next start finds the template gone, reaps it, starts a new one and uses it.
+    let mut c = exec.client().await;
+    let id = c.run(&["echo", "after the template"]).await.unwrap();
+    assert_eq!(c.wait(id).await.0, b"after the template\n");
+    exec.wait_log("started a new init template", Duration::from_secs(10));
+    let new = exec.template_pid();
+    assert_ne!(new, old);
+    assert_eq!(parent_pid(old), None, "the killed template was reaped");
+    assert_unaffected(&exec).await;
+}
+
+#[tokio::test]
+async fn the_init_template_ends_with_its_executor() {
+    if !root_or_skip("the_init_template_ends_with_its_executor") {
+        return;
+    }
+    let mut exec = Executor::start(Opts::default());
+    let template = exec.template_pid();
+    exec.kill9();
+    assert!(
+        wait_exit(template, Duration::from_secs(10)),
+        "the init template outlived its executor"
+    );
 }

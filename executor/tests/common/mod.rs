@@ -235,6 +235,24 @@ impl Executor {
         Self::launch(opts, scratch, state, socket, parent)
     }
 
+    /// The executor's init template: its child running `jobworker-init --job-init` in the
+    /// executor's own PID namespace (the job inits cloned from it are in their own).
+    pub fn template_pid(&self) -> u32 {
+        let exec = self.pid();
+        let ns = pid_ns(exec);
+        let found: Vec<u32> = processes_matching("jobworker-init --job-init")
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|&pid| parent_pid(pid) == Some(exec) && pid_ns(pid) == ns)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "init templates of executor {exec}: {found:?}"
+        );
+        found[0]
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.socket)
             .await
@@ -507,6 +525,13 @@ impl Executor {
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no pid in {line:?}"))
     }
+}
+
+/// The parent of a process (`/proc/PID/stat`), if it still exists.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The PID namespace of a process, e.g. `pid:[4026532301]`.

@@ -1,0 +1,383 @@
+//! The init template: the process every job init is cloned from.
+//!
+//! At start-up the executor re-executes its own binary once in this mode, with one end
+//! of a `SOCK_SEQPACKET` socket pair as fd 6 (the control socket). The template is a
+//! fresh, single-threaded process that does nothing but wait for requests on that
+//! socket. For each job it receives the init's descriptors (`SCM_RIGHTS`) and the
+//! namespaces to create, clones itself into them (`clone3` with `CLONE_PARENT`, so the
+//! init is the executor's child and the executor waits for it through the pidfd), and
+//! answers with the init's pid and pidfd. The clone puts the descriptors on the init's
+//! numbers and runs [`crate::init::main`], which closes everything else (the control
+//! socket included) before it does anything.
+//!
+//! Cloning a single-threaded process is what makes this sound: the clone has a
+//! consistent copy of memory (no lock held by another thread), so it may allocate, fork
+//! and format like any process, and it needs no `execve` of its own. The executor is
+//! multi-threaded and could not clone a child that runs such code; before the template,
+//! every job's child re-executed this binary, which cost about 1.5 ms per job (the
+//! kernel's `execve`, the dynamic loader and libc's start-up).
+//!
+//! The template trusts only its control socket, which only the executor holds. A
+//! request names at most the job namespaces and the descriptors of one init; anything
+//! else is refused. It exits when the executor closes its end or dies, and the executor
+//! replaces a template that stops answering.
+//!
+//! Request: the namespace flags (u64, little endian) and one byte, 1 when the last
+//! descriptor is the cgroup v2 directory to clone into; descriptors `/dev/null`, output
+//! pipe, spec, report pipe, lifeline (and the cgroup). Replies: `R` once at start-up;
+//! `C` and the pid (i32, little endian) with the pidfd attached; `E` and an errno when
+//! the clone failed.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::init::{FD_LIFELINE, FD_REPORT, FD_SPEC, INIT_ARG, INIT_ARGV0};
+use crate::spawn::JOB_NAMESPACES;
+use crate::sys::{self, Cloned};
+
+/// The control socket's number in the template: above every number the init uses, so the
+/// init closes it first thing.
+pub const FD_CONTROL: RawFd = FD_LIFELINE + 1;
+
+/// Descriptors of one init, in request order.
+const INIT_FDS: usize = 5;
+/// How long the executor waits for any answer of the template.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_LEN: usize = 9;
+
+/// Entry point of the template mode. Never returns.
+pub fn main() -> ! {
+    let _ = sys::close_fds_from(FD_CONTROL + 1);
+    let Ok(control) = sys::take_inherited_fd(FD_CONTROL) else {
+        sys::exit_now(125)
+    };
+    // Only the executor holds the other end: when it closes it, or dies, the next
+    // receive reads the end (or the next reply fails) and the template exits. (No
+    // parent-death signal: that follows the thread that started the template, not the
+    // executor process.)
+    if sys::send_with_fds(control.as_fd(), b"R", &[]).is_err() {
+        sys::exit_now(125)
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        let (n, fds) = match sys::recv_with_fds(control.as_fd(), &mut buf) {
+            Ok((0, _)) => sys::exit_now(0),
+            Ok(got) => got,
+            // A message that did not fit: refused, its descriptors already closed.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                refuse(control.as_fd(), libc::EINVAL);
+                continue;
+            }
+            Err(_) => sys::exit_now(1),
+        };
+        let sent = match clone_init(&buf[..n], fds) {
+            Ok((pid, pidfd)) => {
+                let mut reply = [b'C', 0, 0, 0, 0];
+                reply[1..].copy_from_slice(&pid.to_le_bytes());
+                sys::send_with_fds(control.as_fd(), &reply, &[pidfd.as_fd()])
+            }
+            Err(e) => {
+                refuse(control.as_fd(), e.raw_os_error().unwrap_or(libc::EINVAL));
+                Ok(())
+            }
+        };
+        if sent.is_err() {
+            sys::exit_now(1)
+        }
+    }
+}
+
+fn refuse(control: BorrowedFd<'_>, errno: i32) {
+    let mut reply = [b'E', 0, 0, 0, 0];
+    reply[1..].copy_from_slice(&errno.to_le_bytes());
+    if sys::send_with_fds(control, &reply, &[]).is_err() {
+        sys::exit_now(1)
+    }
+}
+
+/// Checks one request and clones the init it asks for; in the parent, returns the init's
+/// pid and pidfd. The clone never returns from here.
+fn clone_init(request: &[u8], fds: Vec<OwnedFd>) -> io::Result<(sys::pid_t, OwnedFd)> {
+    let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+    let (flags, into_cgroup) = match request {
+        [f @ .., c] if request.len() == REQUEST_LEN && *c <= 1 => {
+            let flags = u64::from_le_bytes(f.try_into().map_err(|_| invalid())?);
+            (flags, *c == 1)
+        }
+        _ => return Err(invalid()),
+    };
+    let allowed = JOB_NAMESPACES | sys::CLONE_NEWCGROUP;
+    if flags & JOB_NAMESPACES != JOB_NAMESPACES || flags & !allowed != 0 {
+        return Err(invalid());
+    }
+    if fds.len() != INIT_FDS + usize::from(into_cgroup) {
+        return Err(invalid());
+    }
+    let cgroup = into_cgroup.then(|| fds[INIT_FDS].as_fd());
+    match sys::clone_sibling(flags, cgroup)? {
+        Cloned::Parent(pid, pidfd) => Ok((pid, pidfd)),
+        Cloned::Child => become_init(fds),
+    }
+}
+
+/// In the clone: puts the descriptors on the init's numbers and runs the init.
+fn become_init(fds: Vec<OwnedFd>) -> ! {
+    // Sources above every target first, so no step overwrites a source still needed.
+    let Ok(high) = fds[..INIT_FDS]
+        .iter()
+        .map(|fd| sys::dup_above(fd.as_fd(), 16))
+        .collect::<io::Result<Vec<_>>>()
+    else {
+        sys::exit_now(126)
+    };
+    let [null, out, spec, report, lifeline] = &high[..] else {
+        sys::exit_now(126)
+    };
+    let moves = [
+        (null, 0),
+        (out, 1),
+        (out, 2),
+        (spec, FD_SPEC),
+        (report, FD_REPORT),
+        (lifeline, FD_LIFELINE),
+    ];
+    for (src, dst) in moves {
+        if sys::dup2(src.as_fd(), dst).is_err() {
+            sys::exit_now(126)
+        }
+    }
+    // The received numbers may now be the init's own (dup2 replaced them), and the init
+    // closes every descriptor above its own first thing: nothing here may close them.
+    std::mem::forget(high);
+    std::mem::forget(fds);
+    crate::init::main()
+}
+
+/// The executor's handle on its template.
+pub struct Template {
+    control: OwnedFd,
+    pid: sys::pid_t,
+    pidfd: OwnedFd,
+}
+
+/// Why a clone failed.
+#[derive(Debug)]
+pub enum CloneError {
+    /// The template answered: `clone3` failed (for example `EAGAIN` at a pids limit).
+    Refused(io::Error),
+    /// The template did not answer properly (it exited, hung or said something else);
+    /// it should be replaced.
+    Broken(io::Error),
+}
+
+impl Template {
+    /// Re-executes `exe` (this binary) as the template and waits until it is ready.
+    pub fn start(exe: BorrowedFd<'_>, devnull: BorrowedFd<'_>) -> io::Result<Self> {
+        let (ours, theirs) = sys::seqpacket_pair()?;
+        sys::set_recv_timeout(ours.as_fd(), REPLY_TIMEOUT)?;
+        // Sources above every target number (see `sys::ChildFds`).
+        const ABOVE: RawFd = 16;
+        let null = sys::dup_above(devnull, ABOVE)?;
+        let stderr = sys::dup_above(io::stderr().as_fd(), ABOVE)?;
+        let control = sys::dup_above(theirs.as_fd(), ABOVE)?;
+        drop(theirs);
+        let moves = [
+            (null.as_fd(), 0),
+            (null.as_fd(), 1),
+            (stderr.as_fd(), 2),
+            (control.as_fd(), FD_CONTROL),
+        ];
+        let argv0 = std::ffi::CString::new(INIT_ARGV0).expect("no NUL in a constant");
+        let arg1 = std::ffi::CString::new(INIT_ARG).expect("no NUL in a constant");
+        let (pid, pidfd) = sys::spawn_reexec(
+            exe,
+            &[&argv0, &arg1],
+            0,
+            None,
+            &sys::ChildFds {
+                moves: &moves,
+                report: FD_CONTROL,
+            },
+        )?;
+        // From here on, dropping `template` kills and reaps the process.
+        let template = Template {
+            control: ours,
+            pid,
+            pidfd,
+        };
+        drop(control);
+        let mut buf = [0u8; 256];
+        let (n, _) = sys::recv_with_fds(template.control.as_fd(), &mut buf)?;
+        match &buf[..n] {
+            b"R" => Ok(template),
+            // A failed `execveat` is reported as `F`, a length and a message.
+            [b'F', _, _, why @ ..] => Err(io::Error::other(format!(
+                "the init template did not start: {}",
+                String::from_utf8_lossy(why)
+            ))),
+            _ => Err(io::Error::other("the init template did not start")),
+        }
+    }
+
+    pub fn pid(&self) -> sys::pid_t {
+        self.pid
+    }
+
+    /// Has the template clone a job init into `ns_flags` (and into `cgroup`) with `fds`
+    /// (`/dev/null`, output pipe, spec, report pipe, lifeline) as its descriptors. The
+    /// init is this process's child; returns its pid and a pidfd for it.
+    pub fn clone_init(
+        &self,
+        ns_flags: u64,
+        cgroup: Option<BorrowedFd<'_>>,
+        fds: [BorrowedFd<'_>; INIT_FDS],
+    ) -> Result<(sys::pid_t, OwnedFd), CloneError> {
+        let mut request = [0u8; REQUEST_LEN];
+        request[..8].copy_from_slice(&ns_flags.to_le_bytes());
+        request[8] = u8::from(cgroup.is_some());
+        let mut all = fds.to_vec();
+        all.extend(cgroup);
+        sys::send_with_fds(self.control.as_fd(), &request, &all).map_err(CloneError::Broken)?;
+        let mut buf = [0u8; 8];
+        let (n, mut got) =
+            sys::recv_with_fds(self.control.as_fd(), &mut buf).map_err(CloneError::Broken)?;
+        let number = |b: &[u8]| b.try_into().ok().map(i32::from_le_bytes);
+        match (&buf[..n], got.len()) {
+            ([b'C', pid @ ..], 1) if number(pid).is_some_and(|p| p > 0) => {
+                let pidfd = got.pop().expect("one descriptor");
+                Ok((number(pid).expect("checked"), pidfd))
+            }
+            ([b'E', errno @ ..], 0) if number(errno).is_some() => Err(CloneError::Refused(
+                io::Error::from_raw_os_error(number(errno).expect("checked")),
+            )),
+            ([], _) => Err(CloneError::Broken(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the init template exited",
+            ))),
+            _ => Err(CloneError::Broken(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the init template answered something else",
+            ))),
+        }
+    }
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        // It may already be gone; either way it is reaped here, never left a zombie.
+        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::wait_pidfd(self.pidfd.as_fd());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fds(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| {
+                let (r, _w) = io::pipe().unwrap();
+                OwnedFd::from(r)
+            })
+            .collect()
+    }
+
+    fn request(flags: u64, cgroup: u8) -> Vec<u8> {
+        let mut r = flags.to_le_bytes().to_vec();
+        r.push(cgroup);
+        r
+    }
+
+    fn errno(r: io::Result<(sys::pid_t, OwnedFd)>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn requests_beyond_one_init_in_the_job_namespaces_are_refused_before_any_clone() {
+        let all = JOB_NAMESPACES | sys::CLONE_NEWCGROUP;
+        let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+            ("empty", vec![], 5),
+            ("short", request(JOB_NAMESPACES, 0)[..8].to_vec(), 5),
+            ("long", [request(JOB_NAMESPACES, 0), vec![0]].concat(), 5),
+            (
+                "no network namespace",
+                request(JOB_NAMESPACES & !sys::CLONE_NEWNET, 0),
+                5,
+            ),
+            ("no namespaces", request(0, 0), 5),
+            (
+                "a user namespace",
+                request(JOB_NAMESPACES | 0x1000_0000, 0),
+                5,
+            ),
+            ("CLONE_VM", request(JOB_NAMESPACES | 0x100, 0), 5),
+            (
+                "CLONE_PARENT asked for",
+                request(JOB_NAMESPACES | 0x8000, 0),
+                5,
+            ),
+            ("cgroup byte 2", request(all, 2), 6),
+            ("too few descriptors", request(JOB_NAMESPACES, 0), 4),
+            ("one descriptor too many", request(JOB_NAMESPACES, 0), 6),
+            ("a cgroup without its descriptor", request(all, 1), 5),
+        ];
+        for (what, req, n) in cases {
+            assert_eq!(
+                errno(clone_init(&req, fds(n))),
+                Some(libc::EINVAL),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_valid_request_in_a_multi_threaded_process_gets_an_error_not_a_clone() {
+        // The test harness runs tests on threads: cloning it would copy a process whose
+        // other threads may hold locks, so clone_sibling refuses.
+        let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(1)));
+        let e = clone_init(&request(JOB_NAMESPACES, 0), fds(5)).unwrap_err();
+        assert!(e.to_string().contains("single-threaded"), "{e}");
+    }
+
+    #[test]
+    fn descriptors_and_messages_cross_the_control_socket_whole() {
+        use std::io::{Read, Write};
+        let (a, b) = sys::seqpacket_pair().unwrap();
+        let (r, mut w) = io::pipe().unwrap();
+        sys::send_with_fds(a.as_fd(), b"first", &[r.as_fd()]).unwrap();
+        sys::send_with_fds(a.as_fd(), b"second", &[]).unwrap();
+        drop(r);
+        let mut buf = [0u8; 16];
+        let (n, mut got) = sys::recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"first");
+        assert_eq!(got.len(), 1);
+        // The received descriptor is the pipe's read end.
+        w.write_all(b"through").unwrap();
+        drop(w);
+        let mut s = String::new();
+        std::fs::File::from(got.pop().unwrap())
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "through");
+        let (n, got) = sys::recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!((&buf[..n], got.len()), (&b"second"[..], 0));
+        // A message longer than the buffer is an error, not a silently cut request.
+        sys::send_with_fds(a.as_fd(), &[7u8; 32], &[]).unwrap();
+        let e = sys::recv_with_fds(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // The peer closing its end reads as an empty message.
+        drop(a);
+        assert_eq!(sys::recv_with_fds(b.as_fd(), &mut buf).unwrap().0, 0);
+    }
+
+    #[test]
+    fn more_descriptors_than_a_message_carries_are_refused() {
+        let (a, _b) = sys::seqpacket_pair().unwrap();
+        let many = fds(sys::MAX_PASSED_FDS + 1);
+        let borrowed: Vec<BorrowedFd<'_>> = many.iter().map(|f| f.as_fd()).collect();
+        let e = sys::send_with_fds(a.as_fd(), b"x", &borrowed).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+}
