@@ -62,7 +62,8 @@ impl Spawner {
         let exe = File::open("/proc/self/exe")?;
         let (r, w) = io::pipe()?;
         let devnull = File::options().read(true).write(true).open("/dev/null")?;
-        let template = Template::start(exe.as_fd(), devnull.as_fd())?;
+        let template = Template::start(exe.as_fd(), devnull.as_fd())
+            .map_err(|e| io::Error::new(e.kind(), format!("starting the init template: {e}")))?;
         tracing::debug!(pid = template.pid(), "init template started");
         Ok(Self {
             exe,

@@ -143,8 +143,13 @@ fn run() -> anyhow::Result<()> {
     println!("{}", machine_line(&machine));
 
     let stack = Stack::start(&bins)?;
+    let template_rss = stack.template_pid.map(|pid| mib(rss(pid).0));
+    let template = match (stack.template_pid, template_rss) {
+        (Some(pid), Some(r)) => format!("init template pid {pid}, RSS {r} MiB"),
+        _ => "no init template found".into(),
+    };
     println!(
-        "stack: executor pid {} (cgroup {}), API server pid {} on {}",
+        "stack: executor pid {} (cgroup {}; {template}), API server pid {} on {}",
         stack.exec_pid, stack.cgroup_backend, stack.api_pid, stack.addr
     );
     if std::env::var_os("BENCH_HOLD").is_some() {
@@ -212,6 +217,7 @@ fn run() -> anyhow::Result<()> {
     let doc = json!({
         "machine": machine,
         "quick": quick,
+        "init_template_rss_mib": template_rss,
         "scenarios": report.json,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n")?;

@@ -65,6 +65,9 @@ pub struct Stack {
     pub dir: PathBuf,
     pub exec: Child,
     pub exec_pid: u32,
+    /// The executor's init template (its child that clones every job init); its CPU
+    /// time counts as the executor's.
+    pub template_pid: Option<u32>,
     pub api: Child,
     pub api_pid: u32,
     pub addr: SocketAddr,
@@ -196,6 +199,8 @@ impl Stack {
             }
         }
 
+        let template_pid = find_template(exec_pid);
+
         let toml = format!(
             "listen = \"127.0.0.1:0\"\nadmins = [\"admin\"]\n\
              [tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
@@ -248,6 +253,7 @@ impl Stack {
             dir,
             exec,
             exec_pid,
+            template_pid,
             api,
             api_pid,
             addr,
@@ -296,7 +302,7 @@ impl Stack {
     /// CPU time used so far by each side.
     pub fn cpu(&self) -> Cpu {
         Cpu {
-            exec: cpu_seconds(self.exec_pid),
+            exec: cpu_seconds(self.exec_pid) + self.template_pid.map_or(0.0, cpu_seconds),
             api: cpu_seconds(self.api_pid),
             client: cpu_seconds(std::process::id()),
         }
@@ -441,4 +447,26 @@ pub fn rmdir_tree(dir: &Path) {
     if let Err(e) = std::fs::remove_dir(dir) {
         eprintln!("bench: cannot remove cgroup {}: {e}", dir.display());
     }
+}
+
+/// The executor's init template: its child running `jobworker-init --job-init` in the
+/// executor's PID namespace (job inits, clones of it, are in their own).
+fn find_template(exec_pid: u32) -> Option<u32> {
+    let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (ppid == exec_pid
+            && cmdline.starts_with(b"jobworker-init\0--job-init\0")
+            && ns(pid) == ns(exec_pid))
+        .then_some(pid)
+    })
 }
