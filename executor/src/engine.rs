@@ -348,7 +348,9 @@ impl Engine {
             Some(fd) => CgroupJoin::CloneInto(fd),
             None => CgroupJoin::InitJoins,
         };
-        let spawned = self.spawner.spawn(&init, join);
+        // The spawner blocks for the init template's answer (about a millisecond; up to
+        // its timeout if the template hangs): this worker's other tasks move on meanwhile.
+        let spawned = tokio::task::block_in_place(|| self.spawner.spawn(&init, join));
         match spawned {
             Ok(s) => Ok((s, group, writer)),
             Err(e) => {

@@ -111,8 +111,11 @@ impl<T> Context<T> for io::Result<T> {
 /// Entry point of a job init, in a clone of the template with its descriptors on
 /// [`FD_SPEC`], [`FD_REPORT`], [`FD_LIFELINE`] and 0-2. Never returns.
 pub fn main() -> ! {
-    // Nothing but fds 0-5 may survive into the job.
-    let _ = sys::close_fds_from(FD_LIFELINE + 1);
+    // Nothing but fds 0-5 may survive into the job (the template's control socket is
+    // among those closed here).
+    if sys::close_fds_from(FD_LIFELINE + 1).is_err() {
+        sys::exit_now(125)
+    }
     let mut report = match sys::take_inherited_fd(FD_REPORT) {
         Ok(fd) => File::from(fd),
         Err(_) => sys::exit_now(125),
@@ -144,6 +147,11 @@ fn run(report: &mut File) -> Result<i32, Step> {
             .step(|| "blocking signals".into())?;
     // From here on nothing the init or the command does needs a privilege.
     drop_privileges(&spec)?;
+    // Before the command exists: the uid change just set "dumpable" to the host's
+    // fs.suid_dumpable, and the job (same uid) must never trace the init or read its
+    // memory map, which is its init template's. The command's execve makes the command
+    // itself dumpable again.
+    sys::set_non_dumpable().step(|| "job init: non-dumpable".into())?;
     let (exec_r, exec_w) = io::pipe().step(|| "creating the exec status pipe".into())?;
 
     let child = match sys::fork().step(|| "fork of the command".into())? {
@@ -187,7 +195,6 @@ fn run(report: &mut File) -> Result<i32, Step> {
 
     // The init keeps no handle on the job's output.
     let _ = sys::redirect_to_devnull(&[1, 2]);
-    sys::set_non_dumpable().step(|| "job init: non-dumpable".into())?;
 
     supervise(child, &signals, &lifeline, report)
 }

@@ -3,7 +3,7 @@
 //! straight into the job's group); the init then sets the job up (see [`crate::init`]).
 
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
@@ -74,11 +74,15 @@ impl Spawner {
         })
     }
 
-    /// Clones the job init. The returned pipes are close-on-exec in this process.
+    /// Clones the job init and hands it its spec. The returned pipes are close-on-exec
+    /// in this process. Blocks for the template's answer; call it off the async runtime's
+    /// worker threads.
     pub fn spawn(&self, spec: &InitSpec, cgroup: CgroupJoin<'_>) -> io::Result<Spawned> {
-        let mut spec_file = sys::memfd("jobworker-spec")?;
-        spec_file.write_all(&spec.encode())?;
-        spec_file.rewind()?;
+        let spec = spec.encode();
+        let (spec_r, mut spec_w) = io::pipe()?;
+        // Room for the whole spec, so writing it never waits for the init (best effort:
+        // a larger spec is written as the init reads it).
+        let _ = sys::set_pipe_size(spec_w.as_fd(), spec.len().max(4096));
 
         let (out_r, out_w) = io::pipe()?;
         // Best effort: a smaller pipe only costs wake-ups.
@@ -92,11 +96,17 @@ impl Spawner {
         let fds = [
             self.devnull.as_fd(),
             out_w.as_fd(),
-            spec_file.as_fd(),
+            spec_r.as_fd(),
             rep_w.as_fd(),
             self.lifeline_read.as_fd(),
         ];
         let (pid, pidfd) = self.clone_init(ns, cg, fds)?;
+        // Only an init whose pidfd this process holds gets its spec; if the write fails
+        // (the init is already gone), the init's supervisor reports how it ended.
+        if let Err(e) = spec_w.write_all(&spec) {
+            tracing::warn!(pid, "handing the job init its spec: {e}");
+        }
+        drop(spec_w);
         // Our copies of the child's ends close here, so the pipes see EOF exactly when
         // the job's processes (output) or its init (report) are gone.
         Ok(Spawned {
@@ -107,33 +117,48 @@ impl Spawner {
         })
     }
 
-    /// Asks the template for a clone; a template that stopped answering is replaced once.
+    /// Asks the template for a clone. A template found gone before the request is
+    /// replaced and asked again, once; one that fails after taking the request is
+    /// replaced and the job fails (the request is never sent twice).
     fn clone_init(
         &self,
         ns: u64,
         cgroup: Option<BorrowedFd<'_>>,
         fds: [BorrowedFd<'_>; 5],
     ) -> io::Result<(sys::pid_t, OwnedFd)> {
-        let mut slot = self.template.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = None;
-        for _ in 0..2 {
+        let mut slot = match self.template.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => {
+                // A panic mid-request may have left its answer unread: never reuse it.
+                let mut slot = poisoned.into_inner();
+                *slot = None;
+                self.template.clear_poison();
+                slot
+            }
+        };
+        for attempt in 0..2 {
             if slot.is_none() {
                 let t = Template::start(self.exe.as_fd(), self.devnull.as_fd())?;
                 tracing::warn!(pid = t.pid(), "started a new init template");
                 *slot = Some(t);
             }
             let template = slot.as_ref().expect("just set");
+            let pid = template.pid();
             match template.clone_init(ns, cgroup, fds) {
                 Ok(cloned) => return Ok(cloned),
                 Err(CloneError::Refused(e)) => return Err(e),
-                Err(CloneError::Broken(e)) => {
-                    tracing::error!(pid = template.pid(), "the init template failed: {e}");
-                    // Killed and reaped here.
+                Err(CloneError::Gone(e)) if attempt == 0 => {
+                    tracing::error!(pid, "the init template is gone: {e}");
+                    // Killed (if need be) and reaped here.
                     *slot = None;
-                    last = Some(e);
+                }
+                Err(CloneError::Gone(e) | CloneError::Broken(e)) => {
+                    tracing::error!(pid, "the init template failed: {e}");
+                    *slot = None;
+                    return Err(e);
                 }
             }
         }
-        Err(last.expect("the loop ran"))
+        unreachable!("the second attempt returns")
     }
 }

@@ -39,14 +39,30 @@ fn cstring(s: &str) -> io::Result<CString> {
 // Process-wide set-up of the daemon.
 // ---------------------------------------------------------------------------------------
 
-/// Closes every file descriptor from `first` upwards (`close_range(2)`).
+/// Closes every file descriptor from `first` upwards (`close_range(2)`; on kernels
+/// without it, Linux < 5.9, each descriptor listed in `/proc/self/fd`).
 pub fn close_fds_from(first: RawFd) -> io::Result<()> {
     let first = libc::c_uint::try_from(first)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "negative fd"))?;
     // SAFETY: close_range only closes descriptors; callers own every fd at or above
     // `first` (it is used before any other fd is opened, and in fresh processes).
-    check_long(unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0u32) })
-        .map(drop)
+    let r =
+        check_long(unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0u32) });
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        r => return r.map(drop),
+    }
+    let open: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd >= 0 && fd as libc::c_uint >= first {
+            // SAFETY: as above, callers own every fd at or above `first`; the listing's
+            // own descriptor is already closed (EBADF, ignored).
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 /// Sets the process umask and returns the previous one.
@@ -430,7 +446,7 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 let data = libc::CMSG_DATA(c).cast::<RawFd>();
                 for i in 0..bytes / std::mem::size_of::<RawFd>() {
                     fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
@@ -468,7 +484,8 @@ pub fn set_recv_timeout(sock: BorrowedFd<'_>, timeout: std::time::Duration) -> i
 }
 
 /// `dup2(2)`: `fd` also becomes descriptor number `target` (not close-on-exec), closing
-/// whatever `target` was.
+/// whatever `target` was. Only for a process taking up fixed descriptor numbers (the
+/// clone that becomes a job init), where nothing else owns `target`.
 pub fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     // SAFETY: dup2 onto a descriptor number this process owns; touches no memory.
     check(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)

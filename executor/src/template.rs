@@ -24,9 +24,13 @@
 //!
 //! Request: the namespace flags (u64, little endian) and one byte, 1 when the last
 //! descriptor is the cgroup v2 directory to clone into; descriptors `/dev/null`, output
-//! pipe, spec, report pipe, lifeline (and the cgroup). Replies: `R` once at start-up;
-//! `C` and the pid (i32, little endian) with the pidfd attached; `E` and an errno when
-//! the clone failed.
+//! pipe, spec pipe, report pipe, lifeline (and the cgroup). Replies: `R` once at
+//! start-up; `C` and the pid (i32, little endian) with the pidfd attached; `E` and an
+//! errno when the clone failed.
+//!
+//! The executor writes the init's spec into the spec pipe only once it has the init's
+//! pidfd. A clone it never heard of (the template died or hung after cloning) reads an
+//! empty spec and exits without starting anything.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
@@ -166,8 +170,12 @@ pub struct Template {
 pub enum CloneError {
     /// The template answered: `clone3` failed (for example `EAGAIN` at a pids limit).
     Refused(io::Error),
-    /// The template did not answer properly (it exited, hung or said something else);
-    /// it should be replaced.
+    /// The request could not be sent: the template was gone before it, so nothing was
+    /// cloned. It should be replaced, and the request may be sent to the new one.
+    Gone(io::Error),
+    /// The template took the request but did not answer properly (it exited, hung or
+    /// said something else), so a clone may exist that nobody tracks: it should be
+    /// replaced, and the request must not be sent again.
     Broken(io::Error),
 }
 
@@ -226,7 +234,8 @@ impl Template {
 
     /// Has the template clone a job init into `ns_flags` (and into `cgroup`) with `fds`
     /// (`/dev/null`, output pipe, spec, report pipe, lifeline) as its descriptors. The
-    /// init is this process's child; returns its pid and a pidfd for it.
+    /// init is this process's child; returns its pid and a pidfd for it. Blocks for the
+    /// answer (at most [`REPLY_TIMEOUT`]).
     pub fn clone_init(
         &self,
         ns_flags: u64,
@@ -238,7 +247,7 @@ impl Template {
         request[8] = u8::from(cgroup.is_some());
         let mut all = fds.to_vec();
         all.extend(cgroup);
-        sys::send_with_fds(self.control.as_fd(), &request, &all).map_err(CloneError::Broken)?;
+        sys::send_with_fds(self.control.as_fd(), &request, &all).map_err(CloneError::Gone)?;
         let mut buf = [0u8; 8];
         let (n, mut got) =
             sys::recv_with_fds(self.control.as_fd(), &mut buf).map_err(CloneError::Broken)?;

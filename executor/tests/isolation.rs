@@ -65,6 +65,7 @@ async fn the_probe_sees_a_sandbox_from_inside() {
     assert_eq!(f["pid"], 2);
     assert_eq!(f["visible_pids"], serde_json::json!([1, 2]));
     assert_eq!(s("pid1_cmdline"), "jobworker-init --job-init");
+    assert_eq!(s("pid1_maps"), "PermissionDenied");
     // The init leads its own session: no terminal signal aimed at the executor reaches it.
     assert_eq!(f["session"], 1);
     // Network: only lo, and it is up.

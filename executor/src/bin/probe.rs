@@ -131,6 +131,14 @@ fn inspect() -> Result<(), String> {
     pids.sort();
     facts.insert("visible_pids", pids.into());
     let init_cmd = std::fs::read("/proc/1/cmdline").unwrap_or_default();
+    // The init is non-dumpable: its memory map (its template's) is not the job's to read.
+    facts.insert(
+        "pid1_maps",
+        match std::fs::read_to_string("/proc/1/maps") {
+            Ok(_) => "readable".into(),
+            Err(e) => format!("{:?}", e.kind()).into(),
+        },
+    );
     facts.insert(
         "pid1_cmdline",
         String::from_utf8_lossy(&init_cmd)
