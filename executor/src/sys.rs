@@ -200,6 +200,23 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+impl CloneArgs {
+    /// `ns_flags` with `CLONE_PIDFD` (the pidfd stored in `pidfd`), and
+    /// `CLONE_INTO_CGROUP` when `cgroup` is given; no exit signal.
+    fn new(ns_flags: u64, pidfd: &mut RawFd, cgroup: Option<BorrowedFd<'_>>) -> Self {
+        let mut args = CloneArgs {
+            flags: ns_flags | CLONE_PIDFD,
+            pidfd: pidfd as *mut RawFd as u64,
+            ..Default::default()
+        };
+        if let Some(cg) = cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = cg.as_raw_fd() as u64;
+        }
+        args
+    }
+}
+
 /// What the child of [`spawn_reexec`] does before `execveat`.
 pub struct ChildFds<'a> {
     /// `(source, target)`: each source is duplicated onto its target number, in order.
@@ -238,16 +255,8 @@ pub fn spawn_reexec(
     let empty = c"";
 
     let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
-        flags: ns_flags | CLONE_PIDFD,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    if let Some(cg) = cgroup {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = cg.as_raw_fd() as u64;
-    }
+    let mut args = CloneArgs::new(ns_flags, &mut pidfd, cgroup);
+    args.exit_signal = libc::SIGCHLD as u64;
 
     // No stack is given, so the child runs on a copy of this thread's stack like fork(2);
     // in the child (return value 0) only async-signal-safe calls follow, on memory
@@ -523,17 +532,9 @@ pub fn clone_sibling(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Resul
         ));
     }
     let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
-        flags: ns_flags | CLONE_PIDFD | libc::CLONE_PARENT as u64,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        // Ignored with CLONE_PARENT: the child gets this process's exit signal (SIGCHLD).
-        exit_signal: 0,
-        ..Default::default()
-    };
-    if let Some(cg) = cgroup {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = cg.as_raw_fd() as u64;
-    }
+    // No exit signal: with CLONE_PARENT the child gets this process's (SIGCHLD).
+    let mut args = CloneArgs::new(ns_flags, &mut pidfd, cgroup);
+    args.flags |= libc::CLONE_PARENT as u64;
     // No stack is given, so the child runs on a copy of this thread's stack like fork(2).
     // SAFETY: `args` is a valid clone_args of the size passed and `pidfd` outlives the
     // call; this process has one thread (checked above), so the child's copy of memory
