@@ -456,7 +456,7 @@ impl Engine {
         let removed =
             tokio::task::spawn_blocking(move || cgroups_engine.cgroups.remove(&group)).await;
         match removed {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => tracing::debug!(job = %id, "job cgroup removed"),
             Ok(Err(e)) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
             Err(e) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
         }

@@ -164,7 +164,7 @@ async fn a_double_forked_process_dies_when_its_command_exits() {
     assert_eq!(end.state, JobState::Exited);
     assert_eq!(end.exit_code, Some(5));
     assert_eq!(still_alive(&procs), vec![], "nothing of the job survives");
-    assert_eq!(exec.job_groups_left_after_removal(), Vec::<PathBuf>::new());
+    assert_eq!(exec.job_groups_left_after(&id), Vec::<PathBuf>::new());
     assert_unaffected(&exec).await;
 }
 

@@ -769,18 +769,14 @@ impl Executor {
         left
     }
 
-    /// The job groups still there once the ended jobs' groups had time to go: the
-    /// executor removes a group right after it publishes the job's end, so this waits
-    /// (up to 30 s) for none to be left before answering.
-    pub fn job_groups_left_after_removal(&self) -> Vec<PathBuf> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = self.job_groups_left();
-            if left.is_empty() || Instant::now() > deadline {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    /// The job groups still there once the executor has removed job `id`'s group, which
+    /// it does right after it publishes the job's end (and logs at debug level).
+    pub fn job_groups_left_after(&self, id: &JobId) -> Vec<PathBuf> {
+        self.wait_log(
+            &format!("job cgroup removed job={id}"),
+            Duration::from_secs(30),
+        );
+        self.job_groups_left()
     }
 }
 
