@@ -80,9 +80,12 @@ impl Spawner {
     pub fn spawn(&self, spec: &InitSpec, cgroup: CgroupJoin<'_>) -> io::Result<Spawned> {
         let spec = spec.encode();
         let (spec_r, mut spec_w) = io::pipe()?;
-        // Room for the whole spec, so writing it never waits for the init (best effort:
-        // a larger spec is written as the init reads it).
-        let _ = sys::set_pipe_size(spec_w.as_fd(), spec.len().max(4096));
+        // Room for the whole spec, so writing it never waits for the init (a pipe holds
+        // 64 KiB unless told otherwise; best effort: a larger spec is written as the
+        // init reads it).
+        if spec.len() > 64 * 1024 {
+            let _ = sys::set_pipe_size(spec_w.as_fd(), spec.len());
+        }
 
         let (out_r, out_w) = io::pipe()?;
         // Best effort: a smaller pipe only costs wake-ups.

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use jobworker_protocol::validate::{MAX_ARGV_BYTES, MAX_ENV_BYTES};
 use jobworker_protocol::*;
 
 #[tokio::test]
@@ -275,4 +276,40 @@ async fn stop_kills_the_whole_process_tree() {
     // Stop is idempotent and reports the same final status.
     let again = c.stop(id).await.unwrap();
     assert_eq!(again, s);
+}
+
+#[tokio::test]
+async fn the_largest_arguments_and_environment_allowed_reach_the_command_intact() {
+    if !root_or_skip("the_largest_arguments_and_environment_allowed_reach_the_command_intact") {
+        return;
+    }
+    let exec = Executor::start(Opts::default());
+    let mut c = exec.client().await;
+    // Close to both caps, so the init's spec (JSON) is several times a pipe's default
+    // 64 KiB; each byte is checked, not only the lengths.
+    let script = "printf %s \"$1\" | tr -d a | wc -c; printf %s \"$1\" | wc -c; \
+                  printf %s \"$BIG\" | tr -d b | wc -c; printf %s \"$BIG\" | wc -c";
+    let arg = "a".repeat(MAX_ARGV_BYTES - script.len() - 64);
+    let big = "b".repeat(MAX_ENV_BYTES - 64);
+    let spec = JobSpec {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "x".into(),
+            arg.clone(),
+        ],
+        env: vec![EnvVar {
+            name: "BIG".into(),
+            value: big.clone(),
+        }],
+        ..Default::default()
+    };
+    let id = c.start("alice", spec).await.unwrap();
+    let (out, status) = c.wait(id).await;
+    assert_eq!(status.exit_code, Some(0), "{status:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("0\n{}\n0\n{}\n", arg.len(), big.len())
+    );
 }
