@@ -4,8 +4,8 @@
 //! namespaces and the clone runs [`main`]: a copy of a single-threaded process, where
 //! allocating, forking and formatting are all safe. The init:
 //!
-//! 1. reads its [`InitSpec`] from fd 3 (a sealed-in-practice memfd written by the
-//!    executor before the clone);
+//! 1. reads its [`InitSpec`] from fd 3 (a pipe the executor writes once it holds the
+//!    init's pidfd, so an init it never heard of reads nothing and exits);
 //! 2. joins the job's cgroup v1 hierarchies (cgroup v2 jobs were cloned straight into
 //!    their group), makes every mount private, mounts a fresh `/proc` and private
 //!    size-capped tmpfs on `/tmp` (and `/var/tmp`, `/dev/shm`), brings `lo` up and sets

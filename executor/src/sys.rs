@@ -160,15 +160,6 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
     Ok(got as usize)
 }
 
-/// Creates an anonymous memory-backed file (`memfd_create(2)`), close-on-exec.
-pub fn memfd(name: &str) -> io::Result<File> {
-    let name = cstring(name)?;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 // ---------------------------------------------------------------------------------------
 // clone3 and the child's few steps before it re-executes as the init template.
 // ---------------------------------------------------------------------------------------
@@ -227,9 +218,8 @@ pub struct ChildFds<'a> {
     pub report: RawFd,
 }
 
-/// Clones a child into new namespaces (`clone3(2)` with `CLONE_PIDFD`, and
-/// `CLONE_INTO_CGROUP` when `cgroup` is given) and has it re-execute `exe` (an fd of this
-/// very binary) with `argv` and an empty environment.
+/// Clones a child (`clone3(2)` with `CLONE_PIDFD`) and has it re-execute `exe` (an fd
+/// of this very binary) with `argv` and an empty environment.
 ///
 /// The caller may be multi-threaded: between clone and exec the child only calls
 /// `dup2`, `execveat`, `write` and `_exit`, all async-signal-safe, on memory prepared
@@ -237,8 +227,6 @@ pub struct ChildFds<'a> {
 pub fn spawn_reexec(
     exe: BorrowedFd<'_>,
     argv: &[&CStr],
-    ns_flags: u64,
-    cgroup: Option<BorrowedFd<'_>>,
     child: &ChildFds<'_>,
 ) -> io::Result<(pid_t, OwnedFd)> {
     // Everything the child touches is built here, before the clone.
@@ -255,7 +243,7 @@ pub fn spawn_reexec(
     let empty = c"";
 
     let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs::new(ns_flags, &mut pidfd, cgroup);
+    let mut args = CloneArgs::new(0, &mut pidfd, None);
     args.exit_signal = libc::SIGCHLD as u64;
 
     // No stack is given, so the child runs on a copy of this thread's stack like fork(2);

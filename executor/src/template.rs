@@ -201,8 +201,6 @@ impl Template {
         let (pid, pidfd) = sys::spawn_reexec(
             exe,
             &[&argv0, &arg1],
-            0,
-            None,
             &sys::ChildFds {
                 moves: &moves,
                 report: FD_CONTROL,
