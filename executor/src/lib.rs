@@ -14,7 +14,8 @@
 //! - [`cgroup`]: cgroup v2 and v1 backends behind one interface;
 //! - [`seccomp`]: the job's seccomp filter;
 //! - [`users`]: resolving the job user and groups;
-//! - [`sys`]: every raw system call: the one module allowed to bypass Rust's safety checks.
+//! - [`sys`]: every raw system call, from the `jobworker-sys` crate (`executor/sys/`),
+//!   the only crate of the workspace allowed `unsafe`; this crate forbids it.
 
 pub mod cgroup;
 pub mod config;
@@ -26,6 +27,6 @@ pub mod seccomp;
 pub mod server;
 pub mod spawn;
 pub mod store;
-pub mod sys;
+pub use jobworker_sys as sys;
 pub mod template;
 pub mod users;

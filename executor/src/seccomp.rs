@@ -381,7 +381,7 @@ fn prefix() -> Vec<sock_filter> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::seccomp_probe as probe;
+    use jobworker_sys::seccomp_probe as probe;
 
     const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
     const KILL: u32 = libc::SECCOMP_RET_KILL_PROCESS;
