@@ -1,0 +1,120 @@
+//! One job's shared state: what never changes after its start, and what its supervisor
+//! updates (its final status, its cgroup while it runs).
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use jobworker_protocol::{JobId, JobState, JobStatus, Limits};
+use std::sync::Arc;
+use tokio::sync::{Notify, watch};
+
+use super::lock;
+use crate::cgroup::{Cgroups, JobGroup};
+use crate::output::Progress;
+
+pub(super) struct Job {
+    pub id: JobId,
+    pub owner: String,
+    pub argv: Vec<String>,
+    pub limits: Limits,
+    /// Position in start order (the table's index for listing and eviction).
+    pub seq: u64,
+    pub started_at_ms: u64,
+    pub progress: watch::Receiver<Progress>,
+    pub live: Mutex<Live>,
+    /// Wakes the supervisor when a stop is asked for.
+    pub stop: Notify,
+    pub stop_requested: AtomicBool,
+}
+
+pub(super) struct Live {
+    /// Set once the job has ended (or was loaded as ended).
+    pub final_status: Option<JobStatus>,
+    /// The job's cgroup while it runs, for live usage figures.
+    pub group: Option<Arc<JobGroup>>,
+}
+
+/// What a job is, fixed at its start.
+pub(super) struct JobInfo {
+    pub id: JobId,
+    pub owner: String,
+    pub argv: Vec<String>,
+    pub limits: Limits,
+    pub started_at_ms: u64,
+}
+
+impl JobInfo {
+    /// The fixed part of a recorded job.
+    pub fn of(status: &JobStatus) -> Self {
+        JobInfo {
+            id: status.id,
+            owner: status.owner.clone(),
+            argv: status.argv.clone(),
+            limits: status.limits.clone(),
+            started_at_ms: status.started_at_ms,
+        }
+    }
+}
+
+impl Job {
+    /// A job that is starting now, or that was recorded as ended (`final_status`).
+    pub fn new(info: JobInfo, seq: u64, progress: watch::Receiver<Progress>, live: Live) -> Self {
+        Job {
+            id: info.id,
+            owner: info.owner,
+            argv: info.argv,
+            limits: info.limits,
+            seq,
+            started_at_ms: info.started_at_ms,
+            progress,
+            live: Mutex::new(live),
+            stop: Notify::new(),
+            stop_requested: AtomicBool::new(false),
+        }
+    }
+
+    pub fn ended(&self) -> bool {
+        lock(&self.live).final_status.is_some()
+    }
+
+    /// The final status, or the running one with live usage from the job's group.
+    pub fn status(&self, cgroups: &Cgroups) -> JobStatus {
+        let live = lock(&self.live);
+        if let Some(s) = &live.final_status {
+            return s.clone();
+        }
+        let group = live.group.clone();
+        drop(live);
+        let mut s = self.running_status(None);
+        if let Some(g) = group {
+            let u = cgroups.usage(&g);
+            s.cpu_usec = u.cpu_usec;
+            s.peak_memory_bytes = u.peak_memory_bytes;
+            s.oom_killed = u.oom_killed;
+        }
+        s
+    }
+
+    /// The status of the job as running, with `progress` (or the latest published) as
+    /// its output figures.
+    pub fn running_status(&self, progress: Option<&Progress>) -> JobStatus {
+        let p = progress.copied().unwrap_or_else(|| *self.progress.borrow());
+        JobStatus {
+            id: self.id,
+            owner: self.owner.clone(),
+            argv: self.argv.clone(),
+            limits: self.limits.clone(),
+            state: JobState::Running,
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            error: None,
+            started_at_ms: self.started_at_ms,
+            ended_at_ms: None,
+            cpu_usec: None,
+            peak_memory_bytes: None,
+            output_bytes: p.len,
+            output_truncated: p.truncated,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Creating what a new job runs in (its directory, output file and cgroup) and cloning
+//! its init with the spec it needs.
+
+use std::io;
+
+use jobworker_protocol::{ErrorKind, JobId, JobSpec, WireError};
+
+use super::Engine;
+use crate::cgroup::{JobGroup, ResolvedLimits};
+use crate::config::Config;
+use crate::init::InitSpec;
+use crate::output::OutputWriter;
+use crate::spawn::{CgroupJoin, Spawned};
+use crate::sys;
+
+/// Fixed part of every job's environment; user variables may override all but the id.
+const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Engine {
+    /// Creates the job's directory, output file and cgroup, then clones its init. On an
+    /// error, what was created is removed again (the caller removes the directory).
+    pub(super) fn launch(
+        &self,
+        id: &JobId,
+        spec: &JobSpec,
+        limits: &ResolvedLimits,
+    ) -> Result<(Spawned, JobGroup, OutputWriter), WireError> {
+        let internal = |what: &str, e: io::Error| {
+            tracing::error!(job = %id, "{what}: {e}");
+            WireError::internal(format!("{what} failed"))
+        };
+        self.store
+            .create_job(id)
+            .map_err(|e| internal("creating the job directory", e))?;
+        let writer = OutputWriter::create(&self.store.output_path(id), self.cfg.max_output_bytes)
+            .map_err(|e| internal("creating the output file", e))?;
+        let group = self.cgroups.create(id, limits).map_err(|e| {
+            tracing::warn!(job = %id, "creating the job's cgroup: {e}");
+            WireError::new(ErrorKind::FailedToStart, format!("job {id}: {e}"))
+        })?;
+        let init = init_spec(&self.cfg, id, spec, &group);
+        let join = match group.clone_into_fd() {
+            Some(fd) => CgroupJoin::CloneInto(fd),
+            None => CgroupJoin::InitJoins,
+        };
+        // The spawner blocks for the init template's answer (about a millisecond; up to
+        // its timeout if the template hangs): this worker's other tasks move on meanwhile.
+        let spawned = tokio::task::block_in_place(|| self.spawner.spawn(&init, join));
+        match spawned {
+            Ok(s) => Ok((s, group, writer)),
+            Err(e) => {
+                if let Err(e) = self.cgroups.remove(&group) {
+                    tracing::error!(job = %id, "removing the cgroup of a job that did not start: {e}");
+                }
+                Err(internal("cloning the job init", e))
+            }
+        }
+    }
+}
+
+/// What the job's init is told: the command, its environment, the job user, and how to
+/// set up the job's namespaces and cgroup.
+fn init_spec(cfg: &Config, id: &JobId, spec: &JobSpec, group: &JobGroup) -> InitSpec {
+    let v1 = !group.join_files().is_empty();
+    InitSpec {
+        argv: spec.argv.clone(),
+        env: environment(cfg, id, spec),
+        uid: cfg.job_uid,
+        gid: cfg.job_gid,
+        hostname: format!("job-{}", id.short()),
+        tmp_size_bytes: cfg.tmp_size_bytes,
+        cgroup_join: group.join_files().to_vec(),
+        unshare_cgroupns: v1,
+        mount_cgroup2: group.clone_into_fd().is_some(),
+        cwd: "/tmp".into(),
+        nofile: sys::job_nofile_limit(),
+    }
+}
+
+/// The command's environment: a fixed base, the request's variables (which may replace
+/// any of the base), and the job's id last, which nothing replaces.
+fn environment(cfg: &Config, id: &JobId, spec: &JobSpec) -> Vec<String> {
+    let mut env = vec![
+        format!("PATH={BASE_PATH}"),
+        "HOME=/tmp".to_string(),
+        format!("USER={}", cfg.job_user_name),
+        format!("LOGNAME={}", cfg.job_user_name),
+    ];
+    for var in &spec.env {
+        let prefix = format!("{}=", var.name);
+        env.retain(|e| !e.starts_with(&prefix));
+        env.push(format!("{}={}", var.name, var.value));
+    }
+    env.push(format!("JOBWORKER_JOB_ID={id}"));
+    env
+}

@@ -1,0 +1,161 @@
+//! Limit resolution: a start request's limits against the executor's ceilings. Pure, so
+//! it is unit-tested and fuzzed as is.
+
+use jobworker_protocol::{IoLimits, JobSpec, Limits, WireError, validate};
+
+use crate::cgroup::{ResolvedIo, ResolvedLimits};
+use crate::config::Ceilings;
+
+/// The checks a start request passes before anything is created: the owner, the shape
+/// of the spec, and its limits against the ceilings.
+pub fn check_start(
+    owner: &str,
+    spec: &JobSpec,
+    ceilings: &Ceilings,
+) -> Result<(ResolvedLimits, Limits), WireError> {
+    validate::owner(owner)?;
+    validate::spec(spec)?;
+    resolve_limits(&spec.limits, ceilings)
+}
+
+/// Merges the request's limits with the ceilings: a missing limit gets the ceiling, a
+/// limit above it is refused, naming it. Returns the limits for the cgroup backend and
+/// the same limits as the job's status reports them.
+pub fn resolve_limits(req: &Limits, c: &Ceilings) -> Result<(ResolvedLimits, Limits), WireError> {
+    let cpu_millis = pick("cpu", " millicores", req.cpu_millis, c.cpu_millis)?;
+    let memory_bytes = pick("memory", " bytes", req.memory_bytes, c.memory_bytes)?;
+    let pids = pick("pids", "", req.pids, c.pids)?;
+    let io = match &req.io {
+        None => None,
+        Some(io) => {
+            let rate = |name: &str, v: Option<u64>, ceiling: Option<u64>| match ceiling {
+                Some(cap) => v.map(|v| pick(name, "", Some(v), cap)).transpose(),
+                None => Ok(v),
+            };
+            Some(ResolvedIo {
+                device: io.device.clone(),
+                read_bps: rate("io read bps", io.read_bps, c.io_bps)?,
+                write_bps: rate("io write bps", io.write_bps, c.io_bps)?,
+                read_iops: rate("io read iops", io.read_iops, c.io_iops)?,
+                write_iops: rate("io write iops", io.write_iops, c.io_iops)?,
+            })
+        }
+    };
+    let effective = Limits {
+        cpu_millis: Some(cpu_millis),
+        memory_bytes: Some(memory_bytes),
+        pids: Some(pids),
+        io: io.as_ref().map(|io| IoLimits {
+            device: io.device.clone(),
+            read_bps: io.read_bps,
+            write_bps: io.write_bps,
+            read_iops: io.read_iops,
+            write_iops: io.write_iops,
+        }),
+    };
+    let resolved = ResolvedLimits {
+        cpu_millis,
+        memory_bytes,
+        pids,
+        io,
+    };
+    Ok((resolved, effective))
+}
+
+/// The asked value if it is within the ceiling, the ceiling if none was asked.
+fn pick<T: PartialOrd + Copy + std::fmt::Display>(
+    name: &str,
+    unit: &str,
+    asked: Option<T>,
+    ceiling: T,
+) -> Result<T, WireError> {
+    match asked {
+        Some(v) if v > ceiling => Err(WireError::invalid(format!(
+            "{name}: {v}{unit} is above this executor's ceiling of {ceiling}{unit}"
+        ))),
+        Some(v) => Ok(v),
+        None => Ok(ceiling),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobworker_protocol::ErrorKind;
+
+    fn ceilings() -> Ceilings {
+        Ceilings {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            pids: 100,
+            io_bps: Some(100 << 20),
+            io_iops: None,
+        }
+    }
+
+    #[test]
+    fn missing_limits_get_the_ceiling() {
+        let (r, eff) = resolve_limits(&Limits::default(), &ceilings()).unwrap();
+        assert_eq!((r.cpu_millis, r.memory_bytes, r.pids), (2000, 1 << 30, 100));
+        assert!(r.io.is_none());
+        assert_eq!(eff.cpu_millis, Some(2000));
+        assert_eq!(eff.memory_bytes, Some(1 << 30));
+    }
+
+    #[test]
+    fn limits_above_a_ceiling_are_refused_naming_the_limit() {
+        let cases = [
+            (
+                Limits {
+                    cpu_millis: Some(2001),
+                    ..Default::default()
+                },
+                "cpu: 2001 millicores is above this executor's ceiling of 2000 millicores",
+            ),
+            (
+                Limits {
+                    memory_bytes: Some((1 << 30) + 1),
+                    ..Default::default()
+                },
+                "memory: 1073741825 bytes is above this executor's ceiling of 1073741824 bytes",
+            ),
+            (
+                Limits {
+                    pids: Some(101),
+                    ..Default::default()
+                },
+                "pids: 101 is above this executor's ceiling of 100",
+            ),
+            (
+                Limits {
+                    io: Some(IoLimits {
+                        device: "/dev/vda".into(),
+                        write_bps: Some((100 << 20) + 1),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "io write bps: 104857601 is above this executor's ceiling of 104857600",
+            ),
+        ];
+        for (limits, msg) in cases {
+            let e = resolve_limits(&limits, &ceilings()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument);
+            assert_eq!(e.message, msg);
+        }
+    }
+
+    #[test]
+    fn io_rates_without_a_ceiling_pass_through() {
+        let limits = Limits {
+            io: Some(IoLimits {
+                device: "/dev/vda".into(),
+                read_iops: Some(1_000_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (r, _) = resolve_limits(&limits, &ceilings()).unwrap();
+        assert_eq!(r.io.unwrap().read_iops, Some(1_000_000));
+    }
+}

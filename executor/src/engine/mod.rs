@@ -1,0 +1,280 @@
+//! The job engine: the public operations on jobs, and the rooms they use.
+//!
+//! - this file: the [`Engine`] and its operations (start, stop, status, list, output),
+//!   each starting with its checks;
+//! - [`limits`]: a start request's limits against the ceilings (pure);
+//! - [`launch`]: creating a job's directory, output file and cgroup, cloning its init;
+//! - [`table`]: the job table in start order, recovery at start-up, eviction;
+//! - [`job`]: one job's shared state and status;
+//! - [`supervisor`]: one task per running job, from its start to its record;
+//! - [`final_status`]: the rule that turns how a job ended into its final status (pure).
+//!
+//! Locks: the table lock and each job's `live` lock are plain mutexes held only for
+//! memory operations, never across an await, and never the table lock while holding a
+//! job lock.
+
+mod final_status;
+mod job;
+mod launch;
+mod limits;
+mod supervisor;
+mod table;
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jobworker_protocol::{
+    ErrorKind, JobId, JobSpec, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, Scope, WireError, codec,
+    validate,
+};
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use limits::{check_start, resolve_limits};
+
+use crate::cgroup::Cgroups;
+use crate::config::Config;
+use crate::output::{OutputReader, Progress};
+use crate::spawn::Spawner;
+use crate::store::Store;
+use job::{Job, JobInfo, Live};
+use supervisor::Launched;
+use table::Table;
+
+pub struct Engine {
+    cfg: Config,
+    store: Store,
+    spawner: Spawner,
+    cgroups: Cgroups,
+    table: Mutex<Table>,
+    running: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a
+    // way that matters more than stopping the daemon would; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn not_found(id: &JobId) -> WireError {
+    WireError::not_found(format!("no job {id}"))
+}
+
+impl Engine {
+    /// Opens the state directory, loads the jobs recorded there (marking those that were
+    /// running as lost), and kills and removes job groups left by a previous run.
+    pub fn new(
+        cfg: Config,
+        cgroups: Cgroups,
+        shutdown: CancellationToken,
+    ) -> io::Result<Arc<Self>> {
+        let store = Store::open(&cfg.state_dir)?;
+        let spawner = Spawner::new()?;
+        let engine = Arc::new(Engine {
+            running: Arc::new(Semaphore::new(cfg.max_running_jobs)),
+            cfg,
+            store,
+            spawner,
+            cgroups,
+            table: Mutex::new(Table::default()),
+            tasks: TaskTracker::new(),
+            shutdown,
+        });
+        engine.recover()?;
+        Ok(engine)
+    }
+
+    fn recover(&self) -> io::Result<()> {
+        match self.cgroups.reap_stale() {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(job = %id, "killed and removed the group of a job left by a previous run");
+                }
+            }
+            Err(e) => tracing::error!("removing job groups of a previous run: {e}"),
+        }
+        table::recover(&self.store, &self.table, self.cfg.max_output_bytes)?;
+        let evicted = lock(&self.table).evict(self.cfg.max_finished_jobs);
+        table::remove_evicted(&self.store, evicted);
+        Ok(())
+    }
+
+    /// The backend in use, for logs.
+    pub fn cgroup_backend(&self) -> &'static str {
+        self.cgroups.name()
+    }
+
+    fn find(&self, scope: &Scope, id: &JobId) -> Result<Arc<Job>, WireError> {
+        validate::scope(scope)?;
+        lock(&self.table)
+            .visible(scope, id)
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Starts a job and returns once its command is running (or failed to start).
+    pub async fn start(self: &Arc<Self>, owner: String, spec: JobSpec) -> Result<JobId, WireError> {
+        let (resolved, effective) = check_start(&owner, &spec, &self.cfg.ceilings)?;
+        if self.shutdown.is_cancelled() {
+            return Err(WireError::new(
+                ErrorKind::Unavailable,
+                "the executor is shutting down",
+            ));
+        }
+        let permit = self.running.clone().try_acquire_owned().map_err(|_| {
+            WireError::exhausted(format!(
+                "{} jobs are running, the most this executor allows",
+                self.cfg.max_running_jobs
+            ))
+        })?;
+        let id = self.new_id()?;
+        let (spawned, group, writer) = self.launch(&id, &spec, &resolved).inspect_err(|_| {
+            let _ = self.store.remove(&id);
+        })?;
+        let group = Arc::new(group);
+        let info = JobInfo {
+            id,
+            owner,
+            argv: spec.argv,
+            limits: effective,
+            started_at_ms: now_ms(),
+        };
+        let live = Live {
+            final_status: None,
+            group: Some(group.clone()),
+        };
+        let job = lock(&self.table).insert(info, writer.sender().subscribe(), live);
+        // The record ends with an fsync: it is written on a blocking thread while the init
+        // sets the job up, and the supervisor waits for it before writing the final one.
+        let recorded = self.record(job.running_status(None));
+        tracing::info!(job = %id, owner = %job.owner, argv0 = %job.argv[0], pid = spawned.pid, "job started");
+
+        let (started_tx, started_rx) = oneshot::channel();
+        let launched = Launched {
+            spawned,
+            group,
+            writer,
+            started_tx,
+            permit,
+            recorded,
+        };
+        self.tasks.spawn(self.clone().supervise(job, launched));
+        match started_rx.await {
+            Ok(Ok(())) => Ok(id),
+            Ok(Err(why)) => Err(WireError::new(
+                ErrorKind::FailedToStart,
+                format!("job {id}: {why}"),
+            )),
+            Err(_) => Err(WireError::internal(
+                "the job's supervisor ended unexpectedly",
+            )),
+        }
+    }
+
+    fn new_id(&self) -> Result<JobId, WireError> {
+        loop {
+            let mut b = [0u8; 16];
+            getrandom::fill(&mut b).map_err(|e| {
+                tracing::error!("getrandom: {e}");
+                WireError::internal("no randomness for a job id")
+            })?;
+            let id = JobId::from_bytes(b);
+            if !lock(&self.table).contains(&id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Stops a job and returns its final status; stopping an ended job just returns it.
+    pub async fn stop(&self, scope: &Scope, id: &JobId) -> Result<JobStatus, WireError> {
+        let job = self.find(scope, id)?;
+        if !job.ended() {
+            job.stop_requested.store(true, Ordering::SeqCst);
+            job.stop.notify_one();
+            let mut rx = job.progress.clone();
+            // The supervisor publishes `finished` only after setting the final status.
+            let _ = rx.wait_for(|p: &Progress| p.finished).await;
+        }
+        Ok(job.status(&self.cgroups))
+    }
+
+    pub fn status(&self, scope: &Scope, id: &JobId) -> Result<JobStatus, WireError> {
+        Ok(self.find(scope, id)?.status(&self.cgroups))
+    }
+
+    /// One page of jobs in start order after `after`, within `LIST_PAGE_BYTES`.
+    pub fn list(
+        &self,
+        scope: &Scope,
+        after: Option<&JobId>,
+        limit: u32,
+    ) -> Result<(Vec<JobStatus>, Option<JobId>), WireError> {
+        validate::scope(scope)?;
+        validate::list_limit(limit)?;
+        let candidates = lock(&self.table).page(scope, after, limit as usize + 1)?;
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        for job in candidates {
+            if page.len() == limit as usize {
+                next = page.last().map(|s: &JobStatus| s.id);
+                break;
+            }
+            let s = job.status(&self.cgroups);
+            let size = codec::encode(&s).map_or(usize::MAX, |b| b.len());
+            if !page.is_empty() && bytes + size > LIST_PAGE_BYTES {
+                next = page.last().map(|s: &JobStatus| s.id);
+                break;
+            }
+            bytes += size;
+            page.push(s);
+        }
+        Ok((page, next))
+    }
+
+    /// A reader of the job's output from `offset`.
+    pub fn open_output(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        offset: u64,
+        follow: bool,
+    ) -> Result<(OutputReader, JobId), WireError> {
+        let job = self.find(scope, id)?;
+        let reader = OutputReader::open(
+            &self.store.output_path(id),
+            job.progress.clone(),
+            offset,
+            follow,
+            MAX_CHUNK_LEN,
+        )
+        .map_err(|e| {
+            tracing::error!(job = %id, "opening the output: {e}");
+            WireError::internal("the job's output cannot be read")
+        })?;
+        Ok((reader, job.id))
+    }
+
+    /// Status of a job by id, ignoring scope (the caller already had access).
+    pub fn status_of(&self, id: &JobId) -> Option<JobStatus> {
+        let job = lock(&self.table).get(id)?;
+        Some(job.status(&self.cgroups))
+    }
+
+    /// Stops every running job (the shutdown token is already cancelled) and waits for
+    /// their supervisors to record them.
+    pub async fn wait_jobs(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
