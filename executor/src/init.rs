@@ -33,11 +33,11 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
-use crate::report::{self, Report};
+use crate::ipc::exec_status;
+use crate::ipc::fds::{FD_LIFELINE, FD_REPORT, FD_SPEC};
+use crate::ipc::report::{self, Report};
+use crate::ipc::spec::{InitSpec, MAX_SPEC_LEN};
 use crate::seccomp;
 use crate::sys::{self, Exit, Fork};
 
@@ -46,51 +46,6 @@ use crate::sys::{self, Exit, Fork};
 pub const INIT_ARG: &str = "--job-init";
 /// argv[0] of the init template and of job inits, as `ps` shows them.
 pub const INIT_ARGV0: &str = "jobworker-init";
-
-/// Descriptor numbers in the init.
-pub const FD_SPEC: i32 = 3;
-pub const FD_REPORT: i32 = 4;
-pub const FD_LIFELINE: i32 = 5;
-
-/// Largest spec the init reads.
-const MAX_SPEC_LEN: u64 = 1024 * 1024;
-
-/// What the init needs to know, prepared and validated by the executor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InitSpec {
-    pub argv: Vec<String>,
-    /// The complete environment of the command, `NAME=value`.
-    pub env: Vec<String>,
-    pub uid: u32,
-    pub gid: u32,
-    pub hostname: String,
-    /// Size of each private tmpfs, in bytes.
-    pub tmp_size_bytes: u64,
-    /// cgroup v1: the `tasks` files to write "0" into before anything else (the init is
-    /// single-threaded, so this moves the whole process; see `cgroup::v1`).
-    pub cgroup_join: Vec<PathBuf>,
-    /// cgroup v1: unshare the cgroup namespace after joining (v2 jobs get it at clone).
-    pub unshare_cgroupns: bool,
-    /// cgroup v2: mount the job's own cgroup (its namespace root) read-only on
-    /// `/sys/fs/cgroup`, so it can read its limits.
-    pub mount_cgroup2: bool,
-    /// Working directory of the command.
-    pub cwd: String,
-    /// The open-file limit `(soft, hard)` the executor started with, which the job gets
-    /// instead of the executor's raised one.
-    #[serde(default)]
-    pub nofile: Option<(u64, u64)>,
-}
-
-impl InitSpec {
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an InitSpec always serialises")
-    }
-
-    pub fn decode(bytes: &[u8]) -> io::Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-}
 
 /// A failed step: what was being done, and the OS error.
 struct Step {
@@ -166,19 +121,19 @@ fn run(report: &mut File) -> Result<i32, Step> {
             };
             let _ = sys::close_fds_from(FD_SPEC + 1);
             let err = exec_command(&spec);
-            let _ = w.write_all(format!("{}: {}", err.what, err.err).as_bytes());
+            let _ = w.write_all(&exec_status::encode(&err.what, &err.err));
             sys::exit_now(127);
         }
         Fork::Parent(pid) => pid,
     };
     drop(exec_w);
-    let mut failure = String::new();
+    let mut status = Vec::new();
     (&exec_r)
-        .take(4096)
-        .read_to_string(&mut failure)
+        .take(exec_status::MAX_EXEC_STATUS as u64)
+        .read_to_end(&mut status)
         .step(|| "reading the exec status".into())?;
     drop(exec_r);
-    if !failure.is_empty() {
+    if let Some(failure) = exec_status::decode(&status) {
         // The command never ran: report why and wait for the child to be gone.
         let _ = report::write(report, &Report::Failed(failure));
         loop {
@@ -202,7 +157,7 @@ fn run(report: &mut File) -> Result<i32, Step> {
 fn read_spec() -> io::Result<InitSpec> {
     let file = File::from(sys::take_inherited_fd(FD_SPEC)?);
     let mut bytes = Vec::new();
-    (&file).take(MAX_SPEC_LEN).read_to_end(&mut bytes)?;
+    (&file).take(MAX_SPEC_LEN as u64).read_to_end(&mut bytes)?;
     InitSpec::decode(&bytes)
 }
 

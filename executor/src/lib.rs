@@ -10,7 +10,8 @@
 //! - [`template`]: the init template, this binary re-executed once, which every job
 //!   init is cloned from;
 //! - [`init`]: the job init, PID 1 of each job (a clone of the template);
-//! - [`report`]: the init's one-way report pipe to the executor;
+//! - [`ipc`]: the executor's private byte formats (template messages, the init's
+//!   descriptors, spec and report, the exec status), each with a fuzzed decoder;
 //! - [`cgroup`]: cgroup v2 and v1 backends behind one interface;
 //! - [`seccomp`]: the job's seccomp filter;
 //! - [`users`]: resolving the job user and groups;
@@ -21,8 +22,8 @@ pub mod cgroup;
 pub mod config;
 pub mod engine;
 pub mod init;
+pub mod ipc;
 pub mod output;
-pub mod report;
 pub mod seccomp;
 pub mod server;
 pub mod spawn;

@@ -7,7 +7,8 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
-use crate::init::InitSpec;
+use crate::ipc::fds::InitFds;
+use crate::ipc::spec::InitSpec;
 use crate::sys;
 use crate::template::{CloneError, Template};
 
@@ -96,14 +97,15 @@ impl Spawner {
             CgroupJoin::CloneInto(fd) => (JOB_NAMESPACES | sys::CLONE_NEWCGROUP, Some(fd)),
             CgroupJoin::InitJoins => (JOB_NAMESPACES, None),
         };
-        let fds = [
-            self.devnull.as_fd(),
-            out_w.as_fd(),
-            spec_r.as_fd(),
-            rep_w.as_fd(),
-            self.lifeline_read.as_fd(),
-        ];
-        let (pid, pidfd) = self.clone_init(ns, cg, fds)?;
+        let fds = InitFds {
+            devnull: self.devnull.as_fd(),
+            output: out_w.as_fd(),
+            spec: spec_r.as_fd(),
+            report: rep_w.as_fd(),
+            lifeline: self.lifeline_read.as_fd(),
+            cgroup: cg,
+        };
+        let (pid, pidfd) = self.clone_init(ns, fds)?;
         // Only an init whose pidfd this process holds gets its spec; if the write fails
         // (the init is already gone), the init's supervisor reports how it ended.
         if let Err(e) = spec_w.write_all(&spec) {
@@ -126,8 +128,7 @@ impl Spawner {
     fn clone_init(
         &self,
         ns: u64,
-        cgroup: Option<BorrowedFd<'_>>,
-        fds: [BorrowedFd<'_>; 5],
+        fds: InitFds<BorrowedFd<'_>>,
     ) -> io::Result<(sys::pid_t, OwnedFd)> {
         let mut slot = match self.template.lock() {
             Ok(slot) => slot,
@@ -147,7 +148,7 @@ impl Spawner {
             }
             let template = slot.as_ref().expect("just set");
             let pid = template.pid();
-            match template.clone_init(ns, cgroup, fds) {
+            match template.clone_init(ns, fds.clone()) {
                 Ok(cloned) => return Ok(cloned),
                 Err(CloneError::Refused(e)) => return Err(e),
                 Err(CloneError::Gone(e)) if attempt == 0 => {

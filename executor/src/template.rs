@@ -22,11 +22,8 @@
 //! else is refused. It exits when the executor closes its end or dies, and the executor
 //! replaces a template that stops answering.
 //!
-//! Request: the namespace flags (u64, little endian) and one byte, 1 when the last
-//! descriptor is the cgroup v2 directory to clone into; descriptors `/dev/null`, output
-//! pipe, spec pipe, report pipe, lifeline (and the cgroup). Replies: `R` once at
-//! start-up; `C` and the pid (i32, little endian) with the pidfd attached; `E` and an
-//! errno when the clone failed.
+//! The messages and the descriptors they carry are defined in [`crate::ipc::control`]
+//! and [`crate::ipc::fds`].
 //!
 //! The executor writes the init's spec into the spec pipe only once it has the init's
 //! pidfd. A clone it never heard of (the template died or hung after cloning) reads an
@@ -36,19 +33,14 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::init::{FD_LIFELINE, FD_REPORT, FD_SPEC, INIT_ARG, INIT_ARGV0};
+use crate::init::{INIT_ARG, INIT_ARGV0};
+use crate::ipc::control::{self, CloneRequest, Reply};
+use crate::ipc::fds::{FD_CONTROL, InitFds};
 use crate::spawn::JOB_NAMESPACES;
 use crate::sys::{self, Cloned};
 
-/// The control socket's number in the template: above every number the init uses, so the
-/// init closes it first thing.
-pub const FD_CONTROL: RawFd = FD_LIFELINE + 1;
-
-/// Descriptors of one init, in request order.
-const INIT_FDS: usize = 5;
 /// How long the executor waits for any answer of the template.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-const REQUEST_LEN: usize = 9;
 
 /// Entry point of the template mode. Never returns.
 pub fn main() -> ! {
@@ -60,7 +52,7 @@ pub fn main() -> ! {
     // receive reads the end (or the next reply fails) and the template exits. (No
     // parent-death signal: that follows the thread that started the template, not the
     // executor process.)
-    if sys::send_with_fds(control.as_fd(), b"R", &[]).is_err() {
+    if reply(control.as_fd(), Reply::Ready, &[]).is_err() {
         sys::exit_now(125)
     }
     let mut buf = [0u8; 64];
@@ -76,11 +68,7 @@ pub fn main() -> ! {
             Err(_) => sys::exit_now(1),
         };
         let sent = match clone_init(&buf[..n], fds) {
-            Ok((pid, pidfd)) => {
-                let mut reply = [b'C', 0, 0, 0, 0];
-                reply[1..].copy_from_slice(&pid.to_le_bytes());
-                sys::send_with_fds(control.as_fd(), &reply, &[pidfd.as_fd()])
-            }
+            Ok((pid, pidfd)) => reply(control.as_fd(), Reply::Cloned(pid), &[pidfd.as_fd()]),
             Err(e) => {
                 refuse(control.as_fd(), e.raw_os_error().unwrap_or(libc::EINVAL));
                 Ok(())
@@ -92,10 +80,13 @@ pub fn main() -> ! {
     }
 }
 
+fn reply(control: BorrowedFd<'_>, reply: Reply, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let (bytes, n) = reply.encode();
+    sys::send_with_fds(control, &bytes[..n], fds)
+}
+
 fn refuse(control: BorrowedFd<'_>, errno: i32) {
-    let mut reply = [b'E', 0, 0, 0, 0];
-    reply[1..].copy_from_slice(&errno.to_le_bytes());
-    if sys::send_with_fds(control, &reply, &[]).is_err() {
+    if reply(control, Reply::Refused(errno), &[]).is_err() {
         sys::exit_now(1)
     }
 }
@@ -103,50 +94,36 @@ fn refuse(control: BorrowedFd<'_>, errno: i32) {
 /// Checks one request and clones the init it asks for; in the parent, returns the init's
 /// pid and pidfd. The clone never returns from here.
 fn clone_init(request: &[u8], fds: Vec<OwnedFd>) -> io::Result<(sys::pid_t, OwnedFd)> {
-    let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
-    let (flags, into_cgroup) = match request {
-        [f @ .., c] if request.len() == REQUEST_LEN && *c <= 1 => {
-            let flags = u64::from_le_bytes(f.try_into().map_err(|_| invalid())?);
-            (flags, *c == 1)
-        }
-        _ => return Err(invalid()),
-    };
+    let invalid = |_| io::Error::from_raw_os_error(libc::EINVAL);
+    let request = CloneRequest::decode(request).map_err(invalid)?;
     let allowed = JOB_NAMESPACES | sys::CLONE_NEWCGROUP;
+    let flags = request.ns_flags;
     if flags & JOB_NAMESPACES != JOB_NAMESPACES || flags & !allowed != 0 {
-        return Err(invalid());
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    if fds.len() != INIT_FDS + usize::from(into_cgroup) {
-        return Err(invalid());
-    }
-    let cgroup = into_cgroup.then(|| fds[INIT_FDS].as_fd());
-    match sys::clone_sibling(flags, cgroup)? {
+    let fds = InitFds::from_vec(fds, request.into_cgroup).map_err(invalid)?;
+    match sys::clone_sibling(flags, fds.cgroup.as_ref().map(|c| c.as_fd()))? {
         Cloned::Parent(pid, pidfd) => Ok((pid, pidfd)),
         Cloned::Child => become_init(fds),
     }
 }
 
 /// In the clone: puts the descriptors on the init's numbers and runs the init.
-fn become_init(fds: Vec<OwnedFd>) -> ! {
+fn become_init(fds: InitFds<OwnedFd>) -> ! {
     // Sources above every target first, so no step overwrites a source still needed.
-    let Ok(high) = fds[..INIT_FDS]
-        .iter()
-        .map(|fd| sys::dup_above(fd.as_fd(), 16))
-        .collect::<io::Result<Vec<_>>>()
-    else {
-        sys::exit_now(126)
-    };
-    let [null, out, spec, report, lifeline] = &high[..] else {
-        sys::exit_now(126)
-    };
-    let moves = [
-        (null, 0),
-        (out, 1),
-        (out, 2),
-        (spec, FD_SPEC),
-        (report, FD_REPORT),
-        (lifeline, FD_LIFELINE),
-    ];
-    for (src, dst) in moves {
+    let above = |fd: &OwnedFd| sys::dup_above(fd.as_fd(), 16);
+    let high = (|| -> io::Result<InitFds<OwnedFd>> {
+        Ok(InitFds {
+            devnull: above(&fds.devnull)?,
+            output: above(&fds.output)?,
+            spec: above(&fds.spec)?,
+            report: above(&fds.report)?,
+            lifeline: above(&fds.lifeline)?,
+            cgroup: None,
+        })
+    })();
+    let Ok(high) = high else { sys::exit_now(126) };
+    for (src, dst) in high.placement() {
         if sys::dup2(src.as_fd(), dst).is_err() {
             sys::exit_now(126)
         }
@@ -204,6 +181,7 @@ impl Template {
             &sys::ChildFds {
                 moves: &moves,
                 report: FD_CONTROL,
+                report_tag: control::START_FAILED_TAG,
             },
         )?;
         // From here on, dropping `template` kills and reaps the process.
@@ -213,14 +191,13 @@ impl Template {
             pidfd,
         };
         drop(control);
-        let mut buf = [0u8; 256];
-        let (n, _) = sys::recv_with_fds(template.control.as_fd(), &mut buf)?;
-        match &buf[..n] {
-            b"R" => Ok(template),
-            // A failed `execveat` is reported as `F`, a length and a message.
-            [b'F', _, _, why @ ..] => Err(io::Error::other(format!(
-                "the init template did not start: {}",
-                String::from_utf8_lossy(why)
+        let mut buf = [0u8; control::MAX_REPLY_LEN];
+        let (n, fds) = sys::recv_with_fds(template.control.as_fd(), &mut buf)?;
+        match Reply::decode(&buf[..n], fds.len()) {
+            Ok(Reply::Ready) => Ok(template),
+            Ok(Reply::StartFailed(errno)) => Err(io::Error::other(format!(
+                "the init template did not start: re-executing this binary failed: {}",
+                io::Error::from_raw_os_error(errno)
             ))),
             _ => Err(io::Error::other("the init template did not start")),
         }
@@ -230,35 +207,29 @@ impl Template {
         self.pid
     }
 
-    /// Has the template clone a job init into `ns_flags` (and into `cgroup`) with `fds`
-    /// (`/dev/null`, output pipe, spec, report pipe, lifeline) as its descriptors. The
-    /// init is this process's child; returns its pid and a pidfd for it. Blocks for the
-    /// answer (at most [`REPLY_TIMEOUT`]).
+    /// Has the template clone a job init into `ns_flags` (and into `fds.cgroup`, if
+    /// any) with `fds` as its descriptors. The init is this process's child; returns its
+    /// pid and a pidfd for it. Blocks for the answer (at most [`REPLY_TIMEOUT`]).
     pub fn clone_init(
         &self,
         ns_flags: u64,
-        cgroup: Option<BorrowedFd<'_>>,
-        fds: [BorrowedFd<'_>; INIT_FDS],
+        fds: InitFds<BorrowedFd<'_>>,
     ) -> Result<(sys::pid_t, OwnedFd), CloneError> {
-        let mut request = [0u8; REQUEST_LEN];
-        request[..8].copy_from_slice(&ns_flags.to_le_bytes());
-        request[8] = u8::from(cgroup.is_some());
-        let mut all = fds.to_vec();
-        all.extend(cgroup);
-        sys::send_with_fds(self.control.as_fd(), &request, &all).map_err(CloneError::Gone)?;
-        let mut buf = [0u8; 8];
+        let request = CloneRequest {
+            ns_flags,
+            into_cgroup: fds.cgroup.is_some(),
+        };
+        sys::send_with_fds(self.control.as_fd(), &request.encode(), &fds.into_vec())
+            .map_err(CloneError::Gone)?;
+        let mut buf = [0u8; control::MAX_REPLY_LEN];
         let (n, mut got) =
             sys::recv_with_fds(self.control.as_fd(), &mut buf).map_err(CloneError::Broken)?;
-        let number = |b: &[u8]| b.try_into().ok().map(i32::from_le_bytes);
-        match (&buf[..n], got.len()) {
-            ([b'C', pid @ ..], 1) if number(pid).is_some_and(|p| p > 0) => {
-                let pidfd = got.pop().expect("one descriptor");
-                Ok((number(pid).expect("checked"), pidfd))
+        match Reply::decode(&buf[..n], got.len()) {
+            Ok(Reply::Cloned(pid)) => Ok((pid, got.pop().expect("checked: one descriptor"))),
+            Ok(Reply::Refused(errno)) => {
+                Err(CloneError::Refused(io::Error::from_raw_os_error(errno)))
             }
-            ([b'E', errno @ ..], 0) if number(errno).is_some() => Err(CloneError::Refused(
-                io::Error::from_raw_os_error(number(errno).expect("checked")),
-            )),
-            ([], _) => Err(CloneError::Broken(io::Error::new(
+            _ if n == 0 => Err(CloneError::Broken(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the init template exited",
             ))),

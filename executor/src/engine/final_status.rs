@@ -5,7 +5,7 @@
 use jobworker_protocol::{JobState, JobStatus};
 
 use crate::cgroup::Usage;
-use crate::report::Report;
+use crate::ipc::report::Report;
 use crate::sys::Exit;
 
 /// What the supervisor knows once everything of a job has ended.

@@ -8,7 +8,7 @@ use jobworker_protocol::{ErrorKind, JobId, JobSpec, WireError};
 use super::Engine;
 use crate::cgroup::{JobGroup, ResolvedLimits};
 use crate::config::Config;
-use crate::init::InitSpec;
+use crate::ipc::spec::InitSpec;
 use crate::output::OutputWriter;
 use crate::spawn::{CgroupJoin, Spawned};
 use crate::sys;

@@ -19,8 +19,8 @@ use super::final_status::{Ending, final_status, start_result};
 use super::job::Job;
 use super::{Engine, lock, now_ms, table};
 use crate::cgroup::JobGroup;
+use crate::ipc::report::{self, MAX_REPORT_BYTES, Report};
 use crate::output::OutputWriter;
-use crate::report::{self, MAX_REPORT_BYTES, Report};
 use crate::spawn::Spawned;
 use crate::sys::{self, Exit};
 
@@ -193,7 +193,7 @@ impl Engine {
                 }
             }
         }
-        Ok((init_exit, report::parse(&pipes.report_bytes)))
+        Ok((init_exit, report::decode(&pipes.report_bytes)))
     }
 }
 
@@ -276,7 +276,7 @@ impl JobPipes {
                 let room = MAX_REPORT_BYTES.saturating_sub(self.report_bytes.len());
                 self.report_bytes.extend_from_slice(&chunk[..n.min(room)]);
                 if let Some(tx) = started_tx.take() {
-                    match report::parse(&self.report_bytes).first() {
+                    match report::decode(&self.report_bytes).first() {
                         Some(Report::Started) => {
                             let _ = tx.send(Ok(()));
                         }

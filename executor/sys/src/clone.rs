@@ -57,8 +57,10 @@ pub struct ChildFds<'a> {
     /// Every source must be above every target (see [`dup_above`]), so no step can
     /// clobber a later source.
     pub moves: &'a [(BorrowedFd<'a>, RawFd)],
-    /// Target number of the descriptor the child reports a failed `execveat` on.
+    /// Target number of the descriptor the child reports a failed `execveat` on: one
+    /// write of `report_tag` and the errno (`i32`, little endian).
     pub report: RawFd,
+    pub report_tag: u8,
 }
 
 /// Clones a child (`clone3(2)` with `CLONE_PIDFD`) and has it re-execute `exe` (an fd
@@ -83,6 +85,7 @@ pub fn spawn_reexec(
         .collect();
     let exe_fd = exe.as_raw_fd();
     let report = child.report;
+    let report_tag = child.report_tag;
     let empty = c"";
 
     let mut pidfd: RawFd = -1;
@@ -122,15 +125,11 @@ pub fn spawn_reexec(
                 libc::AT_EMPTY_PATH,
             )
         };
-        // execveat failed: report the errno without allocating.
+        // execveat failed: report the tag and the errno without allocating.
         let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        let mut msg = [0u8; 64];
-        let prefix = b"re-executing this binary failed: errno ";
-        let mut n = 3 + prefix.len();
-        msg[3..n].copy_from_slice(prefix);
-        n += write_decimal(&mut msg[n..], errno as u32);
-        msg[0] = b'F';
-        msg[1..3].copy_from_slice(&((n - 3) as u16).to_le_bytes());
+        let mut msg = [report_tag, 0, 0, 0, 0];
+        msg[1..].copy_from_slice(&errno.to_le_bytes());
+        let n = msg.len();
         // SAFETY: writes `n` initialised bytes of a stack buffer; async-signal-safe.
         unsafe { libc::write(report, msg.as_ptr().cast(), n) };
         // SAFETY: _exit is async-signal-safe and never returns.
@@ -141,24 +140,6 @@ pub fn spawn_reexec(
     // succeeded with CLONE_PIDFD.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok((ret as pid_t, pidfd))
-}
-
-/// Writes `v` in decimal into `buf` without allocating; returns the number of bytes.
-fn write_decimal(buf: &mut [u8], mut v: u32) -> usize {
-    let mut tmp = [0u8; 10];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let digits = &tmp[i..];
-    let n = digits.len().min(buf.len());
-    buf[..n].copy_from_slice(&digits[..n]);
-    n
 }
 
 /// The number of threads of this process (`Threads:` in `/proc/self/status`).
@@ -215,19 +196,5 @@ pub fn clone_sibling(ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Resul
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
             Ok(Cloned::Parent(pid as pid_t, pidfd))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimal_without_allocation() {
-        let mut b = [0u8; 10];
-        let n = write_decimal(&mut b, 0);
-        assert_eq!(&b[..n], b"0");
-        let n = write_decimal(&mut b, 4294967295);
-        assert_eq!(&b[..n], b"4294967295");
     }
 }

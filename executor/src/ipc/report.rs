@@ -1,4 +1,4 @@
-//! The tiny one-way protocol from a job's init to the executor, on a pipe.
+//! The report: the tiny one-way protocol from a job's init to the executor, on a pipe.
 //!
 //! Each message is one `write(2)` of at most `PIPE_BUF` bytes (so it is atomic): a tag
 //! byte, a little-endian `u16` payload length, the payload. The executor reads until the
@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use crate::sys::Exit;
+use jobworker_sys::Exit;
 
 /// Most bytes the executor keeps from one init.
 pub const MAX_REPORT_BYTES: usize = 8 * 1024;
@@ -44,9 +44,9 @@ pub fn write(w: &mut impl Write, report: &Report) -> io::Result<()> {
     w.write_all(&msg)
 }
 
-/// Parses everything an init wrote. Unknown or cut-off messages end the parse: the init
+/// Decodes everything an init wrote. Unknown or cut-off messages end the decoding: the init
 /// is trusted code, but the executor never panics on what it reads.
-pub fn parse(mut bytes: &[u8]) -> Vec<Report> {
+pub fn decode(mut bytes: &[u8]) -> Vec<Report> {
     let mut out = Vec::new();
     while bytes.len() >= 3 {
         let tag = bytes[0];
@@ -83,7 +83,7 @@ mod tests {
         for r in &all {
             write(&mut buf, r).unwrap();
         }
-        assert_eq!(parse(&buf), all);
+        assert_eq!(decode(&buf), all);
     }
 
     #[test]
@@ -91,18 +91,18 @@ mod tests {
         let mut buf = Vec::new();
         write(&mut buf, &Report::Failed("é".repeat(10_000))).unwrap();
         assert!(buf.len() <= libc::PIPE_BUF);
-        match &parse(&buf)[..] {
+        match &decode(&buf)[..] {
             [Report::Failed(m)] => assert!(m.chars().all(|c| c == 'é')),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn garbage_and_truncation_end_the_parse_without_panicking() {
-        assert_eq!(parse(&[]), vec![]);
-        assert_eq!(parse(b"S"), vec![]);
-        assert_eq!(parse(b"S\0\0Z\0\0S\0\0"), vec![Report::Started]);
-        assert_eq!(parse(b"F\xff\xffabc"), vec![]);
-        assert_eq!(parse(b"X\x02\0ab"), vec![]);
+    fn garbage_and_truncation_end_the_decoding_without_panicking() {
+        assert_eq!(decode(&[]), vec![]);
+        assert_eq!(decode(b"S"), vec![]);
+        assert_eq!(decode(b"S\0\0Z\0\0S\0\0"), vec![Report::Started]);
+        assert_eq!(decode(b"F\xff\xffabc"), vec![]);
+        assert_eq!(decode(b"X\x02\0ab"), vec![]);
     }
 }
