@@ -3,8 +3,19 @@
 //!
 //! Every connection is checked with `SO_PEERCRED` before a byte of it is decoded; a peer
 //! whose uid and gid are both outside the configured lists is logged and dropped. Past
-//! the connection cap a connection gets one `ResourceExhausted` frame and is closed. A
-//! malformed or unexpected frame ends that connection only.
+//! the connection cap a connection gets one `ResourceExhausted` frame and is closed. The
+//! first frame must be `Hello` (the version handshake), and only the first. A malformed
+//! or unexpected frame ends that connection only.
+//!
+//! | request | handler | checks first |
+//! |---|---|---|
+//! | `Hello` (again) | [`hello_again`] | refused: the connection ends |
+//! | `Ping` | [`ping`] | none |
+//! | `Start` | [`start`] | owner, spec shape, limits against the ceilings |
+//! | `Stop` | [`stop`] | scope |
+//! | `Status` | [`status`] | scope |
+//! | `List` | [`list`] | scope, page size |
+//! | `Output` | [`output`] | scope |
 
 use std::io;
 use std::os::fd::AsFd;
@@ -12,14 +23,16 @@ use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
 use jobworker_protocol::codec::{self, ServerTransport};
-use jobworker_protocol::{ErrorKind, Request, Response, WireError, server_transport};
+use jobworker_protocol::{
+    ErrorKind, JobId, JobSpec, Request, Response, Scope, WireError, server_transport, validate,
+};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, check_start};
 use crate::output::OutputReader;
 
 /// Who may connect.
@@ -109,9 +122,7 @@ fn refuse(stream: UnixStream, max: usize) {
     let refusal = Response::Error(WireError::exhausted(format!(
         "the executor already has {max} connections, its maximum"
     )));
-    if let Ok(body) = codec::encode(&refusal) {
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
+    if let Ok(frame) = codec::response_frame(&refusal) {
         let _ = stream.try_write(&frame);
     }
 }
@@ -133,10 +144,15 @@ async fn connection(stream: UnixStream, engine: Arc<Engine>, shutdown: Cancellat
             return;
         }
     }
+    let mut conn = Conn {
+        engine,
+        t,
+        shutdown,
+    };
     loop {
         let req = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = t.next() => r,
+            _ = conn.shutdown.cancelled() => return,
+            r = conn.t.next() => r,
         };
         let req = match req {
             None => return,
@@ -146,126 +162,176 @@ async fn connection(stream: UnixStream, engine: Arc<Engine>, shutdown: Cancellat
                 return;
             }
         };
-        let keep_going = dispatch(&engine, &mut t, req, &shutdown).await;
-        if !keep_going {
+        if dispatch(&mut conn, req).await == Flow::Close {
             return;
         }
     }
 }
 
-/// Handles one request; returns whether the connection may continue.
-async fn dispatch(
-    engine: &Arc<Engine>,
-    t: &mut ServerTransport<UnixStream>,
-    req: Request,
-    shutdown: &CancellationToken,
-) -> bool {
-    let resp = match req {
-        Request::Hello { .. } => {
-            tracing::warn!("second hello on a connection; closed");
-            let _ = t
-                .send(Response::Error(WireError::invalid(
-                    "hello was already sent",
-                )))
-                .await;
-            return false;
+/// One connection after its handshake.
+struct Conn {
+    engine: Arc<Engine>,
+    t: ServerTransport<UnixStream>,
+    shutdown: CancellationToken,
+}
+
+/// Whether a connection may take another request.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+impl Conn {
+    async fn reply(&mut self, resp: Response) -> Flow {
+        match self.t.send(resp).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
         }
-        Request::Start { owner, spec } => match engine.start(owner, spec).await {
-            Ok(id) => Response::Started { id },
-            Err(e) => Response::Error(e),
-        },
-        Request::Stop { scope, id } => {
-            let stop = engine.stop(&scope, &id);
-            tokio::select! {
-                r = stop => match r {
-                    Ok(s) => Response::Status(Box::new(s)),
-                    Err(e) => Response::Error(e),
-                },
-                _ = peer_gone(t) => return false,
-            }
-        }
-        Request::Status { scope, id } => match engine.status(&scope, &id) {
-            Ok(s) => Response::Status(Box::new(s)),
-            Err(e) => Response::Error(e),
-        },
+    }
+
+    async fn reply_with<T>(
+        &mut self,
+        r: Result<T, WireError>,
+        ok: impl FnOnce(T) -> Response,
+    ) -> Flow {
+        let resp = r.map_or_else(Response::Error, ok);
+        self.reply(resp).await
+    }
+
+    /// Resolves when the peer closes the connection or sends anything (both end a
+    /// request that is still being answered).
+    async fn peer_gone(&mut self) {
+        let _ = self.t.next().await;
+    }
+}
+
+/// The dispatch table: one handler per request kind.
+async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
+    match req {
+        Request::Hello { .. } => hello_again(conn).await,
+        Request::Ping => ping(conn).await,
+        Request::Start { owner, spec } => start(conn, owner, spec).await,
+        Request::Stop { scope, id } => stop(conn, scope, id).await,
+        Request::Status { scope, id } => status(conn, scope, id).await,
         Request::List {
             scope,
             after,
             limit,
-        } => match engine.list(&scope, after.as_ref(), limit) {
-            Ok((jobs, next_after)) => Response::Jobs { jobs, next_after },
-            Err(e) => Response::Error(e),
-        },
+        } => list(conn, scope, after, limit).await,
         Request::Output {
             scope,
             id,
             offset,
             follow,
-        } => return stream_output(engine, t, scope, id, offset, follow, shutdown).await,
-        Request::Ping => Response::Pong,
+        } => output(conn, scope, id, offset, follow).await,
+    }
+}
+
+/// The handshake took the connection's one `Hello`: another is refused, and ends it.
+async fn hello_again(conn: &mut Conn) -> Flow {
+    tracing::warn!("second hello on a connection; closed");
+    let _ = conn
+        .reply(Response::Error(WireError::invalid(
+            "hello was already sent",
+        )))
+        .await;
+    Flow::Close
+}
+
+async fn ping(conn: &mut Conn) -> Flow {
+    conn.reply(Response::Pong).await
+}
+
+async fn start(conn: &mut Conn, owner: String, spec: JobSpec) -> Flow {
+    let checked = match check_start(owner, spec, conn.engine.ceilings()) {
+        Ok(c) => c,
+        Err(e) => return conn.reply(Response::Error(e)).await,
     };
-    t.send(resp).await.is_ok()
+    let started = conn.engine.start(checked).await;
+    conn.reply_with(started, |id| Response::Started { id })
+        .await
 }
 
-/// Resolves when the peer closes the connection or sends anything (both end a request
-/// that is still being answered).
-async fn peer_gone(t: &mut ServerTransport<UnixStream>) {
-    let _ = t.next().await;
+async fn stop(conn: &mut Conn, scope: Scope, id: JobId) -> Flow {
+    if let Err(e) = validate::scope(&scope) {
+        return conn.reply(Response::Error(e)).await;
+    }
+    let engine = conn.engine.clone();
+    let stopped = tokio::select! {
+        r = engine.stop(&scope, &id) => r,
+        _ = conn.peer_gone() => return Flow::Close,
+    };
+    conn.reply_with(stopped, |s| Response::Status(Box::new(s)))
+        .await
 }
 
-async fn stream_output(
-    engine: &Arc<Engine>,
-    t: &mut ServerTransport<UnixStream>,
-    scope: jobworker_protocol::Scope,
-    id: jobworker_protocol::JobId,
-    offset: u64,
-    follow: bool,
-    shutdown: &CancellationToken,
-) -> bool {
-    let (mut reader, id) = match engine.open_output(&scope, &id, offset, follow) {
+async fn status(conn: &mut Conn, scope: Scope, id: JobId) -> Flow {
+    let status = validate::scope(&scope).and_then(|()| conn.engine.status(&scope, &id));
+    conn.reply_with(status, |s| Response::Status(Box::new(s)))
+        .await
+}
+
+async fn list(conn: &mut Conn, scope: Scope, after: Option<JobId>, limit: u32) -> Flow {
+    let page = validate::scope(&scope)
+        .and_then(|()| validate::list_limit(limit))
+        .and_then(|()| conn.engine.list(&scope, after.as_ref(), limit));
+    conn.reply_with(page, |(jobs, next_after)| Response::Jobs {
+        jobs,
+        next_after,
+    })
+    .await
+}
+
+/// Streams a job's output from `offset`, then its final status; ends the connection if
+/// the peer sends anything mid-stream or leaves.
+async fn output(conn: &mut Conn, scope: Scope, id: JobId, offset: u64, follow: bool) -> Flow {
+    let opened =
+        validate::scope(&scope).and_then(|()| conn.engine.open_output(&scope, &id, offset, follow));
+    let (mut reader, id) = match opened {
         Ok(r) => r,
-        Err(e) => return t.send(Response::Error(e)).await.is_ok(),
+        Err(e) => return conn.reply(Response::Error(e)).await,
     };
     loop {
         let next = tokio::select! {
             n = reader.next_len() => n,
             // A frame from the peer mid-stream is a protocol violation; EOF means it left.
-            _ = t.next() => return false,
-            _ = shutdown.cancelled() => return false,
+            _ = conn.t.next() => return Flow::Close,
+            _ = conn.shutdown.cancelled() => return Flow::Close,
         };
         match next {
             Ok(Some(len)) => {
                 let sent = tokio::select! {
-                    r = send_chunk(t.get_ref().get_ref(), &mut reader, len) => r,
-                    _ = shutdown.cancelled() => return false,
+                    r = send_chunk(conn.t.get_ref().get_ref(), &mut reader, len) => r,
+                    _ = conn.shutdown.cancelled() => return Flow::Close,
                 };
                 if let Err(e) = sent {
                     tracing::debug!(job = %id, "sending output: {e}");
-                    return false;
+                    return Flow::Close;
                 }
             }
             Ok(None) => break,
             Err(e) => {
                 tracing::error!(job = %id, "reading output: {e}");
-                let _ = t
-                    .send(Response::Error(WireError::new(
+                let _ = conn
+                    .reply(Response::Error(WireError::new(
                         ErrorKind::Internal,
                         "reading the job's output failed",
                     )))
                     .await;
-                return false;
+                return Flow::Close;
             }
         }
     }
-    let Some(status) = engine.status_of(&id) else {
-        let _ = t
-            .send(Response::Error(WireError::not_found(format!(
+    let Some(status) = conn.engine.status_of(&id) else {
+        let _ = conn
+            .reply(Response::Error(WireError::not_found(format!(
                 "no job {id}"
             ))))
             .await;
-        return false;
+        return Flow::Close;
     };
-    t.send(Response::End(Box::new(status))).await.is_ok()
+    conn.reply(Response::End(Box::new(status))).await
 }
 
 /// Writes one `Response::Chunk` frame of `len` bytes whose data goes from the output file

@@ -66,12 +66,13 @@ fn handle(frame: &[u8]) {
     assert_eq!(shared.is_ok(), response.is_ok());
 }
 
-/// The checks `server::dispatch` and the engine make before acting, in the same order.
+/// The checks each handler of `server::dispatch` makes before acting, in the same order.
 fn dispatch(request: &Request) -> Result<(), WireError> {
     match request {
         Request::Hello { .. } | Request::Ping => Ok(()),
         Request::Start { owner, spec } => {
-            let (resolved, effective) = check_start(owner, spec, &ceilings())?;
+            let checked = check_start(owner.clone(), spec.clone(), &ceilings())?;
+            let (resolved, effective) = (checked.resolved, checked.effective);
             // A started job never runs above a ceiling, and every limit is filled in.
             let c = ceilings();
             assert!(resolved.cpu_millis >= 1 && resolved.cpu_millis <= c.cpu_millis);

@@ -85,6 +85,21 @@ impl<In, Out: Serialize> tokio_serde::Serializer<Out> for Bincode<In, Out> {
     }
 }
 
+/// One whole response frame (length prefix and body) as the codec writes it, for a reply
+/// sent without a transport: the executor's refusal of a connection over its cap is one
+/// such frame, written straight to the socket.
+pub fn response_frame(response: &Response) -> io::Result<Vec<u8>> {
+    let body = encode(response)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_FRAME_LEN)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "response frame too long"))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
 /// The bytes that precede a chunk's data on the wire: the frame's length prefix and the
 /// bincode encoding of [`Response::Chunk`] up to its data (the variant, then the data's
 /// length). `chunk_frame_header(n)` followed by `n` bytes of data is exactly the frame the

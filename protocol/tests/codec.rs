@@ -311,6 +311,36 @@ async fn a_refusal_is_reported_even_when_the_hello_meets_a_closed_socket() {
     }
 }
 
+#[tokio::test]
+async fn a_response_frame_is_exactly_what_the_codec_writes_and_a_client_reads() {
+    for response in every_response() {
+        let (a, mut b) = duplex(2 * MAX_FRAME_LEN);
+        let mut server = server_transport(a);
+        server.send(response.clone()).await.unwrap();
+        drop(server);
+        let mut written = Vec::new();
+        b.read_to_end(&mut written).await.unwrap();
+        assert_eq!(codec::response_frame(&response).unwrap(), written);
+    }
+    // The refusal a connection over the executor's cap gets, read by a real client.
+    let refusal = Response::Error(WireError::exhausted(
+        "the executor already has 2 connections",
+    ));
+    let (a, mut b) = duplex(64 * 1024);
+    b.write_all(&codec::response_frame(&refusal).unwrap())
+        .await
+        .unwrap();
+    drop(b);
+    let mut client = client_transport(a);
+    match client_handshake(&mut client).await {
+        Err(HandshakeError::Refused(e)) => {
+            assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+            assert_eq!(e.message, "the executor already has 2 connections");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// Chunk lengths around every change in bincode's length encoding, and the limits.
 const CHUNK_LENS: [usize; 9] = [0, 1, 250, 251, 252, 4096, 65535, 65536, MAX_CHUNK_LEN];
 

@@ -6,16 +6,35 @@ use jobworker_protocol::{IoLimits, JobSpec, Limits, WireError, validate};
 use crate::cgroup::{ResolvedIo, ResolvedLimits};
 use crate::config::Ceilings;
 
+/// A start request that passed every check. [`check_start`] is the only place that makes
+/// one, so the engine's `start` cannot be handed an unchecked request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CheckedStart {
+    pub owner: String,
+    pub spec: JobSpec,
+    /// The limits the job's cgroup gets.
+    pub resolved: ResolvedLimits,
+    /// The same limits as the job's status reports them.
+    pub effective: Limits,
+}
+
 /// The checks a start request passes before anything is created: the owner, the shape
 /// of the spec, and its limits against the ceilings.
 pub fn check_start(
-    owner: &str,
-    spec: &JobSpec,
+    owner: String,
+    spec: JobSpec,
     ceilings: &Ceilings,
-) -> Result<(ResolvedLimits, Limits), WireError> {
-    validate::owner(owner)?;
-    validate::spec(spec)?;
-    resolve_limits(&spec.limits, ceilings)
+) -> Result<CheckedStart, WireError> {
+    validate::owner(&owner)?;
+    validate::spec(&spec)?;
+    let (resolved, effective) = resolve_limits(&spec.limits, ceilings)?;
+    Ok(CheckedStart {
+        owner,
+        spec,
+        resolved,
+        effective,
+    })
 }
 
 /// Merges the request's limits with the ceilings: a missing limit gets the ceiling, a

@@ -26,17 +26,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jobworker_protocol::{
-    ErrorKind, JobId, JobSpec, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, Scope, WireError, codec,
-    validate,
+    ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, Scope, WireError, codec,
 };
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use limits::{check_start, resolve_limits};
+pub use limits::{CheckedStart, check_start, resolve_limits};
 
 use crate::cgroup::Cgroups;
-use crate::config::Config;
+use crate::config::{Ceilings, Config};
 use crate::output::{OutputReader, Progress};
 use crate::spawn::Spawner;
 use crate::store::Store;
@@ -115,16 +114,27 @@ impl Engine {
         self.cgroups.name()
     }
 
+    /// The job if `scope` may see it (the server validated the scope).
     fn find(&self, scope: &Scope, id: &JobId) -> Result<Arc<Job>, WireError> {
-        validate::scope(scope)?;
         lock(&self.table)
             .visible(scope, id)
             .ok_or_else(|| not_found(id))
     }
 
+    /// The limits every start is checked against.
+    pub fn ceilings(&self) -> &Ceilings {
+        &self.cfg.ceilings
+    }
+
     /// Starts a job and returns once its command is running (or failed to start).
-    pub async fn start(self: &Arc<Self>, owner: String, spec: JobSpec) -> Result<JobId, WireError> {
-        let (resolved, effective) = check_start(&owner, &spec, &self.cfg.ceilings)?;
+    pub async fn start(self: &Arc<Self>, req: CheckedStart) -> Result<JobId, WireError> {
+        let CheckedStart {
+            owner,
+            spec,
+            resolved,
+            effective,
+            ..
+        } = req;
         if self.shutdown.is_cancelled() {
             return Err(WireError::new(
                 ErrorKind::Unavailable,
@@ -212,15 +222,14 @@ impl Engine {
         Ok(self.find(scope, id)?.status(&self.cgroups))
     }
 
-    /// One page of jobs in start order after `after`, within `LIST_PAGE_BYTES`.
+    /// One page of jobs in start order after `after`, within `LIST_PAGE_BYTES` (the
+    /// server validated the scope and the page size).
     pub fn list(
         &self,
         scope: &Scope,
         after: Option<&JobId>,
         limit: u32,
     ) -> Result<(Vec<JobStatus>, Option<JobId>), WireError> {
-        validate::scope(scope)?;
-        validate::list_limit(limit)?;
         let candidates = lock(&self.table).page(scope, after, limit as usize + 1)?;
         let mut page = Vec::new();
         let mut bytes = 0;
