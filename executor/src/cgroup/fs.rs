@@ -1,11 +1,45 @@
 //! File operations on cgroup filesystems, shared by both backends.
+//!
+//! Everything here works on plain paths under the configured cgroup root, so the
+//! backends run unchanged against a temporary directory in the unit tests. The one
+//! thing a cgroup filesystem does that a directory tree does not (a new group comes
+//! filled with control files, and `rmdir` removes a group despite them) sits behind
+//! [`GroupDirs`]: [`HostDirs`] on a host, a stand-in that writes control files in the
+//! unit tests.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::CgroupError;
+
+/// How group directories are made and removed.
+pub trait GroupDirs: Send + Sync + std::fmt::Debug {
+    /// Creates one group directory (`mkdir(2)`, failing if it exists).
+    fn make(&self, path: &Path) -> io::Result<()>;
+    /// Removes one group directory (`rmdir(2)`: the kernel refuses while the group has
+    /// processes or children).
+    fn remove(&self, path: &Path) -> io::Result<()>;
+}
+
+/// A real cgroup filesystem: the kernel fills a new group with its control files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostDirs;
+
+impl GroupDirs for HostDirs {
+    fn make(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)
+    }
+}
+
+/// A shared handle on the configured [`GroupDirs`].
+pub type Dirs = Arc<dyn GroupDirs>;
 
 /// Writes `value` into a control file with a single `write(2)`, as the kernel parses
 /// each write on its own. The file is never created: a missing file means the kernel
@@ -31,31 +65,43 @@ pub(super) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
-/// Creates one cgroup directory (`mkdir(2)`, failing if it exists), mode 0755 whatever
-/// the umask: a job reads its own limits through its cgroup namespace, as the job user.
-/// On a cgroup filesystem the kernel fills it with control files; in unit tests the
-/// stand-in directory is filled from the test's template.
-pub(super) fn create_group_dir(path: &Path) -> io::Result<()> {
+/// Creates one cgroup directory (failing if it exists), mode 0755 whatever the umask: a
+/// job reads its own limits through its cgroup namespace, as the job user.
+pub(super) fn create_group_dir(dirs: &Dirs, path: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::create_dir(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
-    #[cfg(test)]
-    super::tests::populate(path)?;
-    Ok(())
+    dirs.make(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
 }
 
-/// Removes one cgroup directory (`rmdir(2)`: the kernel refuses while the group has
-/// processes or children). The unit tests' stand-in directory is emptied of its files
-/// first, as a cgroup directory's control files do not count.
-pub(super) fn remove_group_dir(path: &Path) -> io::Result<()> {
-    #[cfg(test)]
-    super::tests::depopulate(path)?;
-    fs::remove_dir(path)
+/// Writes one limit; a missing file means the host cannot enforce it.
+pub(super) fn write_limit(
+    dir: &Path,
+    file: &str,
+    limit: &'static str,
+    value: &str,
+) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    write_control(&path, value).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            CgroupError::LimitUnsupported {
+                limit,
+                path,
+                reason: "",
+            }
+        } else {
+            CgroupError::LimitRejected {
+                limit,
+                path,
+                value: value.to_owned(),
+                source,
+            }
+        }
+    })
 }
 
 /// `mkdir -p`: creates `path` and its missing ancestors, returning the directories it
 /// created, outermost first.
-pub(super) fn create_dir_all(path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+pub(super) fn create_dir_all(dirs: &Dirs, path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     let mut missing = Vec::new();
     let mut p = path;
     while !p.exists() {
@@ -68,12 +114,12 @@ pub(super) fn create_dir_all(path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     missing.reverse();
     let mut created = Vec::new();
     for dir in missing {
-        match create_group_dir(&dir) {
+        match create_group_dir(dirs, &dir) {
             Ok(()) => created.push(dir),
             // Created concurrently by someone else: it is not ours.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(source) => {
-                remove_created(&created);
+                remove_created(dirs, &created);
                 return Err(CgroupError::CreateGroup { path: dir, source });
             }
         }
@@ -83,9 +129,9 @@ pub(super) fn create_dir_all(path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
 
 /// Removes directories this module just created, innermost first, on the error path of a
 /// half-done step; a failure here cannot be reported better than the original error.
-pub(super) fn remove_created(created: &[PathBuf]) {
+pub(super) fn remove_created(dirs: &Dirs, created: &[PathBuf]) {
     for dir in created.iter().rev() {
-        if let Err(e) = remove_group_dir(dir) {
+        if let Err(e) = dirs.remove(dir) {
             tracing::warn!(path = %dir.display(), error = %e, "cannot remove a cgroup created for a failed step");
         }
     }
@@ -105,10 +151,13 @@ const REMOVE_BACKOFF: [Duration; 7] = [
 /// Removes each directory (`rmdir(2)`; a directory already gone counts as removed). A
 /// group that is still busy (`EBUSY`: its last processes are exiting) is retried with a
 /// short backoff. Every directory is tried; the first error is returned.
-pub(super) fn remove_dirs<'a>(dirs: impl Iterator<Item = &'a PathBuf>) -> Result<(), CgroupError> {
+pub(super) fn remove_dirs<'a>(
+    dirs: &Dirs,
+    paths: impl Iterator<Item = &'a PathBuf>,
+) -> Result<(), CgroupError> {
     let mut first_error = None;
-    for dir in dirs {
-        if let Err(e) = remove_dir_retrying(dir) {
+    for dir in paths {
+        if let Err(e) = remove_dir_retrying(dirs, dir) {
             tracing::warn!(error = %e, "cannot remove a job cgroup");
             first_error.get_or_insert(e);
         }
@@ -116,10 +165,10 @@ pub(super) fn remove_dirs<'a>(dirs: impl Iterator<Item = &'a PathBuf>) -> Result
     first_error.map_or(Ok(()), Err)
 }
 
-fn remove_dir_retrying(dir: &Path) -> Result<(), CgroupError> {
+fn remove_dir_retrying(dirs: &Dirs, dir: &Path) -> Result<(), CgroupError> {
     let mut backoff = REMOVE_BACKOFF.iter();
     loop {
-        match remove_group_dir(dir) {
+        match dirs.remove(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::ResourceBusy => match backoff.next() {

@@ -25,8 +25,11 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use jobworker_protocol::JobId;
+
+pub use fs::{Dirs, GroupDirs, HostDirs};
 
 /// The CFS period used for CPU limits, in microseconds (100 ms, the kernel's default).
 pub const CPU_PERIOD_USEC: u64 = 100_000;
@@ -76,6 +79,9 @@ pub struct CgroupConfig {
     /// The active swap areas; normally `/proc/swaps`. Consulted only when the kernel has
     /// no swap accounting (see [`Cgroups::create`]).
     pub swaps: PathBuf,
+    /// How group directories are made and removed: [`HostDirs`] on a real cgroup
+    /// filesystem.
+    pub dirs: Dirs,
 }
 
 /// The v1 parent group name when none is configured.
@@ -91,6 +97,7 @@ impl CgroupConfig {
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
             self_cgroup: PathBuf::from("/proc/self/cgroup"),
             swaps: PathBuf::from("/proc/swaps"),
+            dirs: Arc::new(HostDirs),
         }
     }
 }
@@ -353,7 +360,10 @@ impl Cgroups {
     /// job's last process is reaped, so a busy group is retried a few times within about
     /// half a second; this blocks, so call it off the async runtime.
     pub fn remove(&self, g: &JobGroup) -> Result<(), CgroupError> {
-        fs::remove_dirs(g.dirs.iter().rev())
+        match self {
+            Cgroups::V1(b) => b.remove(g),
+            Cgroups::V2(b) => b.remove(g),
+        }
     }
 
     /// Kills and removes the job groups a previous run left under the parent (directories

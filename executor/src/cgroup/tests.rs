@@ -1,8 +1,8 @@
 //! Both backends against a temporary directory standing in for the cgroup root.
 //!
 //! A real cgroup filesystem fills every new group with control files and lets `rmdir`
-//! remove a group despite them; the stand-in does the same through [`populate`] and
-//! [`depopulate`], driven by the test's template of control files.
+//! remove a group despite them; the stand-in ([`StandInDirs`]) does the same, driven by
+//! the test's template of control files.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,8 +18,26 @@ thread_local! {
     static TEMPLATE: RefCell<Option<Template>> = const { RefCell::new(None) };
 }
 
+/// Group directories in a temporary directory: a new group is filled with the control
+/// files of the current test's template, and emptied of them before `rmdir`, as a
+/// cgroup filesystem does.
+#[derive(Debug)]
+struct StandInDirs;
+
+impl GroupDirs for StandInDirs {
+    fn make(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)?;
+        populate(path)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        depopulate(path)?;
+        std::fs::remove_dir(path)
+    }
+}
+
 /// Fills a new group directory with the control files of the current test's template.
-pub(super) fn populate(dir: &Path) -> io::Result<()> {
+fn populate(dir: &Path) -> io::Result<()> {
     TEMPLATE.with(|t| match &*t.borrow() {
         Some(template) => {
             for (name, content) in template(dir) {
@@ -32,7 +50,7 @@ pub(super) fn populate(dir: &Path) -> io::Result<()> {
 }
 
 /// Removes the control files of a stand-in group before `rmdir`.
-pub(super) fn depopulate(dir: &Path) -> io::Result<()> {
+fn depopulate(dir: &Path) -> io::Result<()> {
     if TEMPLATE.with(|t| t.borrow().is_none()) {
         return Ok(());
     }
@@ -92,6 +110,7 @@ impl Host {
             mountinfo: self.tmp.path().join("mountinfo"),
             self_cgroup: self.tmp.path().join("cgroup"),
             swaps: self.tmp.path().join("swaps"),
+            dirs: std::sync::Arc::new(StandInDirs),
         }
     }
 

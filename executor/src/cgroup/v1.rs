@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 
 use jobworker_protocol::JobId;
 
+use super::fs::{self, Dirs};
 use super::mountinfo::Mount;
-use super::{CgroupConfig, CgroupError, JobGroup, ResolvedLimits, Usage, fs};
+use super::{CgroupConfig, CgroupError, JobGroup, ResolvedLimits, Usage};
 use crate::sys;
 
 /// The controllers jobs need, each in some mounted hierarchy.
@@ -42,6 +43,7 @@ struct Hierarchy {
 pub struct V1 {
     hierarchies: Vec<Hierarchy>,
     swaps: PathBuf,
+    dirs: Dirs,
 }
 
 /// What [`detect`] found; [`Plan::prepare`] makes it so.
@@ -49,6 +51,7 @@ pub struct V1 {
 pub(super) struct Plan {
     hierarchies: Vec<Hierarchy>,
     swaps: PathBuf,
+    dirs: Dirs,
 }
 
 /// Finds a mounted hierarchy under the configured root for every needed controller.
@@ -86,6 +89,7 @@ pub(super) fn detect(
     Ok(Ok(Plan {
         hierarchies,
         swaps: cfg.swaps.clone(),
+        dirs: cfg.dirs.clone(),
     }))
 }
 
@@ -94,10 +98,10 @@ impl Plan {
     pub(super) fn prepare(self) -> Result<V1, CgroupError> {
         let mut created = Vec::new();
         for h in &self.hierarchies {
-            match fs::create_dir_all(&h.parent) {
+            match fs::create_dir_all(&self.dirs, &h.parent) {
                 Ok(mut c) => created.append(&mut c),
                 Err(e) => {
-                    fs::remove_created(&created);
+                    fs::remove_created(&self.dirs, &created);
                     return Err(e);
                 }
             }
@@ -108,34 +112,9 @@ impl Plan {
         Ok(V1 {
             hierarchies: self.hierarchies,
             swaps: self.swaps,
+            dirs: self.dirs,
         })
     }
-}
-
-/// Writes one limit; a missing file means the host cannot enforce it.
-fn write_limit(
-    dir: &Path,
-    file: &str,
-    limit: &'static str,
-    value: &str,
-) -> Result<(), CgroupError> {
-    let path = dir.join(file);
-    fs::write_control(&path, value).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            CgroupError::LimitUnsupported {
-                limit,
-                path,
-                reason: "",
-            }
-        } else {
-            CgroupError::LimitRejected {
-                limit,
-                path,
-                value: value.to_owned(),
-                source,
-            }
-        }
-    })
 }
 
 impl V1 {
@@ -165,7 +144,7 @@ impl V1 {
         let mut created = Vec::new();
         for h in &self.hierarchies {
             let dir = h.parent.join(job.to_string());
-            let made = fs::create_group_dir(&dir).map_err(|source| {
+            let made = fs::create_group_dir(&self.dirs, &dir).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
                     CgroupError::GroupExists { path: dir.clone() }
                 } else {
@@ -176,13 +155,13 @@ impl V1 {
                 }
             });
             if let Err(e) = made {
-                fs::remove_created(&created);
+                fs::remove_created(&self.dirs, &created);
                 return Err(e);
             }
             created.push(dir);
         }
         if let Err(e) = self.write_limits(job, limits) {
-            fs::remove_created(&created);
+            fs::remove_created(&self.dirs, &created);
             return Err(e);
         }
         let join_files = created.iter().map(|d| d.join("tasks")).collect();
@@ -197,22 +176,22 @@ impl V1 {
     fn write_limits(&self, job: &JobId, limits: &ResolvedLimits) -> Result<(), CgroupError> {
         let cpu = self.dir("cpu", job);
         // The period first: the quota is checked against it.
-        write_limit(
+        fs::write_limit(
             &cpu,
             "cpu.cfs_period_us",
             "cpu",
             &super::CPU_PERIOD_USEC.to_string(),
         )?;
         let quota = super::cpu_quota_usec(limits.cpu_millis);
-        write_limit(&cpu, "cpu.cfs_quota_us", "cpu", &quota.to_string())?;
+        fs::write_limit(&cpu, "cpu.cfs_quota_us", "cpu", &quota.to_string())?;
 
         let memory = self.dir("memory", job);
         let bytes = limits.memory_bytes.to_string();
         // The kernel keeps memsw.limit >= limit. A fresh group starts with both
         // unlimited, so the memory limit goes first, then memsw down to the same value;
         // the other order would be refused (EINVAL).
-        write_limit(&memory, "memory.limit_in_bytes", "memory", &bytes)?;
-        match write_limit(&memory, "memory.memsw.limit_in_bytes", "swap", &bytes) {
+        fs::write_limit(&memory, "memory.limit_in_bytes", "memory", &bytes)?;
+        match fs::write_limit(&memory, "memory.memsw.limit_in_bytes", "swap", &bytes) {
             Err(CgroupError::LimitUnsupported { path, .. }) => {
                 if super::host_has_swap(&self.swaps)? {
                     return Err(CgroupError::LimitUnsupported {
@@ -233,7 +212,7 @@ impl V1 {
         }
 
         let pids = self.dir("pids", job);
-        write_limit(&pids, "pids.max", "pids", &limits.pids.to_string())?;
+        fs::write_limit(&pids, "pids.max", "pids", &limits.pids.to_string())?;
 
         if let Some(io) = limits.io.as_ref().filter(|io| !io.is_empty()) {
             let (major, minor) = super::block_device(&io.device)?;
@@ -245,7 +224,7 @@ impl V1 {
                 ("blkio.throttle.write_iops_device", io.write_iops),
             ] {
                 if let Some(v) = v {
-                    write_limit(&blkio, file, "io", &format!("{major}:{minor} {v}"))?;
+                    fs::write_limit(&blkio, file, "io", &format!("{major}:{minor} {v}"))?;
                 }
             }
         }
@@ -281,6 +260,10 @@ impl V1 {
         }
     }
 
+    pub(super) fn remove(&self, g: &JobGroup) -> Result<(), CgroupError> {
+        fs::remove_dirs(&self.dirs, g.dirs.iter().rev())
+    }
+
     pub(super) fn reap_stale(&self) -> Result<Vec<JobId>, CgroupError> {
         let mut ids = Vec::new();
         for h in &self.hierarchies {
@@ -301,7 +284,7 @@ impl V1 {
             } else {
                 Ok(())
             };
-            if let Err(e) = fs::remove_dirs(dirs.iter().rev()) {
+            if let Err(e) = fs::remove_dirs(&self.dirs, dirs.iter().rev()) {
                 let e = killed.err().unwrap_or(e);
                 tracing::error!(job = %id, error = %e, "cannot reap a job cgroup left by a previous run");
             }

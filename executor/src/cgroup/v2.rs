@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 
 use jobworker_protocol::JobId;
 
+use super::fs::{self, Dirs};
 use super::mountinfo::{self, Mount};
-use super::{CgroupConfig, CgroupError, JobGroup, ResolvedLimits, Usage, fs};
+use super::{CgroupConfig, CgroupError, JobGroup, ResolvedLimits, Usage};
 
 /// The controllers jobs need.
 pub const CONTROLLERS: [&str; 4] = ["cpu", "memory", "io", "pids"];
@@ -39,6 +40,7 @@ pub struct V2 {
     parent: PathBuf,
     jobs: PathBuf,
     swaps: PathBuf,
+    dirs: Dirs,
 }
 
 /// What [`detect`] found; [`Plan::prepare`] makes it so.
@@ -51,6 +53,7 @@ pub(super) struct Plan {
     /// The executor's own group, when it is visible in this mount.
     own: Option<PathBuf>,
     swaps: PathBuf,
+    dirs: Dirs,
 }
 
 /// Looks for a cgroup2 mount under the configured root with the jobs' controllers
@@ -136,6 +139,7 @@ pub(super) fn detect(
         parent,
         own,
         swaps: cfg.swaps.clone(),
+        dirs: cfg.dirs.clone(),
     }))
 }
 
@@ -160,10 +164,10 @@ impl Plan {
     /// Creates the parent if missing, moves the executor into its leaf when it sits in
     /// the parent itself, and enables the controllers for `jobs/` and the jobs' groups.
     pub(super) fn prepare(self) -> Result<V2, CgroupError> {
-        let mut created = fs::create_dir_all(&self.parent)?;
+        let mut created = fs::create_dir_all(&self.dirs, &self.parent)?;
         let jobs = self.parent.join(JOBS);
         let result = self.prepare_parent(&created).and_then(|()| {
-            match fs::create_group_dir(&jobs) {
+            match fs::create_group_dir(&self.dirs, &jobs) {
                 Ok(()) => created.push(jobs.clone()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => {
@@ -176,7 +180,7 @@ impl Plan {
             prepare_jobs(&jobs)
         });
         if let Err(e) = result {
-            fs::remove_created(&created);
+            fs::remove_created(&self.dirs, &created);
             return Err(e);
         }
         tracing::debug!(mount = %self.mount.display(), parent = %self.parent.display(), "cgroup v2 parent ready");
@@ -184,6 +188,7 @@ impl Plan {
             parent: self.parent,
             jobs,
             swaps: self.swaps,
+            dirs: self.dirs,
         })
     }
 
@@ -212,7 +217,7 @@ impl Plan {
 
     fn move_self_into_leaf(&self) -> Result<(), CgroupError> {
         let leaf = self.parent.join(SUPERVISOR);
-        match fs::create_group_dir(&leaf) {
+        match fs::create_group_dir(&self.dirs, &leaf) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(source) => return Err(CgroupError::CreateGroup { path: leaf, source }),
@@ -248,32 +253,6 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
         .map_err(|source| CgroupError::EnableControllers { path, source })
 }
 
-/// Writes one limit; a missing file means the host cannot enforce it.
-fn write_limit(
-    dir: &Path,
-    file: &str,
-    limit: &'static str,
-    value: &str,
-) -> Result<(), CgroupError> {
-    let path = dir.join(file);
-    fs::write_control(&path, value).map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            CgroupError::LimitUnsupported {
-                limit,
-                path,
-                reason: "",
-            }
-        } else {
-            CgroupError::LimitRejected {
-                limit,
-                path,
-                value: value.to_owned(),
-                source,
-            }
-        }
-    })
-}
-
 impl V2 {
     /// The delegated parent group.
     pub fn parent(&self) -> &Path {
@@ -286,7 +265,7 @@ impl V2 {
         limits: &ResolvedLimits,
     ) -> Result<JobGroup, CgroupError> {
         let dir = self.jobs.join(job.to_string());
-        match fs::create_group_dir(&dir) {
+        match fs::create_group_dir(&self.dirs, &dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(CgroupError::GroupExists { path: dir });
@@ -304,7 +283,7 @@ impl V2 {
                 dir_fd: Some(fd),
             }),
             Err(e) => {
-                fs::remove_created(&[dir]);
+                fs::remove_created(&self.dirs, &[dir]);
                 Err(e)
             }
         }
@@ -312,19 +291,19 @@ impl V2 {
 
     fn write_limits(&self, dir: &Path, limits: &ResolvedLimits) -> Result<(), CgroupError> {
         let quota = super::cpu_quota_usec(limits.cpu_millis);
-        write_limit(
+        fs::write_limit(
             dir,
             "cpu.max",
             "cpu",
             &format!("{quota} {}", super::CPU_PERIOD_USEC),
         )?;
-        write_limit(
+        fs::write_limit(
             dir,
             "memory.max",
             "memory",
             &limits.memory_bytes.to_string(),
         )?;
-        match write_limit(dir, "memory.swap.max", "swap", "0") {
+        match fs::write_limit(dir, "memory.swap.max", "swap", "0") {
             Err(CgroupError::LimitUnsupported { path, .. }) => {
                 if super::host_has_swap(&self.swaps)? {
                     return Err(CgroupError::LimitUnsupported {
@@ -337,7 +316,7 @@ impl V2 {
             }
             other => other?,
         }
-        write_limit(dir, "pids.max", "pids", &limits.pids.to_string())?;
+        fs::write_limit(dir, "pids.max", "pids", &limits.pids.to_string())?;
         if let Some(io) = limits.io.as_ref().filter(|io| !io.is_empty()) {
             let (major, minor) = super::block_device(&io.device)?;
             let mut value = format!("{major}:{minor}");
@@ -351,7 +330,7 @@ impl V2 {
                     value.push_str(&format!(" {key}={v}"));
                 }
             }
-            write_limit(dir, "io.max", "io", &value)?;
+            fs::write_limit(dir, "io.max", "io", &value)?;
         }
         Ok(())
     }
@@ -370,12 +349,16 @@ impl V2 {
         }
     }
 
+    pub(super) fn remove(&self, g: &JobGroup) -> Result<(), CgroupError> {
+        fs::remove_dirs(&self.dirs, g.dirs.iter().rev())
+    }
+
     pub(super) fn reap_stale(&self) -> Result<Vec<JobId>, CgroupError> {
         let ids = super::job_dirs(&self.jobs)?;
         for id in &ids {
             let dir = self.jobs.join(id.to_string());
             let killed = fs::write(&dir.join("cgroup.kill"), "1");
-            if let Err(e) = fs::remove_dirs([&dir].into_iter()) {
+            if let Err(e) = fs::remove_dirs(&self.dirs, [&dir].into_iter()) {
                 // A group that could not be emptied: the kill error says more.
                 let e = killed.err().unwrap_or(e);
                 tracing::error!(job = %id, error = %e, "cannot reap a job cgroup left by a previous run");
