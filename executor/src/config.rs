@@ -229,143 +229,31 @@ impl Config {
         Self::merge(flags, parse_file(path, text)?, db)
     }
 
+    /// The flags over the file over the defaults, each key validated as it is taken.
     fn merge(flags: Flags, file: FileConfig, db: &users::Db) -> Result<Self, ConfigError> {
         let socket = flags
             .socket
-            .or(file.socket)
+            .clone()
+            .or(file.socket.clone())
             .unwrap_or_else(|| DEFAULT_SOCKET.into());
         absolute("socket", &socket)?;
         let state_dir = flags
             .state_dir
-            .or(file.state_dir)
+            .clone()
+            .or(file.state_dir.clone())
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         absolute("state_dir", &state_dir)?;
-
-        let mut allowed_uids = file.allowed_uids;
-        allowed_uids.extend(flags.allow_uid);
-        let mut allowed_gids = file.allowed_gids;
-        allowed_gids.extend(flags.allow_gid);
-        for name in file.allowed_groups.iter().chain(&flags.allow_group) {
-            let gid = db
-                .group(name)
-                .ok_or_else(|| invalid("allowed_groups", format!("no such group: {name:?}")))?;
-            allowed_gids.push(gid);
-        }
-        if allowed_uids.is_empty() && allowed_gids.is_empty() {
-            return Err(invalid(
-                "allowed_uids",
-                "no peer may connect: set allowed_uids, allowed_gids or allowed_groups (--allow-uid/--allow-gid/--allow-group) to the API server's account",
-            ));
-        }
-
-        let user_spec = flags
-            .job_user
-            .or(file.job_user)
-            .unwrap_or_else(|| DEFAULT_JOB_USER.into());
-        let user = db
-            .user(&user_spec)
-            .ok_or_else(|| invalid("job_user", format!("no such user: {user_spec:?}")))?;
-        let job_gid = match flags.job_group.or(file.job_group) {
-            Some(g) => db
-                .group(&g)
-                .ok_or_else(|| invalid("job_group", format!("no such group: {g:?}")))?,
-            None => user.gid,
-        };
-        if user.uid == 0 {
-            return Err(invalid("job_user", "jobs never run as root (uid 0)"));
-        }
-        if job_gid == 0 {
-            return Err(invalid("job_group", "jobs never run with gid 0"));
-        }
-        let socket_gid = match flags.socket_group.or(file.socket_group) {
+        let (allowed_uids, allowed_gids) = peers(&flags, &file, db)?;
+        let (user, job_gid) = job_identity(&flags, &file, db)?;
+        let socket_gid = match flags.socket_group.clone().or(file.socket_group.clone()) {
             Some(g) => Some(
                 db.group(&g)
                     .ok_or_else(|| invalid("socket_group", format!("no such group: {g:?}")))?,
             ),
             None => None,
         };
-
-        let positive =
-            |key: &'static str, v: Option<u64>, default: u64| -> Result<u64, ConfigError> {
-                match v {
-                    Some(0) => Err(invalid(key, "must be greater than zero")),
-                    Some(v) => Ok(v),
-                    None => Ok(default),
-                }
-            };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let max_running_jobs = positive(
-            "max_running_jobs",
-            flags
-                .max_running_jobs
-                .or(file.max_running_jobs)
-                .map(|v| v as u64),
-            256,
-        )? as usize;
-        let max_connections = positive(
-            "max_connections",
-            flags
-                .max_connections
-                .or(file.max_connections)
-                .map(|v| v as u64),
-            1024,
-        )? as usize;
-        let max_output_bytes = positive(
-            "max_output_bytes",
-            flags.max_output_bytes.or(file.max_output_bytes),
-            64 << 20,
-        )?;
-        let max_finished_jobs = positive(
-            "max_finished_jobs",
-            flags
-                .max_finished_jobs
-                .or(file.max_finished_jobs)
-                .map(|v| v as u64),
-            1000,
-        )? as usize;
-        let stop_grace_ms = flags.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(5000);
-        let tmp_size_bytes = positive(
-            "tmp_size_bytes",
-            flags.tmp_size_bytes.or(file.tmp_size_bytes),
-            64 << 20,
-        )?;
-        let c = file.ceilings;
-        let cpu_millis = positive(
-            "ceilings.cpu_millis",
-            flags.ceiling_cpu_millis.or(c.cpu_millis).map(u64::from),
-            cores * 1000,
-        )?;
-        let cpu_millis =
-            u32::try_from(cpu_millis).map_err(|_| invalid("ceilings.cpu_millis", "too large"))?;
-        let pids = positive(
-            "ceilings.pids",
-            flags.ceiling_pids.or(c.pids).map(u64::from),
-            1024,
-        )?;
-        let pids = u32::try_from(pids).map_err(|_| invalid("ceilings.pids", "too large"))?;
-        let ceilings = Ceilings {
-            cpu_millis,
-            memory_bytes: positive(
-                "ceilings.memory_bytes",
-                flags.ceiling_memory_bytes.or(c.memory_bytes),
-                1 << 30,
-            )?,
-            pids,
-            io_bps: match flags.ceiling_io_bps.or(c.io_bps) {
-                Some(0) => return Err(invalid("ceilings.io_bps", "must be greater than zero")),
-                v => v,
-            },
-            io_iops: match flags.ceiling_io_iops.or(c.io_iops) {
-                Some(0) => return Err(invalid("ceilings.io_iops", "must be greater than zero")),
-                v => v,
-            },
-        };
-        if ceilings.memory_bytes < 4 << 20 {
-            return Err(invalid(
-                "ceilings.memory_bytes",
-                "must be at least 4 MiB (a job's init needs some memory too)",
-            ));
-        }
+        let caps = caps(&flags, &file)?;
+        let ceilings = ceilings(&flags, &file)?;
         Ok(Config {
             socket,
             socket_gid,
@@ -375,12 +263,12 @@ impl Config {
             job_uid: user.uid,
             job_gid,
             job_user_name: user.name,
-            max_running_jobs,
-            max_connections,
-            max_output_bytes,
-            max_finished_jobs,
-            stop_grace: std::time::Duration::from_millis(stop_grace_ms),
-            tmp_size_bytes,
+            max_running_jobs: caps.max_running_jobs,
+            max_connections: caps.max_connections,
+            max_output_bytes: caps.max_output_bytes,
+            max_finished_jobs: caps.max_finished_jobs,
+            stop_grace: std::time::Duration::from_millis(caps.stop_grace_ms),
+            tmp_size_bytes: caps.tmp_size_bytes,
             cgroup_backend: flags
                 .cgroup_backend
                 .or(file.cgroup.backend)
@@ -389,6 +277,157 @@ impl Config {
             ceilings,
         })
     }
+}
+
+/// Who may connect: uids and gids, groups resolved in `db`; at least one.
+fn peers(
+    flags: &Flags,
+    file: &FileConfig,
+    db: &users::Db,
+) -> Result<(Vec<u32>, Vec<u32>), ConfigError> {
+    let mut allowed_uids = file.allowed_uids.clone();
+    allowed_uids.extend(&flags.allow_uid);
+    let mut allowed_gids = file.allowed_gids.clone();
+    allowed_gids.extend(&flags.allow_gid);
+    for name in file.allowed_groups.iter().chain(&flags.allow_group) {
+        let gid = db
+            .group(name)
+            .ok_or_else(|| invalid("allowed_groups", format!("no such group: {name:?}")))?;
+        allowed_gids.push(gid);
+    }
+    if allowed_uids.is_empty() && allowed_gids.is_empty() {
+        return Err(invalid(
+            "allowed_uids",
+            "no peer may connect: set allowed_uids, allowed_gids or allowed_groups (--allow-uid/--allow-gid/--allow-group) to the API server's account",
+        ));
+    }
+    Ok((allowed_uids, allowed_gids))
+}
+
+/// The job user and group, never root.
+fn job_identity(
+    flags: &Flags,
+    file: &FileConfig,
+    db: &users::Db,
+) -> Result<(users::User, u32), ConfigError> {
+    let user_spec = flags
+        .job_user
+        .clone()
+        .or(file.job_user.clone())
+        .unwrap_or_else(|| DEFAULT_JOB_USER.into());
+    let user = db
+        .user(&user_spec)
+        .ok_or_else(|| invalid("job_user", format!("no such user: {user_spec:?}")))?;
+    let job_gid = match flags.job_group.clone().or(file.job_group.clone()) {
+        Some(g) => db
+            .group(&g)
+            .ok_or_else(|| invalid("job_group", format!("no such group: {g:?}")))?,
+        None => user.gid,
+    };
+    if user.uid == 0 {
+        return Err(invalid("job_user", "jobs never run as root (uid 0)"));
+    }
+    if job_gid == 0 {
+        return Err(invalid("job_group", "jobs never run with gid 0"));
+    }
+    Ok((user, job_gid))
+}
+
+/// A value that must be above zero, or the default when unset.
+fn positive(key: &'static str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        Some(0) => Err(invalid(key, "must be greater than zero")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+/// The executor's caps and timings.
+struct Caps {
+    max_running_jobs: usize,
+    max_connections: usize,
+    max_output_bytes: u64,
+    max_finished_jobs: usize,
+    stop_grace_ms: u64,
+    tmp_size_bytes: u64,
+}
+
+fn caps(flags: &Flags, file: &FileConfig) -> Result<Caps, ConfigError> {
+    let count = |key, flag: Option<usize>, file: Option<usize>, default| {
+        positive(key, flag.or(file).map(|v| v as u64), default).map(|v| v as usize)
+    };
+    Ok(Caps {
+        max_running_jobs: count(
+            "max_running_jobs",
+            flags.max_running_jobs,
+            file.max_running_jobs,
+            256,
+        )?,
+        max_connections: count(
+            "max_connections",
+            flags.max_connections,
+            file.max_connections,
+            1024,
+        )?,
+        max_output_bytes: positive(
+            "max_output_bytes",
+            flags.max_output_bytes.or(file.max_output_bytes),
+            64 << 20,
+        )?,
+        max_finished_jobs: count(
+            "max_finished_jobs",
+            flags.max_finished_jobs,
+            file.max_finished_jobs,
+            1000,
+        )?,
+        stop_grace_ms: flags.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(5000),
+        tmp_size_bytes: positive(
+            "tmp_size_bytes",
+            flags.tmp_size_bytes.or(file.tmp_size_bytes),
+            64 << 20,
+        )?,
+    })
+}
+
+/// The highest limits a job may ask for (and the limits of a job that asks for none).
+fn ceilings(flags: &Flags, file: &FileConfig) -> Result<Ceilings, ConfigError> {
+    let c = &file.ceilings;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let cpu_millis = positive(
+        "ceilings.cpu_millis",
+        flags.ceiling_cpu_millis.or(c.cpu_millis).map(u64::from),
+        cores * 1000,
+    )?;
+    let cpu_millis =
+        u32::try_from(cpu_millis).map_err(|_| invalid("ceilings.cpu_millis", "too large"))?;
+    let pids = positive(
+        "ceilings.pids",
+        flags.ceiling_pids.or(c.pids).map(u64::from),
+        1024,
+    )?;
+    let pids = u32::try_from(pids).map_err(|_| invalid("ceilings.pids", "too large"))?;
+    let memory_bytes = positive(
+        "ceilings.memory_bytes",
+        flags.ceiling_memory_bytes.or(c.memory_bytes),
+        1 << 30,
+    )?;
+    if memory_bytes < 4 << 20 {
+        return Err(invalid(
+            "ceilings.memory_bytes",
+            "must be at least 4 MiB (a job's init needs some memory too)",
+        ));
+    }
+    let rate = |key: &'static str, v: Option<u64>| match v {
+        Some(0) => Err(invalid(key, "must be greater than zero")),
+        v => Ok(v),
+    };
+    Ok(Ceilings {
+        cpu_millis,
+        memory_bytes,
+        pids,
+        io_bps: rate("ceilings.io_bps", flags.ceiling_io_bps.or(c.io_bps))?,
+        io_iops: rate("ceilings.io_iops", flags.ceiling_io_iops.or(c.io_iops))?,
+    })
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {

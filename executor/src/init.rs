@@ -107,20 +107,47 @@ fn run(report: &mut File) -> Result<i32, Step> {
     // memory map, which is its init template's. The command's execve makes the command
     // itself dumpable again.
     sys::set_non_dumpable().step(|| "job init: non-dumpable".into())?;
-    let (exec_r, exec_w) = io::pipe().step(|| "creating the exec status pipe".into())?;
+    let child = match start_command(&spec)? {
+        Ok(child) => child,
+        Err((child, failure)) => {
+            // The command never ran: report why and wait for the child to be gone.
+            let _ = report::write(report, &Report::Failed(failure));
+            loop {
+                if let Ok(Some((pid, _))) = sys::reap_any() {
+                    if pid == child {
+                        return Ok(127);
+                    }
+                } else {
+                    let _ = sys::read_signalfd(signals.as_fd());
+                }
+            }
+        }
+    };
+    let _ = report::write(report, &Report::Started);
 
+    // The init keeps no handle on the job's output.
+    let _ = sys::redirect_to_devnull(&[1, 2]);
+
+    supervise(child, &signals, &lifeline, report)
+}
+
+/// Forks the command's child, which executes the command (see [`exec_command`]). Returns
+/// its pid once it has executed the command, or its pid and why it could not (its exec
+/// status, read until the close-on-exec pipe closes).
+#[allow(clippy::type_complexity)]
+fn start_command(spec: &InitSpec) -> Result<Result<sys::pid_t, (sys::pid_t, String)>, Step> {
+    let (exec_r, exec_w) = io::pipe().step(|| "creating the exec status pipe".into())?;
     let child = match sys::fork().step(|| "fork of the command".into())? {
         Fork::Child => {
-            // Keep only 0, 1, 2 and the close-on-exec status pipe (moved to fd 3).
-            drop(lifeline);
-            drop(signals);
+            // Keep only 0, 1, 2 and the close-on-exec status pipe (moved to fd 3): the
+            // lifeline and the signalfd are above it and closed with everything else.
             drop(exec_r);
             let mut w = match sys::move_fd_cloexec(exec_w.into(), FD_SPEC) {
                 Ok(fd) => File::from(fd),
                 Err(_) => sys::exit_now(127),
             };
             let _ = sys::close_fds_from(FD_SPEC + 1);
-            let err = exec_command(&spec);
+            let err = exec_command(spec);
             let _ = w.write_all(&exec_status::encode(&err.what, &err.err));
             sys::exit_now(127);
         }
@@ -132,26 +159,10 @@ fn run(report: &mut File) -> Result<i32, Step> {
         .take(exec_status::MAX_EXEC_STATUS as u64)
         .read_to_end(&mut status)
         .step(|| "reading the exec status".into())?;
-    drop(exec_r);
-    if let Some(failure) = exec_status::decode(&status) {
-        // The command never ran: report why and wait for the child to be gone.
-        let _ = report::write(report, &Report::Failed(failure));
-        loop {
-            if let Ok(Some((pid, _))) = sys::reap_any() {
-                if pid == child {
-                    return Ok(127);
-                }
-            } else {
-                let _ = sys::read_signalfd(signals.as_fd());
-            }
-        }
-    }
-    let _ = report::write(report, &Report::Started);
-
-    // The init keeps no handle on the job's output.
-    let _ = sys::redirect_to_devnull(&[1, 2]);
-
-    supervise(child, &signals, &lifeline, report)
+    Ok(match exec_status::decode(&status) {
+        None => Ok(child),
+        Some(failure) => Err((child, failure)),
+    })
 }
 
 fn read_spec() -> io::Result<InitSpec> {
@@ -280,19 +291,24 @@ fn exec_command(spec: &InitSpec) -> Step {
             err,
         };
     }
-    // Search PATH as execvp does: EACCES from any candidate wins over "not found".
     let path = spec
         .env
         .iter()
         .find_map(|kv| kv.strip_prefix("PATH="))
         .unwrap_or("/usr/bin:/bin");
+    exec_in_path(prog, path, &argv, &envp)
+}
+
+/// Searches `path` for `prog` as execvp does: EACCES from any candidate wins over "not
+/// found". Returns only on failure.
+fn exec_in_path(prog: &str, path: &str, argv: &[CString], envp: &[CString]) -> Step {
     let mut denied = None;
     for dir in path.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
         let Ok(candidate) = CString::new(format!("{dir}/{prog}")) else {
             continue;
         };
-        let err = sys::execve(&candidate, &argv, &envp);
+        let err = sys::execve(&candidate, argv, envp);
         match err.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
             Some(libc::EACCES) => denied = Some(err),

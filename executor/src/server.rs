@@ -74,20 +74,7 @@ pub async fn serve(
                 }
             },
         };
-        let cred = match stream.peer_cred() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("SO_PEERCRED: {e}; connection dropped");
-                continue;
-            }
-        };
-        if !peers.allows(cred.uid(), cred.gid()) {
-            tracing::warn!(
-                uid = cred.uid(),
-                gid = cred.gid(),
-                pid = ?cred.pid(),
-                "peer not allowed; connection dropped"
-            );
+        if !peer_allowed(&stream, &peers) {
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -113,6 +100,28 @@ pub async fn serve(
     }
     tasks.close();
     tasks.wait().await;
+}
+
+/// Checks the peer's uid and gid (`SO_PEERCRED`) before a byte of it is read; logs why
+/// one is dropped.
+fn peer_allowed(stream: &UnixStream, peers: &Peers) -> bool {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("SO_PEERCRED: {e}; connection dropped");
+            return false;
+        }
+    };
+    let allowed = peers.allows(cred.uid(), cred.gid());
+    if !allowed {
+        tracing::warn!(
+            uid = cred.uid(),
+            gid = cred.gid(),
+            pid = ?cred.pid(),
+            "peer not allowed; connection dropped"
+        );
+    }
+    allowed
 }
 
 /// Tells a peer over the cap why it is refused, without a task or a wait: one small

@@ -82,47 +82,62 @@ pub(super) fn detect(
 
     let self_cgroup = super::read(&cfg.self_cgroup)?;
     let own = mountinfo::unified_path(&self_cgroup).and_then(|p| path_in_mount(mount, p));
-
-    let parent = match &cfg.parent {
-        Some(p) => mount.mount_point.join(super::check_parent(p)?),
-        None => match &own {
-            // Started again in the leaf this module moved it to (a second probe in the
-            // same process): the parent is the leaf's parent.
-            Some(own) if own.file_name().is_some_and(|n| n == SUPERVISOR) => {
-                own.parent().map_or_else(|| own.clone(), Path::to_path_buf)
-            }
-            Some(own) => own.clone(),
-            None => {
-                return Ok(Err(format!(
-                    "no parent is configured and the executor's own cgroup v2 group is not \
-                     visible under {} ({} has no usable 0:: line)",
-                    mount.mount_point.display(),
-                    cfg.self_cgroup.display()
-                )));
-            }
-        },
+    let parent = match parent_group(cfg, mount, own.as_deref())? {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(why)),
     };
+    if let Err(why) = controllers_available(mount, &parent) {
+        return Ok(Err(why));
+    }
+    Ok(Ok(Plan {
+        mount: mount.mount_point.clone(),
+        parent,
+        own,
+        swaps: cfg.swaps.clone(),
+        dirs: cfg.dirs.clone(),
+    }))
+}
 
-    // The controllers of the parent or, while it does not exist yet, of its nearest
-    // existing ancestor.
+/// The delegated parent: the configured one under the mount, else the executor's own
+/// group. `Ok(Err(reason))` when neither can be had.
+fn parent_group(
+    cfg: &CgroupConfig,
+    mount: &Mount,
+    own: Option<&Path>,
+) -> Result<Result<PathBuf, String>, CgroupError> {
+    Ok(Ok(match (&cfg.parent, own) {
+        (Some(p), _) => mount.mount_point.join(super::check_parent(p)?),
+        // Started again in the leaf this module moved it to (a second probe in the same
+        // process): the parent is the leaf's parent.
+        (None, Some(own)) if own.file_name().is_some_and(|n| n == SUPERVISOR) => {
+            own.parent().unwrap_or(own).to_path_buf()
+        }
+        (None, Some(own)) => own.to_path_buf(),
+        (None, None) => {
+            return Ok(Err(format!(
+                "no parent is configured and the executor's own cgroup v2 group is not \
+                 visible under {} ({} has no usable 0:: line)",
+                mount.mount_point.display(),
+                cfg.self_cgroup.display()
+            )));
+        }
+    }))
+}
+
+/// Checks that the jobs' controllers are available in the parent or, while it does not
+/// exist yet, in its nearest existing ancestor; the error says which are missing.
+fn controllers_available(mount: &Mount, parent: &Path) -> Result<(), String> {
     let existing = parent
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(&mount.mount_point)
         .to_path_buf();
     let controllers_file = existing.join("cgroup.controllers");
-    let available = match std::fs::read_to_string(&controllers_file) {
-        Ok(text) => text,
-        Err(e) => {
-            return Ok(Err(format!(
-                "cannot read {}: {e}",
-                controllers_file.display()
-            )));
-        }
-    };
+    let available = std::fs::read_to_string(&controllers_file)
+        .map_err(|e| format!("cannot read {}: {e}", controllers_file.display()))?;
     let missing = missing_controllers(&available);
     if !missing.is_empty() {
-        return Ok(Err(format!(
+        return Err(format!(
             "controllers {} are not available in {} (its cgroup.controllers lists: {}; on a \
              hybrid host they are bound to cgroup v1 hierarchies)",
             missing.join(", "),
@@ -132,15 +147,9 @@ pub(super) fn detect(
             } else {
                 available.trim()
             }
-        )));
+        ));
     }
-    Ok(Ok(Plan {
-        mount: mount.mount_point.clone(),
-        parent,
-        own,
-        swaps: cfg.swaps.clone(),
-        dirs: cfg.dirs.clone(),
-    }))
+    Ok(())
 }
 
 /// The directory of a `/proc/self/cgroup` path in this mount, if the mount shows it.

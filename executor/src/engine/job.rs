@@ -56,6 +56,16 @@ impl JobInfo {
     }
 }
 
+impl Live {
+    /// A job that runs in `group`.
+    pub fn running(group: &Arc<JobGroup>) -> Self {
+        Live {
+            final_status: None,
+            group: Some(group.clone()),
+        }
+    }
+}
+
 impl Job {
     /// A job that is starting now, or that was recorded as ended (`final_status`).
     pub fn new(info: JobInfo, seq: u64, progress: watch::Receiver<Progress>, live: Live) -> Self {

@@ -159,11 +159,8 @@ impl Engine {
             limits: effective,
             started_at_ms: now_ms(),
         };
-        let live = Live {
-            final_status: None,
-            group: Some(group.clone()),
-        };
-        let job = lock(&self.table).insert(info, writer.sender().subscribe(), live);
+        let job =
+            lock(&self.table).insert(info, writer.sender().subscribe(), Live::running(&group));
         // The record ends with an fsync: it is written on a blocking thread while the init
         // sets the job up, and the supervisor waits for it before writing the final one.
         let recorded = self.record(job.running_status(None));

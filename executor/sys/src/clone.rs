@@ -66,6 +66,9 @@ pub struct ChildFds<'a> {
 /// Clones a child (`clone3(2)` with `CLONE_PIDFD`) and has it re-execute `exe` (an fd
 /// of this very binary) with `argv` and an empty environment.
 ///
+/// One function on purpose (about 70 lines): everything the child touches between the
+/// clone and its exec must be prepared before the clone and visible in one place.
+///
 /// The caller may be multi-threaded: between clone and exec the child only calls
 /// `dup2`, `execveat`, `write` and `_exit`, all async-signal-safe, on memory prepared
 /// before the clone. Returns the child's pid and a pidfd for it.
