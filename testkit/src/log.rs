@@ -1,0 +1,226 @@
+//! A daemon's output, line by line: kept in a file (for a failing test's tail and a look
+//! afterwards) and offered to waits, which wake on each new line, never on a timer.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, LineWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Lines read so far and not yet passed by a [`Log::wait_for`].
+#[derive(Default)]
+struct Lines {
+    pending: VecDeque<String>,
+    /// Every line read so far, consumed or not: what [`Log::wait_until`] watches.
+    seen: u64,
+    /// The pipe has reached its end (the process closed it or exited).
+    ended: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    lines: Mutex<Lines>,
+    more: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The lines of one pipe of a process (its stderr, say). A thread reads them as they
+/// come, so the process never blocks on a full pipe, appends each to a file and queues
+/// it for the waits.
+pub struct Log {
+    name: String,
+    path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Log {
+    /// Starts reading `pipe`, appending its lines to `file` (created if missing).
+    pub fn tap(name: &str, pipe: impl Read + Send + 'static, file: &Path) -> Log {
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", file.display()));
+        let shared = Arc::new(Shared::default());
+        let reader = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("{name} log"))
+            .spawn(move || read_lines(pipe, LineWriter::new(out), &reader))
+            .expect("starting a log reader");
+        Log {
+            name: name.to_owned(),
+            path: file.to_owned(),
+            shared,
+        }
+    }
+
+    /// The file the lines go to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next line containing `needle`, or `None` if none comes within `within` or the
+    /// pipe ends first. Lines before it are passed: a later wait sees only newer ones.
+    pub fn next_with(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut lines = self.shared.lock();
+        loop {
+            while let Some(line) = lines.pending.pop_front() {
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            if lines.ended {
+                return None;
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = self
+                .shared
+                .more
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The next line containing `needle`; panics if none comes within `within`.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> String {
+        self.next_with(needle, within).unwrap_or_else(|| {
+            panic!(
+                "no {} log line containing {needle:?} within {within:?} ({})",
+                self.name,
+                self.path.display()
+            )
+        })
+    }
+
+    /// Waits until a line containing each of `needles` has come, in any order; panics
+    /// if they have not all come within `within`. Lines up to the last of them are
+    /// passed.
+    pub fn wait_for_all(&self, needles: &[String], within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut missing: Vec<&String> = needles.iter().collect();
+        let mut lines = self.shared.lock();
+        while !missing.is_empty() {
+            while let Some(line) = lines.pending.pop_front() {
+                missing.retain(|n| !line.contains(n.as_str()));
+            }
+            if missing.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !lines.ended && !left.is_zero(),
+                "no {} log line containing {} of {needles:?} within {within:?}, e.g. {:?} ({})",
+                self.name,
+                missing.len(),
+                missing[0],
+                self.path.display()
+            );
+            lines = self
+                .shared
+                .more
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Re-checks `condition` each time a line comes (lines are not passed), until it
+    /// holds; false if it still does not when `within` is over or the pipe has ended.
+    /// For a state the process changes before it logs that it did: the line is the
+    /// event, the check reads the state.
+    pub fn wait_until(&self, within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.shared.lock().seen;
+            if condition() {
+                return true;
+            }
+            let mut lines = self.shared.lock();
+            while lines.seen == seen && !lines.ended {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    drop(lines);
+                    return condition();
+                }
+                lines = self
+                    .shared
+                    .more
+                    .wait_timeout(lines, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if lines.ended && lines.seen == seen {
+                drop(lines);
+                return condition();
+            }
+        }
+    }
+
+    /// Passes every line read so far: a later wait sees only newer ones.
+    pub fn drain(&self) {
+        self.shared.lock().pending.clear();
+    }
+
+    /// Waits (at most `within`) until the pipe has ended and every line is in the file:
+    /// for reading the whole log of a process that has exited.
+    pub fn wait_closed(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut lines = self.shared.lock();
+        while !lines.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            lines = self
+                .shared
+                .more
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+fn read_lines(pipe: impl Read, mut out: impl Write, shared: &Shared) {
+    let mut pipe = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match pipe.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let _ = out.write_all(&buf);
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches('\n')
+            .to_owned();
+        let mut lines = shared.lock();
+        lines.pending.push_back(line);
+        lines.seen += 1;
+        drop(lines);
+        shared.more.notify_all();
+    }
+    let _ = out.flush();
+    shared.lock().ended = true;
+    shared.more.notify_all();
+}
+
+/// The last `n` lines of a file (all of it if shorter; none if it cannot be read).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
