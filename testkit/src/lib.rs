@@ -22,6 +22,14 @@
 //! - [`cgroup`]: a cgroup parent per test, removed from every hierarchy afterwards;
 //! - [`executor`]: the real `jobworker-executor` ([`Executor`]) and a client of its
 //!   socket ([`ExecClient`]).
+//!
+//! Feature `api`: [`api`] (the real `jobworker-api`, as `nobody` when root), [`pki`] (the
+//! test PKI as files; [`Pki::dev_certs`] runs the development PKI tool), and [`stack`]
+//! (both daemons).
+//! Feature `grpc` (with `api`): [`grpc`], gRPC clients over the server's own TLS client
+//! configuration. Feature `pki` (with `grpc`): [`Pki::generate`], a PKI made in process
+//! with the certificates the TLS tests need (expired, revoked, without a common name, of
+//! another CA) and a CRL.
 
 pub mod bins;
 pub mod cgroup;
@@ -32,6 +40,16 @@ pub mod process;
 pub mod procfs;
 pub mod scratch;
 
+#[cfg(feature = "api")]
+pub mod api;
+#[cfg(feature = "api")]
+pub mod pki;
+#[cfg(feature = "api")]
+pub mod stack;
+
+#[cfg(feature = "grpc")]
+pub mod grpc;
+
 pub use bins::probe;
 pub use cgroup::{CgroupParent, TestParent};
 pub use env::{LIMIT, NOBODY, is_root, job_ids, job_user, note, skip_unless_root};
@@ -40,3 +58,10 @@ pub use executor::{
 };
 pub use process::{Daemon, Stop, signal, wait_exit};
 pub use scratch::{Checkpoint, Gate, Scratch};
+
+#[cfg(feature = "api")]
+pub use api::{Api, ApiOptions};
+#[cfg(feature = "api")]
+pub use pki::Pki;
+#[cfg(feature = "api")]
+pub use stack::Stack;

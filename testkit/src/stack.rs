@@ -1,0 +1,63 @@
+//! The whole service for one test (or the benchmark), as root: the real executor on its
+//! socket and the real API server as `nobody` in front of it, with a test PKI.
+
+use crate::api::{Api, ApiOptions};
+use crate::executor::{Executor, ExecutorOptions};
+use crate::pki::Pki;
+use crate::scratch::Scratch;
+
+/// Both daemons and what they were given. Dropped: the API server first, then the
+/// executor (which stops its jobs), then the files.
+pub struct Stack {
+    pub api: Api,
+    pub exec: Executor,
+    pub pki: Pki,
+    /// A directory for the test's own files.
+    pub scratch: Scratch,
+}
+
+impl Stack {
+    /// Starts the executor with `exec`, then the API server with `api` in front of it
+    /// (its `executor_socket` is set here), both with `pki`.
+    pub fn start(tag: &str, pki: Pki, exec: ExecutorOptions, api: ApiOptions) -> Stack {
+        let scratch = Scratch::new(tag);
+        let exec = Executor::start(exec);
+        let api = Api::spawn(
+            &pki,
+            &ApiOptions {
+                executor_socket: exec.socket.clone(),
+                ..api
+            },
+        );
+        Stack {
+            api,
+            exec,
+            pki,
+            scratch,
+        }
+    }
+
+    /// The service with a PKI generated in process (the API server's tests); the server
+    /// is configured by `api`.
+    #[cfg(feature = "pki")]
+    pub fn generated(tag: &str, api: ApiOptions) -> Stack {
+        Self::start(tag, Pki::generate(), ExecutorOptions::behind_api(), api)
+    }
+
+    /// A gRPC client as `who`, on a connection of its own.
+    #[cfg(feature = "grpc")]
+    pub async fn client(
+        &self,
+        who: &str,
+    ) -> jobworker_proto::v1::job_worker_client::JobWorkerClient<tonic::transport::Channel> {
+        crate::grpc::job_client(self.api.addr, &self.pki, who).await
+    }
+
+    /// Keeps every directory of the stack after the drop.
+    pub fn keep(&self) {
+        self.scratch.keep();
+        self.pki.keep();
+        self.api.dir.keep();
+        self.exec.dir.keep();
+    }
+}
