@@ -24,8 +24,8 @@
 //!   socket ([`ExecClient`]).
 //!
 //! Feature `api`: [`api`] (the real `jobworker-api`, as `nobody` when root), [`pki`] (the
-//! test PKI as files; [`Pki::dev_certs`] runs the development PKI tool), and [`stack`]
-//! (both daemons).
+//! test PKI as files; [`Pki::dev_certs`] runs the development PKI tool),, [`stack`] (both
+//! daemons) and [`jobctl`] (jobctl as a subprocess, and what it printed).
 //! Feature `grpc` (with `api`): [`grpc`], gRPC clients over the server's own TLS client
 //! configuration. Feature `pki` (with `grpc`): [`Pki::generate`], a PKI made in process
 //! with the certificates the TLS tests need (expired, revoked, without a common name, of
@@ -42,6 +42,8 @@ pub mod scratch;
 
 #[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "api")]
+pub mod jobctl;
 #[cfg(feature = "api")]
 pub mod pki;
 #[cfg(feature = "api")]

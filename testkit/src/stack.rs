@@ -1,6 +1,9 @@
 //! The whole service for one test (or the benchmark), as root: the real executor on its
 //! socket and the real API server as `nobody` in front of it, with a test PKI.
 
+use std::path::PathBuf;
+use std::process::Command;
+
 use crate::api::{Api, ApiOptions};
 use crate::executor::{Executor, ExecutorOptions};
 use crate::pki::Pki;
@@ -12,7 +15,7 @@ pub struct Stack {
     pub api: Api,
     pub exec: Executor,
     pub pki: Pki,
-    /// A directory for the test's own files.
+    /// A directory for the test's own files (jobctl's home is `home` in it).
     pub scratch: Scratch,
 }
 
@@ -37,11 +40,41 @@ impl Stack {
         }
     }
 
+    /// The service as a user installs it: a development PKI from `jobworker-dev-certs`,
+    /// and the API server configured with command-line flags, on `127.0.0.1:0`.
+    pub fn dev(tag: &str) -> Stack {
+        Self::dev_with(tag, &[], "127.0.0.1:0")
+    }
+
+    /// [`Stack::dev`] with `executor_flags` given to the executor, and the API server
+    /// listening on `listen`.
+    pub fn dev_with(tag: &str, executor_flags: &[&str], listen: &str) -> Stack {
+        let api = ApiOptions {
+            listen: listen.into(),
+            flags: true,
+            ..Default::default()
+        };
+        let exec = ExecutorOptions::behind_api().flags(executor_flags);
+        Self::start(tag, Pki::dev_certs(), exec, api)
+    }
+
     /// The service with a PKI generated in process (the API server's tests); the server
     /// is configured by `api`.
     #[cfg(feature = "pki")]
     pub fn generated(tag: &str, api: ApiOptions) -> Stack {
         Self::start(tag, Pki::generate(), ExecutorOptions::behind_api(), api)
+    }
+
+    /// jobctl's home and configuration directory in this stack's scratch directory.
+    pub fn home(&self) -> PathBuf {
+        let home = self.scratch.join("home");
+        std::fs::create_dir_all(&home).expect("jobctl's home");
+        home
+    }
+
+    /// jobctl as `user`, talking to this stack's server with a clean environment.
+    pub fn jobctl(&self, user: &str) -> Command {
+        crate::jobctl::jobctl_as(&self.home(), &self.pki, user, &self.api.url())
     }
 
     /// A gRPC client as `who`, on a connection of its own.
