@@ -321,12 +321,7 @@ async fn executor_down_means_unavailable_and_not_serving_and_both_recover() {
         return;
     }
     let mut w = Stack::generated("restart", ApiOptions::default().health_ms(200));
-    let (channel, _) = channel(w.api.addr, w.pki.client_config("alice"))
-        .await
-        .unwrap();
-    let mut alice = JobWorkerClient::new(channel.clone());
-    let mut watch = watch_health(channel).await;
-    wait_for_status(&mut watch, ServingStatus::Serving).await;
+    let (mut alice, mut watch) = w.client_and_health("alice").await;
     let id = start_job(&mut alice, &["echo", "before"]).await;
     // Finished before the executor goes: stopping it would stop a running job.
     let (data, _) = finished_output(&mut alice, &id).await;

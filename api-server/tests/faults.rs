@@ -115,12 +115,7 @@ async fn killing_the_executor_is_unavailable_then_lost_jobs_and_recovery() {
         return;
     }
     let mut w = Stack::generated("execkill", ApiOptions::default().health_ms(200));
-    let (channel, _) = channel(w.api.addr, w.pki.client_config("alice"))
-        .await
-        .unwrap();
-    let mut alice = JobWorkerClient::new(channel.clone());
-    let mut watch = watch_health(channel).await;
-    wait_for_status(&mut watch, ServingStatus::Serving).await;
+    let (mut alice, mut watch) = w.client_and_health("alice").await;
 
     let done = start_job(&mut alice, &["echo", "finished"]).await;
     let (done_data, done_end) = finished_output(&mut alice, &done).await;

@@ -28,6 +28,21 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Lines> {
         self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Waits for the next line (or the end of the pipe) until `deadline`; `None` once
+    /// the deadline has passed.
+    fn wait<'a>(
+        &self,
+        lines: MutexGuard<'a, Lines>,
+        deadline: Instant,
+    ) -> Option<MutexGuard<'a, Lines>> {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let (lines, timeout) = self
+            .more
+            .wait_timeout(lines, left)
+            .unwrap_or_else(|e| e.into_inner());
+        (!timeout.timed_out()).then_some(lines)
+    }
 }
 
 /// The lines of one pipe of a process (its stderr, say). A thread reads them as they
@@ -79,13 +94,7 @@ impl Log {
             if lines.ended {
                 return None;
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            lines = self
-                .shared
-                .more
-                .wait_timeout(lines, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            lines = self.shared.wait(lines, deadline)?;
         }
     }
 
@@ -114,21 +123,16 @@ impl Log {
             if missing.is_empty() {
                 break;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !lines.ended && !left.is_zero(),
-                "no {} log line containing {} of {needles:?} within {within:?}, e.g. {:?} ({})",
-                self.name,
-                missing.len(),
-                missing[0],
-                self.path.display()
-            );
-            lines = self
-                .shared
-                .more
-                .wait_timeout(lines, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            let next = (!lines.ended).then(|| self.shared.wait(lines, deadline));
+            lines = next.flatten().unwrap_or_else(|| {
+                panic!(
+                    "no {} log line containing {} of {needles:?} within {within:?}, e.g. {:?} ({})",
+                    self.name,
+                    missing.len(),
+                    missing[0],
+                    self.path.display()
+                )
+            });
         }
     }
 
@@ -144,22 +148,15 @@ impl Log {
                 return true;
             }
             let mut lines = self.shared.lock();
-            while lines.seen == seen && !lines.ended {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+            while lines.seen == seen {
+                if lines.ended {
                     drop(lines);
                     return condition();
                 }
-                lines = self
-                    .shared
-                    .more
-                    .wait_timeout(lines, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            if lines.ended && lines.seen == seen {
-                drop(lines);
-                return condition();
+                match self.shared.wait(lines, deadline) {
+                    Some(more) => lines = more,
+                    None => return condition(),
+                }
             }
         }
     }
@@ -167,26 +164,6 @@ impl Log {
     /// Passes every line read so far: a later wait sees only newer ones.
     pub fn drain(&self) {
         self.shared.lock().pending.clear();
-    }
-
-    /// Waits (at most `within`) until the pipe has ended and every line is in the file:
-    /// for reading the whole log of a process that has exited.
-    pub fn wait_closed(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let mut lines = self.shared.lock();
-        while !lines.ended {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            lines = self
-                .shared
-                .more
-                .wait_timeout(lines, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
     }
 }
 

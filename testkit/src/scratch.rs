@@ -118,25 +118,25 @@ impl Drop for Scratch {
     }
 }
 
-/// Makes a FIFO anyone can open.
-fn mkfifo(path: &Path) {
+/// A FIFO anyone can open, `NAME` in a scratch directory of its own, and the test's end
+/// of it, open for reading and writing: on Linux that open never blocks, and with it a
+/// job's own open of the FIFO (either way) never blocks and its writes never fail.
+fn fifo(name: &str) -> (Scratch, PathBuf, File) {
+    let dir = Scratch::new(name);
+    let path = dir.join(name);
     let st = Command::new("mkfifo")
         .arg("-m")
         .arg("0666")
-        .arg(path)
+        .arg(&path)
         .status()
         .expect("running mkfifo");
     assert!(st.success(), "mkfifo {}: {st}", path.display());
-}
-
-/// Opens a FIFO for reading and writing: on Linux that never blocks, and with this end
-/// open a job's own open of the FIFO (either way) never blocks and its writes never fail.
-fn open_both_ends(path: &Path) -> File {
-    OpenOptions::new()
+    let end = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    (dir, path, end)
 }
 
 /// A FIFO a job reads from: the job blocks at `read x < GATE` until the test lets it go
@@ -151,10 +151,7 @@ pub struct Gate {
 impl Gate {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Gate {
-        let dir = Scratch::new("gate");
-        let path = dir.join("gate");
-        mkfifo(&path);
-        let end = open_both_ends(&path);
+        let (dir, path, end) = fifo("gate");
         Gate {
             path,
             end,
@@ -180,10 +177,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Checkpoint {
-        let dir = Scratch::new("checkpoint");
-        let path = dir.join("checkpoint");
-        mkfifo(&path);
-        let end = open_both_ends(&path);
+        let (dir, path, end) = fifo("checkpoint");
         Checkpoint {
             path,
             end: Some(end),

@@ -86,6 +86,30 @@ impl Stack {
         crate::grpc::job_client(self.api.addr, &self.pki, who).await
     }
 
+    /// A gRPC client as `who` and a watch of the jobs service's health on the same
+    /// connection, once the watch says the service is serving.
+    #[cfg(feature = "grpc")]
+    pub async fn client_and_health(
+        &self,
+        who: &str,
+    ) -> (
+        jobworker_proto::v1::job_worker_client::JobWorkerClient<tonic::transport::Channel>,
+        tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    ) {
+        use crate::grpc;
+        let (channel, _) = grpc::channel(self.api.addr, self.pki.client_config(who))
+            .await
+            .expect("connecting to the API server");
+        let mut watch = grpc::watch_health(channel.clone()).await;
+        grpc::wait_for_status(
+            &mut watch,
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+        )
+        .await;
+        let client = jobworker_proto::v1::job_worker_client::JobWorkerClient::new(channel);
+        (client, watch)
+    }
+
     /// Keeps every directory of the stack after the drop.
     pub fn keep(&self) {
         self.scratch.keep();
