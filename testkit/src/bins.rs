@@ -105,3 +105,17 @@ fn remove_copies_of_exited_processes(base: &Path) {
 pub fn probe() -> String {
     installed("jobworker-probe").to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::env_var;
+
+    #[test]
+    fn each_binary_has_its_variable() {
+        assert_eq!(env_var("jobworker-executor"), "JOBWORKER_EXECUTOR_BIN");
+        assert_eq!(env_var("jobworker-api"), "JOBWORKER_API_BIN");
+        assert_eq!(env_var("jobworker-probe"), "JOBWORKER_PROBE_BIN");
+        assert_eq!(env_var("jobworker-dev-certs"), "JOBWORKER_DEV_CERTS_BIN");
+        assert_eq!(env_var("jobctl"), "JOBWORKER_JOBCTL_BIN");
+    }
+}

@@ -492,3 +492,26 @@ pub async fn assert_unaffected(exec: &Executor) {
             .success()
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{backend_name, pattern};
+
+    #[test]
+    fn the_backend_is_read_from_its_log_line() {
+        let line =
+            "2026-01-01T00:00:00Z  INFO jobworker_executor: cgroup backend backend=\"cgroup v2\"";
+        assert_eq!(backend_name(line), "cgroup v2");
+        assert_eq!(backend_name("cgroup backend backend=v1 x=y"), "v1");
+        assert_eq!(backend_name("cgroup backend"), "");
+    }
+
+    #[test]
+    fn the_pattern_counts_bytes_round() {
+        let p = pattern(513);
+        assert_eq!(&p[..3], [0, 1, 2]);
+        assert_eq!(p[255], 255);
+        assert_eq!(p[256], 0);
+        assert_eq!(p[512], 0);
+    }
+}

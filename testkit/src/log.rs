@@ -117,11 +117,9 @@ impl Log {
         let mut missing: Vec<&String> = needles.iter().collect();
         let mut lines = self.shared.lock();
         while !missing.is_empty() {
-            while let Some(line) = lines.pending.pop_front() {
+            if let Some(line) = lines.pending.pop_front() {
                 missing.retain(|n| !line.contains(n.as_str()));
-            }
-            if missing.is_empty() {
-                break;
+                continue;
             }
             let next = (!lines.ended).then(|| self.shared.wait(lines, deadline));
             lines = next.flatten().unwrap_or_else(|| {
@@ -200,4 +198,68 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|l| l.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::env::LIMIT;
+    use crate::scratch::Scratch;
+
+    /// A log of `text`, read to its end.
+    fn log_of(text: &'static [u8]) -> (Log, Scratch) {
+        let dir = Scratch::new("log-test");
+        let log = Log::tap("test", text, &dir.join("test.log"));
+        (log, dir)
+    }
+
+    #[test]
+    fn a_wait_passes_the_lines_before_its_match() {
+        let (log, _dir) = log_of(b"a 1\nb 2\na 3\n");
+        assert_eq!(log.wait_for("a", LIMIT), "a 1");
+        assert_eq!(log.wait_for("a", LIMIT), "a 3");
+        assert_eq!(log.next_with("b", LIMIT), None, "b 2 was passed");
+    }
+
+    #[test]
+    fn lines_awaited_together_may_come_in_any_order() {
+        let (log, _dir) = log_of(b"job=2\nother\njob=1\nafter\n");
+        log.wait_for_all(&["job=1".into(), "job=2".into()], LIMIT);
+        assert_eq!(log.wait_for("", LIMIT), "after");
+    }
+
+    #[test]
+    fn every_line_reaches_the_file_even_without_a_newline() {
+        let (log, dir) = log_of(b"one\n\xfftwo\nthree");
+        assert_eq!(log.next_with("nothing like this", LIMIT), None);
+        assert_eq!(
+            std::fs::read(dir.join("test.log")).unwrap(),
+            b"one\n\xfftwo\nthree"
+        );
+        assert_eq!(tail(&dir.join("test.log"), 2), ["\u{fffd}two", "three"]);
+    }
+
+    #[test]
+    fn a_condition_is_checked_again_on_each_line() {
+        let dir = Scratch::new("log-test");
+        let (mut writer, reader) = UnixStream::pair().unwrap();
+        let log = Log::tap("test", reader, &dir.join("test.log"));
+        let state = std::sync::Arc::new(AtomicUsize::new(0));
+        let changer = state.clone();
+        let lines = std::thread::spawn(move || {
+            for n in 1..=3 {
+                // The state changes, then the line says so (as the executor does).
+                changer.store(n, Ordering::SeqCst);
+                writeln!(writer, "changed to {n}").unwrap();
+            }
+            writer
+        });
+        assert!(log.wait_until(LIMIT, || state.load(Ordering::SeqCst) == 3));
+        drop(lines.join().unwrap());
+        assert!(!log.wait_until(LIMIT, || false), "the pipe ended");
+    }
 }

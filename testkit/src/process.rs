@@ -183,3 +183,42 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_exit_is_seen_on_the_pidfd_and_a_running_process_times_out() {
+        let mut done = Command::new("true").spawn().unwrap();
+        assert!(wait_child(&mut done, LIMIT).unwrap().success());
+        let mut running = Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(!wait_exit(running.id(), Duration::from_millis(1)));
+        running.kill().unwrap();
+        running.wait().unwrap();
+    }
+
+    #[test]
+    fn a_daemon_is_stopped_with_sigterm() {
+        let dir = crate::scratch::Scratch::new("daemon-test");
+        let mut daemon = Daemon::spawn(
+            "sleeper",
+            Command::new("sleep").arg("1000"),
+            dir.join("log"),
+            Stop::Term,
+        );
+        let status = daemon.terminate(LIMIT);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(15)
+        );
+        assert_eq!(daemon.exited(), Some(status));
+    }
+}

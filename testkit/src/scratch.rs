@@ -198,3 +198,47 @@ impl Checkpoint {
         line.trim_end_matches('\n').to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+    use crate::env::LIMIT;
+    use crate::process::wait_child;
+
+    #[tokio::test]
+    async fn a_gate_lets_a_process_go_on_and_a_checkpoint_says_it_did() {
+        let mut gate = Gate::new();
+        let mut checkpoint = Checkpoint::new();
+        let script = format!(
+            "read x < {} && echo \"$x reached\" > {}",
+            gate.path.display(),
+            checkpoint.path.display()
+        );
+        let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+        gate.open();
+        assert_eq!(checkpoint.reached(LIMIT).await, "go reached");
+        assert!(wait_child(&mut child, LIMIT).unwrap().success());
+    }
+
+    #[test]
+    fn a_scratch_directory_goes_with_its_children_unless_kept() {
+        let top = Scratch::new("scratch-test");
+        let child = top.child("inner");
+        let writable = top.writable("w");
+        assert!(writable.is_dir());
+        let (top_path, child_path) = (top.path.clone(), child.path.clone());
+        drop(child);
+        assert!(!child_path.exists());
+        drop(top);
+        assert!(!top_path.exists());
+
+        let kept = Scratch::new("scratch-test");
+        kept.keep();
+        let path = kept.path.clone();
+        drop(kept);
+        assert!(path.is_dir());
+        std::fs::remove_dir_all(path).unwrap();
+    }
+}
