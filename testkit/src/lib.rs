@@ -24,7 +24,7 @@
 //!   socket ([`ExecClient`]).
 //!
 //! Feature `api`: [`api`] (the real `jobworker-api`, as `nobody` when root), [`pki`] (the
-//! test PKI as files; [`Pki::dev_certs`] runs the development PKI tool),, [`stack`] (both
+//! test PKI as files; [`Pki::dev_certs`] runs the development PKI tool), [`stack`] (both
 //! daemons) and [`jobctl`] (jobctl as a subprocess, and what it printed).
 //! Feature `grpc` (with `api`): [`grpc`], gRPC clients over the server's own TLS client
 //! configuration. Feature `pki` (with `grpc`): [`Pki::generate`], a PKI made in process
