@@ -6,28 +6,25 @@
 //! `--allow-uid`, `--job-user`, `--cgroup-parent`; readiness is the log line
 //! "executor ready" on its stderr.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::stack::*;
 use jobworker_proto::v1 as pb;
 use jobworker_proto::v1::job_worker_client::JobWorkerClient;
 use jobworker_proto::v1::stream_job_output_response::Event;
+use jobworker_testkit::grpc::*;
+use jobworker_testkit::*;
 use rustls::{NamedGroup, ProtocolVersion};
 use tokio::sync::oneshot;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_client_starts_a_job_gets_its_status_and_streams_its_output() {
-    if common::skip_unless_root("valid_client_starts_a_job_gets_its_status_and_streams_its_output")
-    {
+    if skip_unless_root("valid_client_starts_a_job_gets_its_status_and_streams_its_output") {
         return;
     }
-    let w = world("e2e", 200);
-    let (channel, negotiated) = common::channel(w.api.addr, w.pki.client_config("alice"))
+    let w = Stack::generated("e2e", ApiOptions::default().health_ms(200));
+    let (channel, negotiated) = channel(w.api.addr, w.pki.client_config("alice"))
         .await
         .unwrap();
     let mut alice = JobWorkerClient::new(channel);
@@ -92,13 +89,12 @@ async fn valid_client_starts_a_job_gets_its_status_and_streams_its_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_users_jobs_are_not_found_and_not_listed_but_admins_see_all() {
-    if common::skip_unless_root("other_users_jobs_are_not_found_and_not_listed_but_admins_see_all")
-    {
+    if skip_unless_root("other_users_jobs_are_not_found_and_not_listed_but_admins_see_all") {
         return;
     }
-    let w = world("authz", 200);
-    let gate = w.scratch.gate("gate");
-    let gate_arg = format!("read x < {}", gate.display());
+    let w = Stack::generated("authz", ApiOptions::default().health_ms(200));
+    let gate = Gate::new();
+    let gate_arg = format!("read x < {}", gate.path.display());
     let mut alice = w.client("alice").await;
     let mut bob = w.client("bob").await;
     let mut admin = w.client("admin").await;
@@ -181,10 +177,10 @@ async fn other_users_jobs_are_not_found_and_not_listed_but_admins_see_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_through_every_job_once() {
-    if common::skip_unless_root("list_pages_through_every_job_once") {
+    if skip_unless_root("list_pages_through_every_job_once") {
         return;
     }
-    let w = world("pages", 200);
+    let w = Stack::generated("pages", ApiOptions::default().health_ms(200));
     let mut carol = w.client("alice").await;
     let mut ids = HashSet::new();
     for _ in 0..5 {
@@ -215,16 +211,15 @@ async fn list_pages_through_every_job_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_streams_started_at_different_moments_get_identical_complete_output() {
-    if common::skip_unless_root(
-        "three_streams_started_at_different_moments_get_identical_complete_output",
-    ) {
+    if skip_unless_root("three_streams_started_at_different_moments_get_identical_complete_output")
+    {
         return;
     }
-    let w = world("streams", 200);
-    let gate = w.scratch.gate("gate");
+    let w = Stack::generated("streams", ApiOptions::default().health_ms(200));
+    let mut gate = Gate::new();
     let script = format!(
         "seq 1 100000; read x < {}; seq 100001 200000",
-        gate.display()
+        gate.path.display()
     );
     let first_half: Vec<u8> = (1..=100_000)
         .flat_map(|i| format!("{i}\n").into_bytes())
@@ -253,7 +248,7 @@ async fn three_streams_started_at_different_moments_get_identical_complete_outpu
         0,
         None,
     ));
-    open_gate(gate).await;
+    gate.open();
     let (a_data, a_end) = a.await.unwrap().unwrap();
     // C: after the job has ended.
     let (c_data, c_end) = finished_output(&mut alice, &id).await;
@@ -278,24 +273,19 @@ async fn three_streams_started_at_different_moments_get_identical_complete_outpu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind() {
-    if common::skip_unless_root(
-        "a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind",
-    ) {
+    if skip_unless_root("a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind") {
         return;
     }
     // No periodic pings: every executor connection in this test is one we made.
-    let w = world("leave", 600_000);
-    let gate = w.scratch.gate("gate");
-    let script = format!("echo ready; read x < {}; echo done", gate.display());
+    let w = Stack::generated("leave", ApiOptions::default().health_ms(600_000));
+    let mut gate = Gate::new();
+    let script = format!("echo ready; read x < {}; echo done", gate.path.display());
     let mut alice = w.client("alice").await;
     let id = start_job(&mut alice, &["sh", "-c", &script]).await;
-    assert!(
-        common::wait_until(LIMIT, || w.exec.connections() == 0),
-        "calls that finished left connections: {}",
-        w.exec.connections()
-    );
+    // Calls that finished left no connection.
+    w.exec.wait_no_connections();
 
-    let (channel, _) = common::channel(w.api.addr, w.pki.client_config("alice"))
+    let (channel, _) = channel(w.api.addr, w.pki.client_config("alice"))
         .await
         .unwrap();
     let mut leaver = JobWorkerClient::new(channel);
@@ -308,11 +298,7 @@ async fn a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind() 
     // The client goes away mid-stream: stream, client and connection dropped.
     drop(s);
     drop(leaver);
-    assert!(
-        common::wait_until(LIMIT, || w.exec.connections() == 0),
-        "the executor still holds {} connection(s) after the client left",
-        w.exec.connections()
-    );
+    w.exec.wait_no_connections();
 
     // The job itself is unaffected, and the server still serves.
     let status = alice
@@ -323,7 +309,7 @@ async fn a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind() 
         .status
         .unwrap();
     assert_eq!(status.state(), pb::JobState::Running);
-    open_gate(gate).await;
+    gate.open();
     let (data, end) = finished_output(&mut alice, &id).await;
     assert_eq!(data, b"ready\ndone\n");
     assert_eq!(end.exit_code, Some(0));
@@ -331,24 +317,11 @@ async fn a_client_that_leaves_mid_stream_leaves_no_executor_connection_behind() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_down_means_unavailable_and_not_serving_and_both_recover() {
-    if common::skip_unless_root("executor_down_means_unavailable_and_not_serving_and_both_recover")
-    {
+    if skip_unless_root("executor_down_means_unavailable_and_not_serving_and_both_recover") {
         return;
     }
-    let mut w = world("restart", 200);
-    let (channel, _) = common::channel(w.api.addr, w.pki.client_config("alice"))
-        .await
-        .unwrap();
-    let mut alice = JobWorkerClient::new(channel.clone());
-    let mut health = HealthClient::new(channel);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: "jobworker.v1.JobWorker".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    wait_for_status(&mut watch, ServingStatus::Serving).await;
+    let mut w = Stack::generated("restart", ApiOptions::default().health_ms(200));
+    let (mut alice, mut watch) = w.client_and_health("alice").await;
     let id = start_job(&mut alice, &["echo", "before"]).await;
     // Finished before the executor goes: stopping it would stop a running job.
     let (data, _) = finished_output(&mut alice, &id).await;
@@ -365,7 +338,7 @@ async fn executor_down_means_unavailable_and_not_serving_and_both_recover() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
 
-    w.exec.launch();
+    w.exec.relaunch();
     wait_for_status(&mut watch, ServingStatus::Serving).await;
     let (data, _) = finished_output(&mut alice, &id).await;
     assert_eq!(data, b"before\n", "the finished job survived the restart");
@@ -377,10 +350,10 @@ async fn executor_down_means_unavailable_and_not_serving_and_both_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_and_the_next_call_works() {
-    if common::skip_unless_root("bad_input_is_invalid_argument_and_the_next_call_works") {
+    if skip_unless_root("bad_input_is_invalid_argument_and_the_next_call_works") {
         return;
     }
-    let w = world("input", 200);
+    let w = Stack::generated("input", ApiOptions::default().health_ms(200));
     let mut alice = w.client("alice").await;
     let limits = |l: pb::Limits| pb::StartJobRequest {
         argv: vec!["true".into()],
@@ -437,12 +410,17 @@ async fn bad_input_is_invalid_argument_and_the_next_call_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_streams_over_the_cap_are_resource_exhausted() {
-    if common::skip_unless_root("output_streams_over_the_cap_are_resource_exhausted") {
+    if skip_unless_root("output_streams_over_the_cap_are_resource_exhausted") {
         return;
     }
-    let w = world_with("cap", 600_000, "[limits]\nmax_streams = 1\n");
-    let gate = w.scratch.gate("gate");
-    let script = format!("echo ready; read x < {}", gate.display());
+    let w = Stack::generated(
+        "cap",
+        ApiOptions::default()
+            .health_ms(600_000)
+            .toml("[limits]\nmax_streams = 1\n"),
+    );
+    let mut gate = Gate::new();
+    let script = format!("echo ready; read x < {}", gate.path.display());
     let mut alice = w.client("alice").await;
     let id = start_job(&mut alice, &["sh", "-c", &script]).await;
 
@@ -456,22 +434,24 @@ async fn output_streams_over_the_cap_are_resource_exhausted() {
 
     // Once the first stream's client is gone its slot is free again.
     drop(held);
-    assert!(
-        common::wait_until(LIMIT, || w.exec.connections() == 0),
-        "the first stream's executor connection is still open"
-    );
+    w.exec.wait_no_connections();
     let mut again = stream(&mut alice, &id, 0, true).await.unwrap();
     assert!(again.message().await.unwrap().is_some());
     drop(again);
-    open_gate(gate).await;
+    gate.open();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_seen_to_end_has_already_freed_its_slot() {
-    if common::skip_unless_root("a_stream_seen_to_end_has_already_freed_its_slot") {
+    if skip_unless_root("a_stream_seen_to_end_has_already_freed_its_slot") {
         return;
     }
-    let w = world_with("slot", 600_000, "[limits]\nmax_streams = 1\n");
+    let w = Stack::generated(
+        "slot",
+        ApiOptions::default()
+            .health_ms(600_000)
+            .toml("[limits]\nmax_streams = 1\n"),
+    );
     let mut alice = w.client("alice").await;
     let id = start_job(&mut alice, &["echo", "hi"]).await;
     // Each stream opens right after the previous one's final status: never refused.

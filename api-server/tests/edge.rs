@@ -2,28 +2,24 @@
 //! identity and roles, input validation at the edge, error mapping when the executor is
 //! unreachable, health, reflection, root refusal, shutdown, and the seccomp filter.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Api, ApiOptions, Pki};
 use jobworker_proto::v1 as pb;
 use jobworker_proto::v1::job_worker_client::JobWorkerClient;
+use jobworker_testkit::api::{as_nobody, write_for_nobody};
+use jobworker_testkit::grpc::channel;
+use jobworker_testkit::{Api, ApiOptions, Pki, Scratch, bins, skip_unless_root};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 async fn client(api: &Api, pki: &Pki, who: &str) -> JobWorkerClient<Channel> {
-    let (channel, _) = common::channel(api.addr, pki.client_config(who))
+    let (channel, _) = channel(api.addr, pki.client_config(who))
         .await
         .expect("connect");
     JobWorkerClient::new(channel).max_encoding_message_size(16 * 1024 * 1024)
-}
-
-fn no_executor() -> ApiOptions {
-    ApiOptions::new("/nonexistent/executor.sock")
 }
 
 fn start(argv: &[&str], limits: Option<pb::Limits>) -> pb::StartJobRequest {
@@ -36,8 +32,8 @@ fn start(argv: &[&str], limits: Option<pb::Limits>) -> pb::StartJobRequest {
 
 #[tokio::test]
 async fn identity_comes_from_the_certificate_and_admins_come_from_the_config() {
-    let pki = Pki::new();
-    let api = Api::spawn(&pki, &no_executor());
+    let pki = Pki::generate();
+    let api = Api::spawn(&pki, &ApiOptions::no_executor());
     let all = pb::ListJobsRequest {
         all: true,
         ..Default::default()
@@ -60,8 +56,8 @@ async fn identity_comes_from_the_certificate_and_admins_come_from_the_config() {
 
 #[tokio::test]
 async fn unreachable_executor_is_unavailable_without_internal_details() {
-    let pki = Pki::new();
-    let api = Api::spawn(&pki, &no_executor());
+    let pki = Pki::generate();
+    let api = Api::spawn(&pki, &ApiOptions::no_executor());
     let mut alice = client(&api, &pki, "alice").await;
     let e = alice.start_job(start(&["true"], None)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
@@ -91,11 +87,9 @@ async fn unreachable_executor_is_unavailable_without_internal_details() {
 
 #[tokio::test]
 async fn health_is_not_serving_without_an_executor() {
-    let pki = Pki::new();
-    let api = Api::spawn(&pki, &no_executor());
-    let (channel, _) = common::channel(api.addr, pki.client_config("alice"))
-        .await
-        .unwrap();
+    let pki = Pki::generate();
+    let api = Api::spawn(&pki, &ApiOptions::no_executor());
+    let (channel, _) = channel(api.addr, pki.client_config("alice")).await.unwrap();
     let mut health = HealthClient::new(channel);
     for service in ["", "jobworker.v1.JobWorker"] {
         let r = health
@@ -111,8 +105,8 @@ async fn health_is_not_serving_without_an_executor() {
 
 #[tokio::test]
 async fn bad_input_is_invalid_argument_and_the_server_keeps_serving() {
-    let pki = Pki::new();
-    let api = Api::spawn(&pki, &no_executor());
+    let pki = Pki::generate();
+    let api = Api::spawn(&pki, &ApiOptions::no_executor());
     let mut alice = client(&api, &pki, "alice").await;
     let invalid = |r: Result<_, tonic::Status>| {
         let e = r.expect_err("should be refused");
@@ -185,11 +179,9 @@ async fn reflection_describes_the_api() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let pki = Pki::new();
-    let api = Api::spawn(&pki, &no_executor());
-    let (channel, _) = common::channel(api.addr, pki.client_config("bob"))
-        .await
-        .unwrap();
+    let pki = Pki::generate();
+    let api = Api::spawn(&pki, &ApiOptions::no_executor());
+    let (channel, _) = channel(api.addr, pki.client_config("bob")).await.unwrap();
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -213,8 +205,8 @@ async fn reflection_describes_the_api() {
 // handshake while this thread waits for the exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_cleanly() {
-    let pki = Pki::new();
-    let mut api = Api::spawn(&pki, &no_executor());
+    let pki = Pki::generate();
+    let mut api = Api::spawn(&pki, &ApiOptions::no_executor());
     // An open connection does not hold the shutdown past the drain.
     let _alice = client(&api, &pki, "alice").await;
     let status = api.terminate(Duration::from_secs(30));
@@ -230,10 +222,10 @@ async fn sigterm_shuts_down_cleanly() {
 
 #[test]
 fn refuses_to_run_as_root() {
-    if common::skip_unless_root("refuses_to_run_as_root") {
+    if skip_unless_root("refuses_to_run_as_root") {
         return;
     }
-    let out = Command::new(common::api_binary())
+    let out = Command::new(bins::path("jobworker-api"))
         .args([
             "--tls-cert",
             "/x",
@@ -255,7 +247,7 @@ fn refuses_to_run_as_root() {
 
 #[test]
 fn seccomp_filter_denies_calls_outside_the_allow_list() {
-    let out = Command::new(common::api_binary())
+    let out = Command::new(bins::path("jobworker-api"))
         .arg("--seccomp-self-test")
         .stdin(Stdio::null())
         .output()
@@ -272,28 +264,20 @@ fn seccomp_filter_denies_calls_outside_the_allow_list() {
 
 #[test]
 fn configuration_errors_name_the_key() {
-    let dir = common::shared_dir();
-    let path = common::write_file(
-        dir.path(),
+    let dir = Scratch::new("config");
+    let path = write_for_nobody(
+        &dir.path,
         "api.toml",
         b"[tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\n[limits]\nmax_streams = 0\n",
         0o644,
     );
-    let mut cmd = Command::new(common::api_binary());
-    cmd.arg("--config").arg(&path).stdin(Stdio::null());
-    if common::is_root() {
-        use std::os::unix::process::CommandExt;
-        cmd.uid(common::NOBODY).gid(common::NOBODY);
-        let bin = common::install(&common::api_binary(), dir.path(), "jobworker-api", 0o755);
-        cmd = {
-            let mut c = Command::new(bin);
-            c.arg("--config").arg(&path).stdin(Stdio::null());
-            c.uid(common::NOBODY).gid(common::NOBODY);
-            c
-        };
-    }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = common::spawn(&mut cmd).wait_with_output().unwrap();
+    // As root it must run as nobody (it refuses root), from a copy nobody can reach.
+    let out = as_nobody(&mut Command::new(bins::installed("jobworker-api")))
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -305,20 +289,18 @@ fn configuration_errors_name_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_but_open_calls_keep_theirs() {
     use tokio::io::AsyncReadExt;
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = Api::spawn(
         &pki,
         &ApiOptions {
             // Long enough that the first connection surely carries its call before it
             // could count as idle, even on a loaded machine.
             extra_toml: "[http2]\nidle_timeout_ms = 2000\n".into(),
-            ..no_executor()
+            ..ApiOptions::no_executor()
         },
     );
     // A connection with an open call: a health watch stream.
-    let (channel, negotiated) = common::channel(api.addr, pki.client_config("alice"))
-        .await
-        .unwrap();
+    let (channel, negotiated) = channel(api.addr, pki.client_config("alice")).await.unwrap();
     let mut health = HealthClient::new(channel);
     let mut watch = health
         .watch(tonic_health::pb::HealthCheckRequest::default())
@@ -358,17 +340,15 @@ async fn idle_connections_are_closed_but_open_calls_keep_theirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = Api::spawn(
         &pki,
         &ApiOptions {
             extra_toml: "[limits]\nmax_connections = 1\n".into(),
-            ..no_executor()
+            ..ApiOptions::no_executor()
         },
     );
-    let (channel, _) = common::channel(api.addr, pki.client_config("alice"))
-        .await
-        .unwrap();
+    let (channel, _) = channel(api.addr, pki.client_config("alice")).await.unwrap();
     let mut first = HealthClient::new(channel);
     first
         .check(tonic_health::pb::HealthCheckRequest::default())

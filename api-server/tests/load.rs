@@ -4,15 +4,16 @@
 //! a cap, and both daemons must still answer afterwards. Skipped, visibly, when not
 //! root.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::stack::*;
 use jobworker_proto::v1 as pb;
 use jobworker_proto::v1::job_worker_client::JobWorkerClient;
+use jobworker_testkit::grpc::*;
+use jobworker_testkit::process::poll_until;
+use jobworker_testkit::procfs::{fd_count, raise_fd_limit};
+use jobworker_testkit::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -108,32 +109,28 @@ async fn client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
-    if common::skip_unless_root(
-        "ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete",
-    ) {
+    if skip_unless_root("ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete") {
         return;
     }
     const CLIENTS: u64 = 10;
     const JOBS: u64 = 500;
     const IN_FLIGHT: usize = 4;
     // 40 jobs in flight against caps of 6 running jobs and 3 streams.
-    let scratch = Scratch::new("load");
-    let exec = Executor::start_with(&scratch, &["--max-running-jobs", "6"]);
-    let pki = common::Pki::new();
-    let api = common::Api::spawn(
-        &pki,
-        &common::ApiOptions {
-            health_interval_ms: 600_000,
-            extra_toml: "[limits]\nmax_streams = 3\n".into(),
-            ..common::ApiOptions::new(&exec.socket)
-        },
+    let stack = Stack::start(
+        "load",
+        Pki::generate(),
+        ExecutorOptions::behind_api().flags(&["--max-running-jobs", "6"]),
+        ApiOptions::default()
+            .health_ms(600_000)
+            .toml("[limits]\nmax_streams = 3\n"),
     );
+    let (exec, api, pki) = (&stack.exec, &stack.api, &stack.pki);
     let ended = Arc::new(Notify::new());
     let tally = Arc::new(Tally::default());
     let began = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..CLIENTS {
-        let (channel, _) = common::channel(
+        let (channel, _) = channel(
             api.addr,
             pki.client_config(["alice", "bob"][i as usize % 2]),
         )
@@ -159,7 +156,7 @@ async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
         .expect("500 jobs within 10 minutes");
     let took = began.elapsed();
     assert_eq!(tally.jobs.load(Ordering::Relaxed), JOBS as usize);
-    common::note(&format!(
+    note(&format!(
         "load: {JOBS} jobs by {CLIENTS} clients, {} bytes of output, all complete, in {:.1} s; \
          refused past the caps: {} starts, {} streams",
         tally.bytes.load(Ordering::Relaxed),
@@ -169,9 +166,7 @@ async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
     ));
 
     // Both daemons still answer: the health service, and a call through to the executor.
-    let (channel, _) = common::channel(api.addr, pki.client_config("admin"))
-        .await
-        .unwrap();
+    let (channel, _) = channel(api.addr, pki.client_config("admin")).await.unwrap();
     let health = HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
@@ -179,7 +174,7 @@ async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
         .into_inner();
     assert_eq!(health.status(), ServingStatus::Serving);
     let mut admin = JobWorkerClient::new(channel);
-    let mut listed = 0;
+    let mut listed = Vec::new();
     let mut token = String::new();
     loop {
         let page = admin
@@ -192,30 +187,30 @@ async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
             .unwrap()
             .into_inner();
         assert!(page.jobs.iter().all(|j| j.state() == pb::JobState::Exited));
-        listed += page.jobs.len();
+        listed.extend(page.jobs.into_iter().map(|j| j.id));
         if page.next_page_token.is_empty() {
             break;
         }
         token = page.next_page_token;
     }
-    assert_eq!(listed, JOBS as usize);
+    assert_eq!(listed.len(), JOBS as usize);
     let id = start_job(&mut admin, &["echo", "after the load"]).await;
     assert_eq!(
         finished_output(&mut admin, &id).await.0,
         b"after the load\n"
     );
-    assert!(common::wait_until(LIMIT, || exec.connections() == 0));
+    exec.wait_no_connections();
     // Each group is removed right after its job's end is published.
-    assert!(
-        common::wait_until(LIMIT, || exec.job_groups_left().is_empty()),
-        "job groups left: {:?}",
-        exec.job_groups_left()
+    listed.push(id);
+    assert_eq!(
+        exec.job_groups_left_after_all(&listed),
+        Vec::<std::path::PathBuf>::new()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_is_served() {
-    if common::skip_unless_root(
+    if skip_unless_root(
         "idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_is_served",
     ) {
         return;
@@ -223,28 +218,24 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
     const IDLE: usize = 1000;
     const SLOW: usize = 200;
     const CAP: usize = 100;
-    let fd_limit = common::raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     assert!(
         fd_limit as usize > IDLE + SLOW + 200,
         "this test holds {} connections; the open-files limit is {fd_limit}",
         IDLE + SLOW
     );
-    let scratch = Scratch::new("idle");
-    let exec = Executor::start(&scratch);
-    let pki = common::Pki::new();
-    let api = common::Api::spawn(
-        &pki,
-        &common::ApiOptions {
-            health_interval_ms: 600_000,
-            extra_toml: format!(
-                "[limits]\nmax_connections = {CAP}\n[http2]\nidle_timeout_ms = 2000\n"
-            ),
+    let stack = Stack::generated(
+        "idle",
+        ApiOptions {
             tls_extra: "handshake_timeout_ms = 3000\n".into(),
-            ..common::ApiOptions::new(&exec.socket)
+            ..ApiOptions::default().health_ms(600_000).toml(&format!(
+                "[limits]\nmax_connections = {CAP}\n[http2]\nidle_timeout_ms = 2000\n"
+            ))
         },
     );
+    let (api, pki) = (&stack.api, &stack.pki);
     let api_pid = api.pid();
-    let base = common::fd_count(api_pid);
+    let base = fd_count(api_pid);
     let began = Instant::now();
 
     // 1,000 clients that finish the TLS handshake and then send nothing, and 200 that
@@ -282,7 +273,7 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
                     .await
                     .expect("handshake");
                 // The server holds this connection now: within its cap.
-                most.fetch_max(common::fd_count(api_pid), Ordering::Relaxed);
+                most.fetch_max(fd_count(api_pid), Ordering::Relaxed);
                 // The server's HTTP/2 settings, then the close of an idle connection.
                 while !matches!(tls.read(&mut buf).await, Ok(0) | Err(_)) {}
                 closed_idle.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +294,7 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
         next.await;
     }
     let arrived = Instant::now();
-    let (channel, _) = common::channel(api.addr, pki.client_config("alice"))
+    let (channel, _) = channel(api.addr, pki.client_config("alice"))
         .await
         .expect("the good client connects");
     let mut alice = JobWorkerClient::new(channel.clone());
@@ -329,10 +320,11 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
         .await
         .unwrap();
     drop(alice);
-    let back = common::wait_until(LIMIT, || common::fd_count(api_pid) <= base);
-    let after = common::fd_count(api_pid);
+    // Re-checked, not awaited: the server logs nothing when it closes a connection.
+    let back = poll_until(LIMIT, || fd_count(api_pid) <= base);
+    let after = fd_count(api_pid);
     assert!(back, "the server holds {after} fds, baseline {base}");
-    common::note(&format!(
+    note(&format!(
         "idle/slow: {IDLE} idle TLS connections and {SLOW} silent ones, {OUTSTANDING} at a \
          time against a cap of {CAP}: all closed by the server; its fds {base} before, at most \
          {most} during, {after} after; a good client was served in {:.1} s; {:.1} s in all",

@@ -2,31 +2,30 @@
 //! which clients are refused during the handshake. No executor is needed: the TLS layer
 //! decides before any request is read.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Api, ApiOptions, Pki};
+use jobworker_testkit::grpc::{channel, refusal};
+use jobworker_testkit::{Api, ApiOptions, Pki};
 use rustls::{ClientConfig, NamedGroup, ProtocolVersion, RootCertStore};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 fn server(pki: &Pki) -> Api {
-    Api::spawn(pki, &ApiOptions::new("/nonexistent/executor.sock"))
+    Api::spawn(pki, &ApiOptions::no_executor())
 }
 
 fn roots(pki: &Pki) -> RootCertStore {
     let mut roots = RootCertStore::empty();
-    roots.add(pki.ca.clone()).unwrap();
+    roots.add(pki.ca_der()).unwrap();
     roots
 }
 
 #[tokio::test]
 async fn valid_client_negotiates_tls13_with_x25519mlkem768_and_h2() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
-    let (channel, negotiated) = common::channel(api.addr, pki.client_config("alice"))
+    let (channel, negotiated) = channel(api.addr, pki.client_config("alice"))
         .await
         .expect("connect");
     // A call proves the connection is accepted past the handshake.
@@ -45,7 +44,7 @@ async fn valid_client_negotiates_tls13_with_x25519mlkem768_and_h2() {
 
 #[tokio::test]
 async fn server_prefers_hybrid_group_but_accepts_x25519_and_p256() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
     use rustls::crypto::aws_lc_rs::kx_group;
     for (group, expected) in [
@@ -54,15 +53,14 @@ async fn server_prefers_hybrid_group_but_accepts_x25519_and_p256() {
     ] {
         let mut provider = (*jobworker_api::tls::provider()).clone();
         provider.kx_groups = vec![group];
-        let c = pki.client("alice");
         let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_root_certificates(roots(&pki))
-            .with_client_auth_cert(vec![c.cert.clone()], c.key())
+            .with_client_auth_cert(vec![pki.client_cert("alice")], pki.client_key("alice"))
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let (channel, negotiated) = common::channel(api.addr, config).await.expect("connect");
+        let (channel, negotiated) = channel(api.addr, config).await.expect("connect");
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         health
             .check(tonic_health::pb::HealthCheckRequest::default())
@@ -75,7 +73,7 @@ async fn server_prefers_hybrid_group_but_accepts_x25519_and_p256() {
 
 #[tokio::test]
 async fn client_without_certificate_is_refused_at_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
     let mut config = ClientConfig::builder_with_provider(jobworker_api::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -83,41 +81,41 @@ async fn client_without_certificate_is_refused_at_handshake() {
         .with_root_certificates(roots(&pki))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let e = common::refusal(api.addr, config).await;
+    let e = refusal(api.addr, config).await;
     assert!(e.contains("CertificateRequired"), "{e}");
 }
 
 #[tokio::test]
 async fn certificate_from_another_ca_is_refused_at_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
-    let e = common::refusal(api.addr, pki.client_config("other-ca")).await;
+    let e = refusal(api.addr, pki.client_config("other-ca")).await;
     assert!(e.contains("UnknownCA"), "{e}");
 }
 
 #[tokio::test]
 async fn expired_certificate_is_refused_at_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
-    let e = common::refusal(api.addr, pki.client_config("expired")).await;
+    let e = refusal(api.addr, pki.client_config("expired")).await;
     assert!(e.contains("CertificateExpired"), "{e}");
 }
 
 #[tokio::test]
 async fn revoked_certificate_is_refused_at_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
-    let e = common::refusal(api.addr, pki.client_config("revoked")).await;
+    let e = refusal(api.addr, pki.client_config("revoked")).await;
     assert!(e.contains("CertificateRevoked"), "{e}");
     // The same certificate passes when no CRL is configured: the CRL is what refuses it.
     let no_crl = Api::spawn(
         &pki,
         &ApiOptions {
             with_crl: false,
-            ..ApiOptions::new("/nonexistent/executor.sock")
+            ..ApiOptions::no_executor()
         },
     );
-    let (channel, _) = common::channel(no_crl.addr, pki.client_config("revoked"))
+    let (channel, _) = channel(no_crl.addr, pki.client_config("revoked"))
         .await
         .expect("connect");
     tonic_health::pb::health_client::HealthClient::new(channel)
@@ -128,24 +126,23 @@ async fn revoked_certificate_is_refused_at_handshake() {
 
 #[tokio::test]
 async fn certificate_without_common_name_is_refused_at_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
-    let e = common::refusal(api.addr, pki.client_config("no-cn")).await;
+    let e = refusal(api.addr, pki.client_config("no-cn")).await;
     assert!(e.contains("AccessDenied"), "{e}");
 }
 
 #[tokio::test]
 async fn tls12_only_client_is_refused() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = server(&pki);
-    let c = pki.client("alice");
     let mut config = ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS12])
     .unwrap()
     .with_root_certificates(roots(&pki))
-    .with_client_auth_cert(vec![c.cert.clone()], c.key())
+    .with_client_auth_cert(vec![pki.client_cert("alice")], pki.client_key("alice"))
     .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = TcpStream::connect(api.addr).await.unwrap();
@@ -164,12 +161,12 @@ async fn tls12_only_client_is_refused() {
 
 #[tokio::test]
 async fn client_that_never_finishes_its_handshake_is_dropped_after_the_timeout() {
-    let pki = Pki::new();
+    let pki = Pki::generate();
     let api = Api::spawn(
         &pki,
         &ApiOptions {
             tls_extra: "handshake_timeout_ms = 300\n".into(),
-            ..ApiOptions::new("/nonexistent/executor.sock")
+            ..ApiOptions::no_executor()
         },
     );
     let mut tcp = TcpStream::connect(api.addr).await.unwrap();

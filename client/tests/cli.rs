@@ -4,14 +4,12 @@
 //! as nobody, the real `jobworker-executor`, real jobs) and print a visible
 //! `SKIPPED ...: needs root` line otherwise.
 
-mod common;
-
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
-use common::stack::Stack;
-use common::{Outcome, Pki, finish, jobctl, jobctl_as, outcome, sha256, skip_unless_root};
+use jobworker_testkit::jobctl::{Outcome, finish, jobctl, jobctl_as, outcome, sha256};
+use jobworker_testkit::{Pki, Stack, skip_unless_root};
 
 /// A server address nothing listens on: bound, then released.
 fn refused_server() -> String {
@@ -48,7 +46,7 @@ fn listed(stack: &Stack) -> Vec<serde_json::Value> {
 
 #[test]
 fn bad_values_give_one_line_and_exit_2() {
-    let (pki, home) = (Pki::new(), tempfile::tempdir().unwrap());
+    let (pki, home) = (Pki::dev_certs(), tempfile::tempdir().unwrap());
     let out = offline(
         &pki,
         home.path(),
@@ -72,7 +70,7 @@ fn bad_values_give_one_line_and_exit_2() {
 
 #[test]
 fn a_command_without_the_separator_gives_one_line_and_exit_2() {
-    let (pki, home) = (Pki::new(), tempfile::tempdir().unwrap());
+    let (pki, home) = (Pki::dev_certs(), tempfile::tempdir().unwrap());
     let out = offline(&pki, home.path(), &["run", "sh", "-c", "exit 7"]);
     out.assert_error(2, "the job's command goes after `--`");
     let out = offline(&pki, home.path(), &["run", "--"]);
@@ -81,7 +79,7 @@ fn a_command_without_the_separator_gives_one_line_and_exit_2() {
 
 #[test]
 fn an_unreachable_server_exits_3() {
-    let (pki, home) = (Pki::new(), tempfile::tempdir().unwrap());
+    let (pki, home) = (Pki::dev_certs(), tempfile::tempdir().unwrap());
     let out = offline(&pki, home.path(), &["list"]);
     out.assert_error(3, "cannot reach the server");
     out.assert_error(3, "connection refused");
@@ -89,7 +87,7 @@ fn an_unreachable_server_exits_3() {
 
 #[test]
 fn a_key_readable_by_others_is_refused() {
-    let (pki, home) = (Pki::new(), tempfile::tempdir().unwrap());
+    let (pki, home) = (Pki::dev_certs(), tempfile::tempdir().unwrap());
     let (_, key) = pki.client("alice");
     let loose = home.path().join("loose.key");
     std::fs::copy(&key, &loose).unwrap();
@@ -107,8 +105,8 @@ fn a_server_not_signed_by_our_ca_exits_4() {
     if skip_unless_root("a_server_not_signed_by_our_ca_exits_4") {
         return;
     }
-    let stack = Stack::start("otherca");
-    let other = Pki::new();
+    let stack = Stack::dev("otherca");
+    let other = Pki::dev_certs();
     let out = run(&stack, &["--ca", other.ca().to_str().unwrap(), "list"]);
     out.assert_error(
         4,
@@ -121,8 +119,8 @@ fn a_certificate_the_server_does_not_trust_exits_4() {
     if skip_unless_root("a_certificate_the_server_does_not_trust_exits_4") {
         return;
     }
-    let stack = Stack::start("othercert");
-    let other = Pki::new();
+    let stack = Stack::dev("othercert");
+    let other = Pki::dev_certs();
     let (cert, key) = other.client("alice");
     let out = run(
         &stack,
@@ -143,8 +141,8 @@ fn a_server_name_missing_from_its_certificate_exits_4() {
         return;
     }
     // The development server certificate is for localhost, 127.0.0.1 and ::1 only.
-    let stack = Stack::start_with("name", &[], "127.0.0.2:0");
-    let server = format!("https://127.0.0.2:{}", stack.api.port);
+    let stack = Stack::dev_with("name", &[], "127.0.0.2:0");
+    let server = format!("https://127.0.0.2:{}", stack.api.port());
     let out = run(&stack, &["--server", &server, "list"]);
     out.assert_error(
         4,
@@ -157,7 +155,7 @@ fn start_prints_only_the_job_id() {
     if skip_unless_root("start_prints_only_the_job_id") {
         return;
     }
-    let stack = Stack::start("startid");
+    let stack = Stack::dev("startid");
     let out = run(
         &stack,
         &["start", "--cpu", "0.5", "--memory", "64M", "--", "true"],
@@ -175,7 +173,7 @@ fn run_of_an_oom_killed_job_says_so_on_one_line() {
     if skip_unless_root("run_of_an_oom_killed_job_says_so_on_one_line") {
         return;
     }
-    let stack = Stack::start("oom");
+    let stack = Stack::dev("oom");
     // dd's 256 MiB buffer, filled from /dev/zero, is touched page by page.
     let out = run(
         &stack,
@@ -207,7 +205,7 @@ fn caps_not_found_and_permissions_have_their_exit_codes() {
     if skip_unless_root("caps_not_found_and_permissions_have_their_exit_codes") {
         return;
     }
-    let stack = Stack::start_with("caps", &["--max-running-jobs", "1"], "127.0.0.1:0");
+    let stack = Stack::dev_with("caps", &["--max-running-jobs", "1"], "127.0.0.1:0");
     let sleeper = start(&stack, &["sleep", "600"]);
     run(&stack, &["start", "--", "true"]).assert_error(
         7,
@@ -232,7 +230,7 @@ fn logs_write_the_exact_bytes() {
     if skip_unless_root("logs_write_the_exact_bytes") {
         return;
     }
-    let stack = Stack::start("logs");
+    let stack = Stack::dev("logs");
     let id = start(&stack, &["head", "-c", "1000000", "/dev/urandom"]);
     let followed = run(&stack, &["logs", "--follow", &id]);
     assert_eq!(followed.code, 0, "{}", followed.stderr);
@@ -247,7 +245,7 @@ fn logs_into_a_closed_pipe_exit_141_quietly() {
     if skip_unless_root("logs_into_a_closed_pipe_exit_141_quietly") {
         return;
     }
-    let stack = Stack::start("logspipe");
+    let stack = Stack::dev("logspipe");
     let id = start(&stack, &["head", "-c", "4000000", "/dev/urandom"]);
     assert_eq!(run(&stack, &["logs", "--follow", &id]).code, 0);
     let mut child = stack
@@ -271,7 +269,7 @@ fn run_into_a_closed_pipe_stops_the_job_and_exits_141() {
     if skip_unless_root("run_into_a_closed_pipe_stops_the_job_and_exits_141") {
         return;
     }
-    let stack = Stack::start("runpipe");
+    let stack = Stack::dev("runpipe");
     let mut child = stack
         .jobctl("alice")
         .args(["run", "--", "yes"])
@@ -301,7 +299,7 @@ fn truncated_output_is_noted_on_stderr() {
     if skip_unless_root("truncated_output_is_noted_on_stderr") {
         return;
     }
-    let stack = Stack::start_with("trunc", &["--max-output-bytes", "4096"], "127.0.0.1:0");
+    let stack = Stack::dev_with("trunc", &["--max-output-bytes", "4096"], "127.0.0.1:0");
     let out = run(&stack, &["run", "--", "head", "-c", "10000", "/dev/zero"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, vec![0u8; 4096]);
@@ -320,7 +318,7 @@ fn list_pages_through_every_job() {
     }
     // One more job than a page holds (the server's default page is 100).
     const JOBS: usize = 101;
-    let stack = Stack::start("pages");
+    let stack = Stack::dev("pages");
     let ids: Vec<String> = (0..JOBS).map(|_| start(&stack, &["true"])).collect();
     let jobs = listed(&stack);
     let seen: Vec<&str> = jobs.iter().map(|j| j["id"].as_str().unwrap()).collect();
@@ -335,8 +333,8 @@ fn settings_come_from_flag_then_environment_then_file() {
     if skip_unless_root("settings_come_from_flag_then_environment_then_file") {
         return;
     }
-    let stack = Stack::start("settings");
-    let home = stack.home.path();
+    let stack = Stack::dev("settings");
+    let home = &stack.home();
     let config = home.join("config").join("jobworker");
     std::fs::create_dir_all(&config).unwrap();
     let (cert, key) = stack.pki.client("alice");

@@ -3,14 +3,12 @@
 //! development PKI tool. Each test prints a visible `SKIPPED ...: needs root` line
 //! when not root.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::Stdio;
 
-use common::stack::{Stack, open_gate};
-use common::{Pki, finish, outcome, send_signal, sha256, skip_unless_root};
+use jobworker_testkit::jobctl::{finish, outcome, sha256};
+use jobworker_testkit::{Gate, Pki, Stack, signal, skip_unless_root};
 
 fn start(stack: &Stack, user: &str, argv: &[&str]) -> String {
     let out = outcome(stack.jobctl(user).arg("start").arg("--").args(argv));
@@ -25,7 +23,7 @@ fn run_exits_with_the_jobs_exit_code() {
     if skip_unless_root("run_exits_with_the_jobs_exit_code") {
         return;
     }
-    let stack = Stack::start("exit");
+    let stack = Stack::dev("exit");
     let out = outcome(stack.jobctl("alice").args([
         "run",
         "--",
@@ -43,7 +41,7 @@ fn run_of_a_job_killed_by_sigkill_exits_137() {
     if skip_unless_root("run_of_a_job_killed_by_sigkill_exits_137") {
         return;
     }
-    let stack = Stack::start("kill");
+    let stack = Stack::dev("kill");
     let out = outcome(
         stack
             .jobctl("alice")
@@ -58,7 +56,7 @@ fn run_of_a_missing_program_exits_9() {
     if skip_unless_root("run_of_a_missing_program_exits_9") {
         return;
     }
-    let stack = Stack::start("missing");
+    let stack = Stack::dev("missing");
     let out = outcome(
         stack
             .jobctl("alice")
@@ -72,7 +70,7 @@ fn ctrl_c_during_run_stops_the_whole_job() {
     if skip_unless_root("ctrl_c_during_run_stops_the_whole_job") {
         return;
     }
-    let stack = Stack::start("ctrlc");
+    let stack = Stack::dev("ctrlc");
     let mut child = stack
         .jobctl("alice")
         .args([
@@ -90,7 +88,7 @@ fn ctrl_c_during_run_stops_the_whole_job() {
     let mut first = [0u8; 8];
     stdout.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"started\n");
-    send_signal(child.id(), "INT");
+    assert!(signal(child.id(), "INT"), "kill -INT {}", child.id());
     child.stdout = Some(stdout);
     let out = finish(&mut child);
     assert_eq!(out.code, 143, "stopped by SIGTERM; stderr: {}", out.stderr);
@@ -113,16 +111,16 @@ fn logs_follow_of_random_binary_output_is_byte_exact() {
     if skip_unless_root("logs_follow_of_random_binary_output_is_byte_exact") {
         return;
     }
-    let stack = Stack::start("logs");
+    let stack = Stack::dev("logs");
     let data = stack.scratch.writable("data");
-    let gate = stack.scratch.gate("gate");
+    let mut gate = Gate::new();
     // Half the output before the gate opens, half after: the follower sees the job
     // running and catches up, then follows to the end.
     let script = format!(
         "head -c 524288 /dev/urandom > {d}/1 && cat {d}/1 && read x < {g} && \
          head -c 524288 /dev/urandom > {d}/2 && cat {d}/2",
         d = data.display(),
-        g = gate.display()
+        g = gate.path.display()
     );
     let id = start(&stack, "alice", &["sh", "-c", &script]);
     let mut follower = stack
@@ -135,7 +133,7 @@ fn logs_follow_of_random_binary_output_is_byte_exact() {
     let mut stdout = follower.stdout.take().unwrap();
     let mut first_half = vec![0u8; 524_288];
     stdout.read_exact(&mut first_half).unwrap();
-    open_gate(&gate);
+    gate.open();
     follower.stdout = Some(stdout);
     let out = finish(&mut follower);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -158,7 +156,7 @@ fn status_json_has_the_documented_fields() {
     if skip_unless_root("status_json_has_the_documented_fields") {
         return;
     }
-    let stack = Stack::start("json");
+    let stack = Stack::dev("json");
     let id = start(&stack, "alice", &["sh", "-c", "echo hi"]);
     // Following the output to its end waits for the job to end.
     let out = outcome(stack.jobctl("alice").args(["logs", "-f", &id]));
@@ -211,7 +209,7 @@ fn list_shows_only_the_callers_jobs() {
     if skip_unless_root("list_shows_only_the_callers_jobs") {
         return;
     }
-    let stack = Stack::start("list");
+    let stack = Stack::dev("list");
     let alices = start(&stack, "alice", &["true"]);
     let bobs = start(&stack, "bob", &["true"]);
     let ids = |user: &str, all: bool| -> BTreeSet<String> {
@@ -242,7 +240,7 @@ fn bad_flags_a_wrong_ca_and_an_unreachable_server_each_give_one_line() {
     if skip_unless_root("bad_flags_a_wrong_ca_and_an_unreachable_server_each_give_one_line") {
         return;
     }
-    let stack = Stack::start("errors");
+    let stack = Stack::dev("errors");
     outcome(
         stack
             .jobctl("alice")
@@ -255,7 +253,7 @@ fn bad_flags_a_wrong_ca_and_an_unreachable_server_each_give_one_line() {
     outcome(stack.jobctl("alice").args(["run", "uname", "-a"]))
         .assert_error(2, "the job's command goes after `--`");
 
-    let other = Pki::new();
+    let other = Pki::dev_certs();
     outcome(
         stack
             .jobctl("alice")

@@ -14,17 +14,16 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-mod common;
-
-use common::{TestParent, backend, io_disk, root_or_skip};
 use jobworker_executor::cgroup::{
     Backend, CgroupConfig, CgroupError, Cgroups, JobGroup, ResolvedIo, ResolvedLimits,
 };
 use jobworker_protocol::JobId;
+use jobworker_testkit::cgroup::{backend, io_disk};
+use jobworker_testkit::{TestParent, note, skip_unless_root};
 
 macro_rules! needs_root {
     () => {
-        if !root_or_skip(module_path!()) {
+        if skip_unless_root(module_path!()) {
             return;
         }
     };
@@ -301,9 +300,7 @@ fn v2_an_executor_in_its_delegated_group_moves_into_a_leaf() {
     needs_root!();
     let parent = TestParent::new("delegated");
     let Cgroups::V2(b) = &parent.cgroups else {
-        common::note(
-            "SKIPPED v2_an_executor_in_its_delegated_group_moves_into_a_leaf: cgroup v2 only",
-        );
+        note("SKIPPED v2_an_executor_in_its_delegated_group_moves_into_a_leaf: cgroup v2 only");
         return;
     };
     let delegated = b.parent().join("delegated");

@@ -3,13 +3,12 @@
 //! and the executor killed under its jobs are in `isolation.rs`.) Also: the init template
 //! killed, or outliving its executor.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
 use jobworker_protocol::*;
+use jobworker_testkit::procfs::{job_processes, parent_pid, pid_ns, status_kb, still_alive};
+use jobworker_testkit::*;
 
 fn output_file(exec: &Executor, id: &JobId) -> PathBuf {
     exec.state.join("jobs").join(id.to_string()).join("output")
@@ -24,24 +23,30 @@ fn disk_use(exec: &Executor, id: &JobId) -> (u64, u64) {
 
 #[tokio::test]
 async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
-    if !root_or_skip("output_past_the_cap_is_dropped_and_the_job_keeps_running") {
+    if skip_unless_root("output_past_the_cap_is_dropped_and_the_job_keeps_running") {
         return;
     }
     const CAP: u64 = 1 << 20;
-    const WRITTEN: usize = 4 << 20;
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--max-output-bytes".into(), CAP.to_string()],
         ..Default::default()
     });
     let mut c = exec.client().await;
+    // First 3 MiB, three times the cap; then the job says so at a checkpoint and waits at
+    // its gate, still running; then 1 MiB more (the pattern goes on: 3 MiB is a multiple
+    // of 256).
+    let mut written = Checkpoint::new();
     let mut gate = Gate::new();
-    let gate_path = gate.path.to_string_lossy().into_owned();
-    let id = c
-        .run(&[&probe(), "pattern", &WRITTEN.to_string(), &gate_path])
-        .await
-        .unwrap();
-    // First half: 2 MiB, twice the cap; then the job blocks on the gate, still running.
-    gate.open().await;
+    let script = format!(
+        "{probe} pattern {first} && echo written > {checkpoint} && read x < {gate} && \
+         {probe} pattern {rest}",
+        probe = probe(),
+        first = 3 << 20,
+        rest = 1 << 20,
+        checkpoint = written.path.display(),
+        gate = gate.path.display(),
+    );
+    let id = c.run(&["sh", "-c", &script]).await.unwrap();
     // Follow until the cap is reached: the output stops growing there.
     let mut t = exec.client().await.into_inner();
     {
@@ -63,16 +68,12 @@ async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
         }
         assert_eq!(got, CAP);
     }
-    // The job writes twice the cap, then blocks at its gate. That the executor has
-    // drained the pipe past the cap shows only in the status: ask until it says so.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let s = loop {
-        let s = c.status(id).await.unwrap();
-        if s.output_truncated || std::time::Instant::now() > deadline {
-            break s;
-        }
-        tokio::task::yield_now().await;
-    };
+    // The probe's writes of 3 MiB have returned: the executor has read all of it but
+    // what the job's output pipe still holds (1 MiB at most), so at least 1 MiB past the
+    // cap, in reads of at most 256 KiB, each recorded (the truncation with it) before
+    // the next is made. The status says so at once.
+    assert_eq!(written.reached(LIMIT).await, "written");
+    let s = c.status(id).await.unwrap();
     assert_eq!(s.state, JobState::Running, "{s:?}");
     assert_eq!(s.output_bytes, CAP);
     assert!(s.output_truncated, "{s:?}");
@@ -82,8 +83,8 @@ async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
         bytes_on_disk <= CAP + (64 << 10),
         "{bytes_on_disk} bytes on disk"
     );
-    // Second half: the job writes 2 MiB more, all dropped, and exits normally.
-    gate.open().await;
+    // The last 1 MiB, all dropped, and the job exits normally.
+    gate.open();
     let (out, end) = c.wait(id).await;
     assert_eq!(end.state, JobState::Exited);
     assert_eq!(end.exit_code, Some(0));
@@ -100,11 +101,11 @@ async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
 
 #[tokio::test]
 async fn a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory() {
-    if !root_or_skip("a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory") {
+    if skip_unless_root("a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory") {
         return;
     }
     const CAP: u64 = 8 << 20;
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--max-output-bytes".into(), CAP.to_string()],
         ..Default::default()
     });
@@ -112,7 +113,7 @@ async fn a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory() {
     // Warm up, so that the baseline includes the runtime's and the allocator's start.
     let id = c.run(&["true"]).await.unwrap();
     c.wait(id).await;
-    let before = proc_status_kb(exec.pid(), "VmRSS");
+    let before = status_kb(exec.pid(), "VmRSS");
     let id = c
         .run(&["head", "-c", "104857600", "/dev/zero"])
         .await
@@ -126,8 +127,8 @@ async fn a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory() {
     assert!(out.iter().all(|b| *b == 0));
     assert_eq!(disk_use(&exec, &id).0, CAP);
     // The 100 MB went through a fixed buffer: the executor's peak memory stays small.
-    let peak = proc_status_kb(exec.pid(), "VmHWM");
-    let after = proc_status_kb(exec.pid(), "VmRSS");
+    let peak = status_kb(exec.pid(), "VmHWM");
+    let after = status_kb(exec.pid(), "VmRSS");
     note(&format!(
         "executor memory: VmRSS {before} kB before, {after} kB after, VmHWM {peak} kB"
     ));
@@ -141,10 +142,10 @@ async fn a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory() {
 
 #[tokio::test]
 async fn a_double_forked_process_dies_when_its_command_exits() {
-    if !root_or_skip("a_double_forked_process_dies_when_its_command_exits") {
+    if skip_unless_root("a_double_forked_process_dies_when_its_command_exits") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut gate = Gate::new();
     // The grandchild is re-parented to the job's init and keeps the output pipe open.
@@ -153,27 +154,27 @@ async fn a_double_forked_process_dies_when_its_command_exits() {
         gate.path.display()
     );
     let id = c.run(&["sh", "-c", &script]).await.unwrap();
-    let ns = pid_ns(exec.init_pid(&id));
+    let ns = pid_ns(exec.init_pid(id));
     exec.client().await.wait_for_output(id, b"forked").await;
     let procs = job_processes(&ns);
     // The init, the shell and the orphaned sleep.
     assert_eq!(procs.len(), 3, "{procs:?}");
-    gate.open().await;
+    gate.open();
     let (out, end) = c.wait(id).await;
     assert_eq!(out, b"forked\n");
     assert_eq!(end.state, JobState::Exited);
     assert_eq!(end.exit_code, Some(5));
     assert_eq!(still_alive(&procs), vec![], "nothing of the job survives");
-    assert_eq!(exec.job_groups_left_after(&id), Vec::<PathBuf>::new());
+    assert_eq!(exec.job_groups_left_after(id), Vec::<PathBuf>::new());
     assert_unaffected(&exec).await;
 }
 
 #[tokio::test]
 async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
-    if !root_or_skip("a_job_that_closes_its_output_keeps_running_until_it_exits") {
+    if skip_unless_root("a_job_that_closes_its_output_keeps_running_until_it_exits") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut gate = Gate::new();
     let g = gate.path.display().to_string();
@@ -185,7 +186,7 @@ async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
     let mut f = exec.client().await;
     let follower = tokio::spawn(async move { f.wait(id).await });
     // The job opens the gate only after closing stdout and stderr.
-    gate.open().await;
+    gate.open();
     exec.client().await.wait_for_len(id, 7).await;
     let s = c.status(id).await.unwrap();
     assert_eq!(s.state, JobState::Running, "{s:?}");
@@ -195,7 +196,7 @@ async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
         "the stream ended before the job did"
     );
     assert_eq!(c.output(id, 0, false).await.bytes, b"before\n");
-    gate.open().await;
+    gate.open();
     let (out, end) = follower.await.unwrap();
     assert_eq!(out, b"before\n");
     assert_eq!(end.state, JobState::Exited);
@@ -205,12 +206,12 @@ async fn a_job_that_closes_its_output_keeps_running_until_it_exits() {
 
 #[tokio::test]
 async fn a_killed_init_template_is_reaped_and_replaced_and_jobs_still_start() {
-    if !root_or_skip("a_killed_init_template_is_reaped_and_replaced_and_jobs_still_start") {
+    if skip_unless_root("a_killed_init_template_is_reaped_and_replaced_and_jobs_still_start") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let old = exec.template_pid();
-    signal_pid(old, "KILL");
+    signal(old, "KILL");
     assert!(wait_exit(old, Duration::from_secs(10)));
     // The next start finds the template gone, reaps it, starts a new one and uses it.
     let mut c = exec.client().await;
@@ -225,10 +226,10 @@ async fn a_killed_init_template_is_reaped_and_replaced_and_jobs_still_start() {
 
 #[tokio::test]
 async fn the_init_template_ends_with_its_executor() {
-    if !root_or_skip("the_init_template_ends_with_its_executor") {
+    if skip_unless_root("the_init_template_ends_with_its_executor") {
         return;
     }
-    let mut exec = Executor::start(Opts::default());
+    let mut exec = Executor::start(ExecutorOptions::default());
     let template = exec.template_pid();
     exec.kill9();
     assert!(

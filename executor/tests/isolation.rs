@@ -2,12 +2,12 @@
 //! kernel's own counters. Runs on cgroup v1 on the CI hosts and on cgroup v2 in the VM
 //! tests (`make test-vm`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use jobworker_protocol::*;
+use jobworker_testkit::cgroup::{cgroup_stat, io_disk};
+use jobworker_testkit::procfs::{job_processes, pid_ns, still_alive};
+use jobworker_testkit::*;
 
 fn limits(cpu_millis: Option<u32>, memory_bytes: Option<u64>, pids: Option<u32>) -> Limits {
     Limits {
@@ -33,10 +33,10 @@ fn is_v2() -> bool {
 
 #[tokio::test]
 async fn the_probe_sees_a_sandbox_from_inside() {
-    if !root_or_skip("the_probe_sees_a_sandbox_from_inside") {
+    if skip_unless_root("the_probe_sees_a_sandbox_from_inside") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut spec = spec_with(
         &[&probe(), "inspect"],
@@ -137,10 +137,10 @@ async fn the_probe_sees_a_sandbox_from_inside() {
 
 #[tokio::test]
 async fn limits_are_in_the_jobs_cgroup_while_it_runs_and_the_group_goes_after() {
-    if !root_or_skip("limits_are_in_the_jobs_cgroup_while_it_runs_and_the_group_goes_after") {
+    if skip_unless_root("limits_are_in_the_jobs_cgroup_while_it_runs_and_the_group_goes_after") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut gate = Gate::new();
     let gate_path = gate.path.to_string_lossy().into_owned();
@@ -156,7 +156,7 @@ async fn limits_are_in_the_jobs_cgroup_while_it_runs_and_the_group_goes_after() 
         .unwrap();
     exec.client().await.wait_for_output(id, b"spun").await;
     let read = |f: &str| {
-        std::fs::read_to_string(exec.job_cgroup_file(&id, f))
+        std::fs::read_to_string(exec.job_cgroup_file(id, f))
             .unwrap()
             .trim()
             .to_owned()
@@ -172,7 +172,7 @@ async fn limits_are_in_the_jobs_cgroup_while_it_runs_and_the_group_goes_after() 
         assert_eq!(read("cpu.cfs_quota_us"), "25000");
         assert_eq!(read("cpu.cfs_period_us"), "100000");
     }
-    gate.open().await;
+    gate.open();
     let (_, status) = c.wait(id).await;
     assert_eq!(status.exit_code, Some(0));
     assert_eq!(status.limits.cpu_millis, Some(250));
@@ -182,17 +182,17 @@ async fn limits_are_in_the_jobs_cgroup_while_it_runs_and_the_group_goes_after() 
         "{status:?}"
     );
     assert_eq!(
-        exec.job_groups_left_after(&id),
+        exec.job_groups_left_after(id),
         Vec::<std::path::PathBuf>::new()
     );
 }
 
 #[tokio::test]
 async fn a_memory_hog_over_its_limit_is_oom_killed() {
-    if !root_or_skip("a_memory_hog_over_its_limit_is_oom_killed") {
+    if skip_unless_root("a_memory_hog_over_its_limit_is_oom_killed") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let id = c
         .start(
@@ -218,10 +218,10 @@ async fn a_memory_hog_over_its_limit_is_oom_killed() {
 
 #[tokio::test]
 async fn a_fork_bomb_is_contained_and_can_be_stopped() {
-    if !root_or_skip("a_fork_bomb_is_contained_and_can_be_stopped") {
+    if skip_unless_root("a_fork_bomb_is_contained_and_can_be_stopped") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let id = c
         .start(
@@ -230,7 +230,7 @@ async fn a_fork_bomb_is_contained_and_can_be_stopped() {
         )
         .await
         .unwrap();
-    let ns = pid_ns(exec.init_pid(&id));
+    let ns = pid_ns(exec.init_pid(id));
     let out = exec
         .client()
         .await
@@ -257,7 +257,7 @@ async fn a_fork_bomb_is_contained_and_can_be_stopped() {
     assert_eq!(s.state, JobState::Stopped);
     assert_eq!(still_alive(&procs), vec![]);
     assert_eq!(
-        exec.job_groups_left_after(&id),
+        exec.job_groups_left_after(id),
         Vec::<std::path::PathBuf>::new()
     );
     assert_unaffected(&exec).await;
@@ -265,10 +265,10 @@ async fn a_fork_bomb_is_contained_and_can_be_stopped() {
 
 #[tokio::test]
 async fn a_cpu_hog_is_throttled_to_its_quota() {
-    if !root_or_skip("a_cpu_hog_is_throttled_to_its_quota") {
+    if skip_unless_root("a_cpu_hog_is_throttled_to_its_quota") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut gate = Gate::new();
     let gate_path = gate.path.to_string_lossy().into_owned();
@@ -283,10 +283,10 @@ async fn a_cpu_hog_is_throttled_to_its_quota() {
         .await
         .unwrap();
     exec.client().await.wait_for_output(id, b"spun").await;
-    let stat = exec.job_cgroup_file(&id, "cpu.stat");
+    let stat = exec.job_cgroup_file(id, "cpu.stat");
     let throttled = cgroup_stat(&stat, "nr_throttled ");
     assert!(throttled > 0, "nr_throttled = {throttled}");
-    gate.open().await;
+    gate.open();
     let (_, status) = c.wait(id).await;
     let wall_us = (status.ended_at_ms.unwrap() - status.started_at_ms) * 1000;
     let cpu_us = status.cpu_usec.unwrap();
@@ -299,7 +299,7 @@ async fn a_cpu_hog_is_throttled_to_its_quota() {
 
 #[tokio::test]
 async fn direct_io_writes_are_held_to_the_write_limit() {
-    if !root_or_skip("direct_io_writes_are_held_to_the_write_limit") {
+    if skip_unless_root("direct_io_writes_are_held_to_the_write_limit") {
         return;
     }
     let Some(device) = io_disk() else {
@@ -309,15 +309,12 @@ async fn direct_io_writes_are_held_to_the_write_limit() {
     // scratch directory on the disk holding /.
     let scratch = Scratch::new("io");
     let target = std::env::var("JOBWORKER_TEST_IO_TARGET").unwrap_or_else(|_| {
-        let dir = scratch.path.join("w");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
+        let dir = scratch.writable("w");
         dir.join("file").to_string_lossy().into_owned()
     });
     const MIB: u64 = 4;
     const BPS: u64 = 1 << 20;
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut l = limits(None, None, None);
     l.io = Some(IoLimits {
@@ -350,17 +347,17 @@ async fn direct_io_writes_are_held_to_the_write_limit() {
 
 #[tokio::test]
 async fn stop_ends_a_job_that_ignores_sigterm_and_forks() {
-    if !root_or_skip("stop_ends_a_job_that_ignores_sigterm_and_forks") {
+    if skip_unless_root("stop_ends_a_job_that_ignores_sigterm_and_forks") {
         return;
     }
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--stop-grace-ms".into(), "300".into()],
         ..Default::default()
     });
     let mut c = exec.client().await;
     let script = "trap '' TERM; (trap '' TERM; while :; do sleep 1; done) & (trap '' TERM; sleep 1000) & echo ready; while :; do sleep 1; done";
     let id = c.run(&["sh", "-c", script]).await.unwrap();
-    let ns = pid_ns(exec.init_pid(&id));
+    let ns = pid_ns(exec.init_pid(id));
     exec.client().await.wait_for_output(id, b"ready").await;
     let procs = job_processes(&ns);
     assert!(procs.len() >= 4, "{procs:?}");
@@ -373,7 +370,7 @@ async fn stop_ends_a_job_that_ignores_sigterm_and_forks() {
     );
     assert_eq!(still_alive(&procs), vec![]);
     assert_eq!(
-        exec.job_groups_left_after(&id),
+        exec.job_groups_left_after(id),
         Vec::<std::path::PathBuf>::new()
     );
     assert_unaffected(&exec).await;
@@ -381,10 +378,10 @@ async fn stop_ends_a_job_that_ignores_sigterm_and_forks() {
 
 #[tokio::test]
 async fn a_limit_above_a_ceiling_is_refused_naming_it() {
-    if !root_or_skip("a_limit_above_a_ceiling_is_refused_naming_it") {
+    if skip_unless_root("a_limit_above_a_ceiling_is_refused_naming_it") {
         return;
     }
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--ceiling-memory-bytes".into(), (64u64 << 20).to_string()],
         ..Default::default()
     });
@@ -406,10 +403,10 @@ async fn a_limit_above_a_ceiling_is_refused_naming_it() {
 
 #[tokio::test]
 async fn an_io_limit_on_something_that_is_not_a_block_device_fails_to_start() {
-    if !root_or_skip("an_io_limit_on_something_that_is_not_a_block_device_fails_to_start") {
+    if skip_unless_root("an_io_limit_on_something_that_is_not_a_block_device_fails_to_start") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut l = limits(None, None, None);
     l.io = Some(IoLimits {
@@ -426,10 +423,10 @@ async fn an_io_limit_on_something_that_is_not_a_block_device_fails_to_start() {
 
 #[tokio::test]
 async fn a_killed_executor_takes_its_jobs_with_it_and_records_them_as_lost() {
-    if !root_or_skip("a_killed_executor_takes_its_jobs_with_it_and_records_them_as_lost") {
+    if skip_unless_root("a_killed_executor_takes_its_jobs_with_it_and_records_them_as_lost") {
         return;
     }
-    let mut exec = Executor::start(Opts::default());
+    let mut exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let done = c.run(&["echo", "finished"]).await.unwrap();
     let (_, done_status) = c.wait(done).await;
@@ -454,11 +451,11 @@ async fn a_killed_executor_takes_its_jobs_with_it_and_records_them_as_lost() {
         .await
         .unwrap();
     let mut gate = gate;
-    gate.open().await;
+    gate.open();
     let mut inits = Vec::new();
     let mut procs = Vec::new();
     for (id, len) in [(plain, 8), (daemon, 11), (half, 1 << 19)] {
-        let init = exec.init_pid(&id);
+        let init = exec.init_pid(id);
         inits.push(init);
         let ns = pid_ns(init);
         // Once the executor has stored all the job will write for now.
@@ -481,7 +478,7 @@ async fn a_killed_executor_takes_its_jobs_with_it_and_records_them_as_lost() {
         vec![],
         "a process of a job was orphaned"
     );
-    let exec = exec.restart();
+    exec.restart();
     assert_eq!(exec.job_groups_left(), Vec::<std::path::PathBuf>::new());
     let mut c = exec.client().await;
     for (id, expected) in [

@@ -1,17 +1,16 @@
 //! The job engine end to end: a real executor on a real socket running real jobs.
 
-mod common;
-
-use common::*;
 use jobworker_protocol::validate::{MAX_ARGV_BYTES, MAX_ENV_BYTES};
 use jobworker_protocol::*;
+use jobworker_testkit::procfs::{job_processes, pid_ns, still_alive};
+use jobworker_testkit::*;
 
 #[tokio::test]
 async fn echo_job_exits_zero_with_exactly_its_output() {
-    if !root_or_skip("echo_job_exits_zero_with_exactly_its_output") {
+    if skip_unless_root("echo_job_exits_zero_with_exactly_its_output") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let id = c.run(&["echo", "hello", "world"]).await.unwrap();
     let (out, status) = c.wait(id).await;
@@ -27,10 +26,10 @@ async fn echo_job_exits_zero_with_exactly_its_output() {
 
 #[tokio::test]
 async fn stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact() {
-    if !root_or_skip("stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact") {
+    if skip_unless_root("stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let id = c
         .run(&["sh", "-c", "echo out1; echo err1 >&2; echo out2; exit 7"])
@@ -50,10 +49,10 @@ async fn stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact() {
 
 #[tokio::test]
 async fn a_missing_command_fails_to_start_with_a_clear_message() {
-    if !root_or_skip("a_missing_command_fails_to_start_with_a_clear_message") {
+    if skip_unless_root("a_missing_command_fails_to_start_with_a_clear_message") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let e = c.run(&["no-such-command-xyz"]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedToStart);
@@ -77,10 +76,10 @@ async fn a_missing_command_fails_to_start_with_a_clear_message() {
 
 #[tokio::test]
 async fn unknown_ids_are_not_found() {
-    if !root_or_skip("unknown_ids_are_not_found") {
+    if skip_unless_root("unknown_ids_are_not_found") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let ghost = JobId::from_bytes([0x42; 16]);
     assert_eq!(c.status(ghost).await.unwrap_err().kind, ErrorKind::NotFound);
@@ -91,10 +90,10 @@ async fn unknown_ids_are_not_found() {
 
 #[tokio::test]
 async fn another_owners_job_is_not_found() {
-    if !root_or_skip("another_owners_job_is_not_found") {
+    if skip_unless_root("another_owners_job_is_not_found") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let id = c.start("alice", spec(&["true"])).await.unwrap();
     c.wait(id).await;
@@ -143,10 +142,10 @@ async fn another_owners_job_is_not_found() {
 
 #[tokio::test]
 async fn list_pages_in_start_order() {
-    if !root_or_skip("list_pages_in_start_order") {
+    if skip_unless_root("list_pages_in_start_order") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -181,11 +180,11 @@ async fn list_pages_in_start_order() {
 
 #[tokio::test]
 async fn three_followers_started_at_different_moments_get_identical_output() {
-    if !root_or_skip("three_followers_started_at_different_moments_get_identical_output") {
+    if skip_unless_root("three_followers_started_at_different_moments_get_identical_output") {
         return;
     }
     const LEN: usize = 10 * 1024 * 1024;
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut gate = Gate::new();
     let mut c = exec.client().await;
     let gate_path = gate.path.to_string_lossy().into_owned();
@@ -224,12 +223,12 @@ async fn three_followers_started_at_different_moments_get_identical_output() {
             }
         }
     });
-    gate.open().await; // first half
+    gate.open(); // first half
     half_rx.await.unwrap();
     // Follower 2 starts mid-way: the job is blocked after exactly half.
     let mut f2 = exec.client().await;
     let second = tokio::spawn(async move { f2.wait(id).await });
-    gate.open().await; // second half
+    gate.open(); // second half
     let (b1, s1) = first.await.unwrap();
     let (b2, s2) = second.await.unwrap();
     // Follower 3 starts after the job ended.
@@ -251,16 +250,16 @@ async fn three_followers_started_at_different_moments_get_identical_output() {
 
 #[tokio::test]
 async fn stop_kills_the_whole_process_tree() {
-    if !root_or_skip("stop_kills_the_whole_process_tree") {
+    if skip_unless_root("stop_kills_the_whole_process_tree") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let id = c
         .run(&["sh", "-c", "sleep 1000 & sleep 1000 & echo ready; wait"])
         .await
         .unwrap();
-    let ns = pid_ns(exec.init_pid(&id));
+    let ns = pid_ns(exec.init_pid(id));
     exec.client().await.wait_for_output(id, b"ready").await;
     // The init, the shell and both sleeps.
     let procs = job_processes(&ns);
@@ -280,10 +279,10 @@ async fn stop_kills_the_whole_process_tree() {
 
 #[tokio::test]
 async fn the_largest_arguments_and_environment_allowed_reach_the_command_intact() {
-    if !root_or_skip("the_largest_arguments_and_environment_allowed_reach_the_command_intact") {
+    if skip_unless_root("the_largest_arguments_and_environment_allowed_reach_the_command_intact") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     // Close to both caps, so the init's spec (JSON) is several times a pipe's default
     // 64 KiB; each byte is checked, not only the lengths.

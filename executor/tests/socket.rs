@@ -1,12 +1,10 @@
 //! The executor's socket under hostile or excessive use: peers, frames, caps, restarts.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use jobworker_protocol::codec::HandshakeError;
 use jobworker_protocol::*;
+use jobworker_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -27,12 +25,12 @@ async fn read_to_eof(s: &mut UnixStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_peer_that_is_not_allowed_is_dropped_before_its_request_is_read() {
-    if !root_or_skip("a_peer_that_is_not_allowed_is_dropped_before_its_request_is_read") {
+    if skip_unless_root("a_peer_that_is_not_allowed_is_dropped_before_its_request_is_read") {
         return;
     }
     // Only uid 4242 may connect; this test runs as root.
-    let exec = Executor::start(Opts {
-        allow_uid: 4242,
+    let exec = Executor::start(ExecutorOptions {
+        allow_uids: vec![4242],
         ..Default::default()
     });
     let mut s = UnixStream::connect(&exec.socket).await.unwrap();
@@ -50,10 +48,10 @@ async fn a_peer_that_is_not_allowed_is_dropped_before_its_request_is_read() {
 
 #[tokio::test]
 async fn bad_frames_close_only_their_connection() {
-    if !root_or_skip("bad_frames_close_only_their_connection") {
+    if skip_unless_root("bad_frames_close_only_their_connection") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     // A well-behaved client, connected before the others misbehave.
     let mut good = exec.client().await;
 
@@ -88,11 +86,11 @@ async fn bad_frames_close_only_their_connection() {
 
 #[tokio::test]
 async fn a_wrong_protocol_version_is_refused() {
-    if !root_or_skip("a_wrong_protocol_version_is_refused") {
+    if skip_unless_root("a_wrong_protocol_version_is_refused") {
         return;
     }
     use futures::{SinkExt, StreamExt};
-    let exec = Executor::start(Opts::default());
+    let exec = Executor::start(ExecutorOptions::default());
     let s = UnixStream::connect(&exec.socket).await.unwrap();
     let mut t = client_transport(s);
     t.send(Request::Hello {
@@ -109,10 +107,10 @@ async fn a_wrong_protocol_version_is_refused() {
 
 #[tokio::test]
 async fn over_the_running_jobs_cap_start_is_resource_exhausted() {
-    if !root_or_skip("over_the_running_jobs_cap_start_is_resource_exhausted") {
+    if skip_unless_root("over_the_running_jobs_cap_start_is_resource_exhausted") {
         return;
     }
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--max-running-jobs".into(), "1".into()],
         ..Default::default()
     });
@@ -132,10 +130,10 @@ async fn over_the_running_jobs_cap_start_is_resource_exhausted() {
 
 #[tokio::test]
 async fn a_job_seen_to_end_has_already_freed_its_running_slot() {
-    if !root_or_skip("a_job_seen_to_end_has_already_freed_its_running_slot") {
+    if skip_unless_root("a_job_seen_to_end_has_already_freed_its_running_slot") {
         return;
     }
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--max-running-jobs".into(), "1".into()],
         ..Default::default()
     });
@@ -156,15 +154,15 @@ async fn a_job_seen_to_end_has_already_freed_its_running_slot() {
 
 #[tokio::test]
 async fn over_the_connection_cap_a_client_is_told_so() {
-    if !root_or_skip("over_the_connection_cap_a_client_is_told_so") {
+    if skip_unless_root("over_the_connection_cap_a_client_is_told_so") {
         return;
     }
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--max-connections".into(), "1".into()],
         ..Default::default()
     });
     let mut first = exec.client().await;
-    match Client::connect(&exec.socket).await {
+    match ExecClient::connect(&exec.socket).await {
         Err(HandshakeError::Refused(e)) => {
             assert_eq!(e.kind, ErrorKind::ResourceExhausted);
             assert!(e.message.contains("1 connections"), "{}", e.message);
@@ -179,7 +177,7 @@ async fn over_the_connection_cap_a_client_is_told_so() {
     // The executor frees the slot, then logs the close (the only connection closed in
     // this test: the refused one never had a slot).
     exec.wait_log("connection closed", std::time::Duration::from_secs(60));
-    let mut again = Client::connect(&exec.socket)
+    let mut again = ExecClient::connect(&exec.socket)
         .await
         .expect("the slot was freed");
     let id = again.run(&["true"]).await.unwrap();
@@ -188,10 +186,10 @@ async fn over_the_connection_cap_a_client_is_told_so() {
 
 #[tokio::test]
 async fn finished_jobs_survive_an_executor_restart() {
-    if !root_or_skip("finished_jobs_survive_an_executor_restart") {
+    if skip_unless_root("finished_jobs_survive_an_executor_restart") {
         return;
     }
-    let exec = Executor::start(Opts::default());
+    let mut exec = Executor::start(ExecutorOptions::default());
     let mut c = exec.client().await;
     let id = c
         .run(&["sh", "-c", "printf 'a\\0b\\377'; exit 3"])
@@ -200,7 +198,7 @@ async fn finished_jobs_survive_an_executor_restart() {
     let (out, before) = c.wait(id).await;
     assert_eq!(out, b"a\0b\xff");
     drop(c);
-    let exec = exec.restart();
+    exec.restart();
     let mut c = exec.client().await;
     assert_eq!(c.status(id).await.unwrap(), before);
     let (out, after) = c.wait(id).await;
@@ -210,10 +208,10 @@ async fn finished_jobs_survive_an_executor_restart() {
 
 #[tokio::test]
 async fn shutdown_stops_running_jobs_and_records_them() {
-    if !root_or_skip("shutdown_stops_running_jobs_and_records_them") {
+    if skip_unless_root("shutdown_stops_running_jobs_and_records_them") {
         return;
     }
-    let mut exec = Executor::start(Opts {
+    let mut exec = Executor::start(ExecutorOptions {
         extra: vec!["--stop-grace-ms".into(), "200".into()],
         ..Default::default()
     });
@@ -232,7 +230,7 @@ async fn shutdown_stops_running_jobs_and_records_them() {
     let status = exec.terminate();
     assert!(status.success(), "{status:?}");
     drop(c);
-    let exec = exec.restart();
+    exec.restart();
     let mut c = exec.client().await;
     let s = c.status(id).await.unwrap();
     assert_eq!(s.state, JobState::Stopped);
@@ -241,10 +239,10 @@ async fn shutdown_stops_running_jobs_and_records_them() {
 
 #[tokio::test]
 async fn the_oldest_finished_jobs_are_deleted_beyond_the_retention_cap() {
-    if !root_or_skip("the_oldest_finished_jobs_are_deleted_beyond_the_retention_cap") {
+    if skip_unless_root("the_oldest_finished_jobs_are_deleted_beyond_the_retention_cap") {
         return;
     }
-    let exec = Executor::start(Opts {
+    let exec = Executor::start(ExecutorOptions {
         extra: vec!["--max-finished-jobs".into(), "2".into()],
         ..Default::default()
     });
@@ -252,7 +250,7 @@ async fn the_oldest_finished_jobs_are_deleted_beyond_the_retention_cap() {
     let dir = |id: JobId| exec.state.join("jobs").join(id.to_string());
     // Deletion follows the end of the job that went over the cap, shortly after its
     // followers have seen that end; the executor logs it (at debug level).
-    async fn gone(exec: &Executor, c: &mut Client, id: JobId) {
+    async fn gone(exec: &Executor, c: &mut ExecClient, id: JobId) {
         exec.wait_log(
             &format!("deleted a finished job beyond the retention cap job={id}"),
             Duration::from_secs(10),

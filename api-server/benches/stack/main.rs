@@ -19,8 +19,9 @@
 //! keeps the started stack up until a line arrives on stdin (to profile it with other
 //! tools), then runs the scenarios; `BENCH_KEEP=1` keeps the stack's directory and logs.
 //!
-//! Modules: [`machine`] describes the machine and reads `/proc`; [`stack`] starts and
-//! removes the executor and the API server; [`client`] makes the calls, follows output
+//! Modules: [`machine`] describes the machine; [`stack`] starts the executor and the API
+//! server through the test kit (`jobworker-testkit`, which also reads `/proc` for the
+//! figures) and measures them; [`client`] makes the calls, follows output
 //! and runs the timed baseline commands; [`crun`] is the crun baseline; [`figures`]
 //! holds percentiles, the table and the JSON; [`scenarios`] has one function per
 //! scenario.
@@ -38,10 +39,11 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::json;
 
+use jobworker_testkit::is_root;
+use jobworker_testkit::procfs::rss;
+
 use crate::{crun::*, figures::*, machine::*, scenarios::*, stack::*};
 
-/// The unprivileged account of the API server and of jobs.
-pub const NOBODY: u32 = 65534;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 /// Throughputs are in MB/s of 10^6 bytes.
@@ -133,7 +135,6 @@ fn run() -> anyhow::Result<()> {
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let sizes = Sizes::new(quick);
-    let bins = Binaries::locate()?;
     for tool in ["unshare", "bwrap", "crun", "busybox"] {
         if which(tool).is_none() {
             bail!("{tool} is missing: `make bench` installs it (bubblewrap, crun, busybox-static)");
@@ -142,7 +143,7 @@ fn run() -> anyhow::Result<()> {
     let machine = machine();
     println!("{}", machine_line(&machine));
 
-    let stack = Stack::start(&bins)?;
+    let stack = Stack::start()?;
     let template_rss = stack.template_pid.map(|pid| mib(rss(pid).0));
     let template = match (stack.template_pid, template_rss) {
         (Some(pid), Some(r)) => format!("init template pid {pid}, RSS {r} MiB"),
@@ -154,13 +155,13 @@ fn run() -> anyhow::Result<()> {
     );
     if std::env::var_os("BENCH_HOLD").is_some() {
         // A profiling aid: the stack stays up, for other tools, until stdin has a line.
-        println!(
-            "holding: JOBWORKER_SERVER=localhost:{} JOBWORKER_CA={} JOBWORKER_CERT={} JOBWORKER_KEY={}",
-            stack.addr.port(),
-            stack.pki.join("ca.pem").display(),
-            stack.pki.join("alice.pem").display(),
-            stack.pki.join("alice.key").display()
-        );
+        let vars: Vec<String> = stack
+            .pki()
+            .jobctl_env("alice", &format!("localhost:{}", stack.addr.port()))
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.to_string_lossy()))
+            .collect();
+        println!("holding: {}", vars.join(" "));
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
     }
@@ -196,7 +197,7 @@ fn run() -> anyhow::Result<()> {
             scenario_stalled(&stack, &sizes, &mut report).await?;
         }
         if want(7) {
-            scenario_cli(&stack, &bins, &sizes, &mut report).await?;
+            scenario_cli(&stack, &sizes, &mut report).await?;
         }
         if want(5) {
             scenario_scale(&stack, &sizes, &mut report).await?;

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::{GIB, MB, MIB, Sizes};
 use crate::{client::*, crun::*, figures::*, machine::*, stack::*};
+use jobworker_testkit::procfs::fd_count;
 
 /// 1. Start latency over one warm connection, with the baselines interleaved.
 pub async fn scenario_start_latency(
@@ -26,7 +27,7 @@ pub async fn scenario_start_latency(
         let id = start(&mut c, &["/bin/true"]).await?;
         follow(&mut c, &id, 0, false).await?;
     }
-    let bundle = crun_bundle(&stack.dir)?;
+    let bundle = crun_bundle(&stack.dir.path)?;
     let mut crun = Crun::start(&bundle, &stack.dir.join("crun-root"))?;
     crun.run_once()?;
     let (mut running, mut final_, mut un, mut bw, mut cr) =
@@ -413,7 +414,7 @@ pub async fn scenario_scale(
     }
     let fill = t.elapsed();
     let (exec1, api1) = stack.rss_now();
-    let (exec_fds, api_fds) = (open_fds(stack.exec_pid), open_fds(stack.api_pid));
+    let (exec_fds, api_fds) = (fd_count(stack.exec_pid), fd_count(stack.api_pid));
     let (mut at_n, mut un_n) = (Vec::new(), Vec::new());
     for _ in 0..sizes.scale_probes {
         let t = Instant::now();
@@ -635,26 +636,17 @@ pub async fn scenario_stalled(
 }
 
 /// 7. `jobctl run -- true` as a whole process.
-pub async fn scenario_cli(
-    stack: &Stack,
-    bins: &Binaries,
-    sizes: &Sizes,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+pub async fn scenario_cli(stack: &Stack, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     println!(
         "7. command line: {} x jobctl run -- true ...",
         sizes.cli_runs
     );
+    let server = format!("localhost:{}", stack.addr.port());
+    let bin = jobctl();
     let jobctl = |_: ()| {
-        let mut c = Command::new(&bins.jobctl);
+        let mut c = Command::new(&bin);
         c.args(["run", "--", "true"])
-            .env(
-                "JOBWORKER_SERVER",
-                format!("localhost:{}", stack.addr.port()),
-            )
-            .env("JOBWORKER_CA", stack.pki.join("ca.pem"))
-            .env("JOBWORKER_CERT", stack.pki.join("alice.pem"))
-            .env("JOBWORKER_KEY", stack.pki.join("alice.key"));
+            .envs(stack.pki().jobctl_env("alice", &server));
         c
     };
     time_command(jobctl(())).await?;
