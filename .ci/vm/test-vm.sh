@@ -50,7 +50,7 @@ log "building the executor's tests and binaries for $target"
 test_json=$vm_dir/cargo-tests.json
 cargo test -p jobworker-executor --tests --no-run --locked --target "$target" \
     --message-format=json-render-diagnostics >"$test_json"
-cargo build -p jobworker-executor --bins --locked --target "$target"
+cargo build -p jobworker-executor -p jobworker-testkit --bins --locked --target "$target"
 t_build=$(now)
 
 # Integration test targets only (kind "test"), as "name<TAB>path".

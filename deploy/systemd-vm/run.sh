@@ -94,7 +94,7 @@ chmod 1777 "$root/srv/dropbox"
 log "make install DESTDIR=$root"
 make -s -C "$repo" install DESTDIR="$root" PREFIX=/usr/local >&2
 # Test aids, not part of the install: the probe (run as a job) and the PKI tool.
-cargo build --release --locked -p jobworker-executor --bin jobworker-probe \
+cargo build --release --locked -p jobworker-testkit --bin jobworker-probe \
     -p jobctl --bin jobworker-dev-certs --manifest-path "$repo/Cargo.toml" >&2
 install -d -m 0755 "$root/usr/local/libexec"
 install -m 0755 "$repo/target/release/jobworker-probe" "$root/usr/local/libexec/jobworker-probe"

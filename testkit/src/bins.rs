@@ -100,8 +100,8 @@ fn remove_copies_of_exited_processes(base: &Path) {
     }
 }
 
-/// The probe (`jobworker-probe`, a binary of the executor crate that the root tests run
-/// *as a job*), as a copy the job user can run; see [`installed`].
+/// The probe (`jobworker-probe`, this kit's binary that the root tests run *as a job*),
+/// as a copy the job user can run; see [`installed`].
 pub fn probe() -> String {
     installed("jobworker-probe").to_string_lossy().into_owned()
 }
