@@ -360,10 +360,11 @@ impl Cgroups {
     /// job's last process is reaped, so a busy group is retried a few times within about
     /// half a second; this blocks, so call it off the async runtime.
     pub fn remove(&self, g: &JobGroup) -> Result<(), CgroupError> {
-        match self {
-            Cgroups::V1(b) => b.remove(g),
-            Cgroups::V2(b) => b.remove(g),
-        }
+        let dirs = match self {
+            Cgroups::V1(b) => b.dirs(),
+            Cgroups::V2(b) => b.dirs(),
+        };
+        fs::remove_dirs(dirs, g.dirs.iter().rev())
     }
 
     /// Kills and removes the job groups a previous run left under the parent (directories

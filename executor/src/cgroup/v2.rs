@@ -358,8 +358,8 @@ impl V2 {
         }
     }
 
-    pub(super) fn remove(&self, g: &JobGroup) -> Result<(), CgroupError> {
-        fs::remove_dirs(&self.dirs, g.dirs.iter().rev())
+    pub(super) fn dirs(&self) -> &Dirs {
+        &self.dirs
     }
 
     pub(super) fn reap_stale(&self) -> Result<Vec<JobId>, CgroupError> {
