@@ -5,7 +5,8 @@
 
 use jobworker_proto::v1 as pb;
 use jobworker_protocol::{
-    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, WireError, validate,
+    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, QuotaAmounts, QuotaLimits,
+    QuotaReport, WireError, validate,
 };
 use tonic::Status;
 
@@ -19,6 +20,10 @@ pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
 pub const MAX_PIDS: u32 = 4 * 1024 * 1024;
 /// Largest IO rate accepted (bytes or operations per second): 2^50.
 pub const MAX_IO_RATE: u64 = 1 << 50;
+/// Largest tmpfs size accepted: 1 PiB, like memory.
+pub const MAX_TMP_BYTES: u64 = 1 << 50;
+/// Longest deadline accepted: 10 years.
+pub const MAX_TIMEOUT_MS: u64 = 10 * 366 * 86_400_000;
 /// Page size used when a list request gives none.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
@@ -71,6 +76,8 @@ pub fn job_spec(request: pb::StartJobRequest) -> Result<JobSpec, Status> {
     in_range("cpu", l.cpu_millis, MAX_CPU_MILLIS)?;
     in_range("memory", l.memory_bytes, MAX_MEMORY_BYTES)?;
     in_range("pids", l.pids, MAX_PIDS)?;
+    in_range("tmp size", l.tmp_bytes, MAX_TMP_BYTES)?;
+    in_range("timeout", l.timeout_ms, MAX_TIMEOUT_MS)?;
     if let Some(io) = &l.io {
         in_range("io read bps", io.read_bps, MAX_IO_RATE)?;
         in_range("io write bps", io.write_bps, MAX_IO_RATE)?;
@@ -92,6 +99,8 @@ fn limits_from_pb(l: pb::Limits) -> Limits {
             read_iops: io.read_iops,
             write_iops: io.write_iops,
         }),
+        tmp_bytes: l.tmp_bytes,
+        timeout_ms: l.timeout_ms,
     }
 }
 
@@ -107,6 +116,8 @@ fn limits_to_pb(l: Limits) -> pb::Limits {
             read_iops: io.read_iops,
             write_iops: io.write_iops,
         }),
+        tmp_bytes: l.tmp_bytes,
+        timeout_ms: l.timeout_ms,
     }
 }
 
@@ -142,6 +153,7 @@ fn state_to_pb(state: JobState) -> pb::JobState {
         JobState::Stopped => pb::JobState::Stopped,
         JobState::FailedToStart => pb::JobState::FailedToStart,
         JobState::Lost => pb::JobState::Lost,
+        JobState::TimedOut => pb::JobState::TimedOut,
     }
 }
 
@@ -173,6 +185,28 @@ pub fn job_status(s: JobStatus) -> pb::JobStatus {
         peak_memory_bytes: s.peak_memory_bytes,
         output_bytes: s.output_bytes,
         output_truncated: s.output_truncated,
+        uid: s.uid,
+    }
+}
+
+/// One owner's quotas and use for the client.
+pub fn quota(r: QuotaReport) -> pb::Quota {
+    let used = |u: QuotaAmounts| pb::QuotaAmounts {
+        running_jobs: Some(u.running_jobs),
+        memory_bytes: Some(u.memory_bytes),
+        cpu_millis: Some(u.cpu_millis),
+        pids: Some(u.pids),
+    };
+    let limits = |l: QuotaLimits| pb::QuotaAmounts {
+        running_jobs: l.running_jobs,
+        memory_bytes: l.memory_bytes,
+        cpu_millis: l.cpu_millis,
+        pids: l.pids,
+    };
+    pb::Quota {
+        owner: r.owner,
+        used: Some(used(r.used)),
+        limits: Some(limits(r.limits)),
     }
 }
 
@@ -212,6 +246,8 @@ mod tests {
                     read_bps: Some(1),
                     ..Default::default()
                 }),
+                tmp_bytes: Some(1 << 30),
+                timeout_ms: Some(90_000),
             }),
         })
         .unwrap();
@@ -219,6 +255,8 @@ mod tests {
         assert_eq!(spec.env[0].name, "A");
         assert_eq!(spec.limits.cpu_millis, Some(500));
         assert_eq!(spec.limits.io.unwrap().read_bps, Some(1));
+        assert_eq!(spec.limits.tmp_bytes, Some(1 << 30));
+        assert_eq!(spec.limits.timeout_ms, Some(90_000));
     }
 
     #[test]

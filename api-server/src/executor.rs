@@ -85,6 +85,7 @@ fn response_name(r: &Response) -> &'static str {
         Response::Chunk(_) => "chunk",
         Response::End(_) => "end",
         Response::Pong => "pong",
+        Response::Quotas(_) => "quotas",
         Response::Error(_) => "error",
     }
 }

@@ -186,6 +186,25 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         }
     }
 
+    async fn get_quota(
+        &self,
+        request: Request<pb::GetQuotaRequest>,
+    ) -> Result<Response<pb::GetQuotaResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let scope = caller.list_scope(request.get_ref().all).ok_or_else(|| {
+            to_status(
+                ErrorKind::PermissionDenied,
+                "everyone's quotas need the admin role",
+            )
+        })?;
+        match self.call(ExecRequest::Quota { scope }, None).await? {
+            ExecResponse::Quotas(quotas) => Ok(Response::new(pb::GetQuotaResponse {
+                quotas: quotas.into_iter().map(convert::quota).collect(),
+            })),
+            other => Err(unexpected("quota", &other)),
+        }
+    }
+
     type StreamJobOutputStream = ReceiverStream<Result<pb::StreamJobOutputResponse, Status>>;
 
     async fn stream_job_output(

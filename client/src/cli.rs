@@ -39,6 +39,7 @@ Examples:
   jobctl start -- sleep 60
   id=$(jobctl start --cpu 0.25 --memory 64M -- ./backup.sh --full)
   jobctl start --env LANG=C.UTF-8 --io-device /dev/vda --io-write-bps 10M -- dd if=/dev/zero of=/tmp/x bs=1M count=100
+  jobctl start --timeout 2h --tmp-size 1G -- ./nightly-build.sh
 
 Prints only the new job's id (32 hexadecimal digits) on stdout.";
 
@@ -84,7 +85,7 @@ be added:
     \"owner\": \"alice\",                            who started the job
     \"argv\": [\"sh\", \"-c\", \"exit 7\"],
     \"state\": \"exited\",  running | exited | signaled | stopped | failed_to_start
-                          | lost | unknown
+                          | lost | timed_out | unknown
     \"exit_code\": 7,                null unless the command exited by itself
     \"signal\": null,                the signal number that killed it, or null
     \"oom_killed\": false,           the kernel's OOM killer killed one of its processes
@@ -101,10 +102,13 @@ be added:
       \"cpu_millis\": 500,           thousandths of a core
       \"memory_bytes\": 268435456,
       \"pids\": 100,
-      \"io\": null                   or {\"device\": \"/dev/vda\", \"read_bps\": 10485760,
+      \"io\": null,                  or {\"device\": \"/dev/vda\", \"read_bps\": 10485760,
                                      \"write_bps\": null, \"read_iops\": null,
                                      \"write_iops\": null}
-    }
+      \"tmp_bytes\": 67108864,       size of each private tmpfs
+      \"timeout_ms\": 86400000       the job's deadline, from its start
+    },
+    \"uid\": 600123                 the user id it ran as (its own), or null
   }";
 
 const LIST_EXAMPLES: &str = "\
@@ -125,6 +129,17 @@ Examples:
 Sends SIGTERM to every process of the job, then SIGKILL after the server's grace
 period, and prints the job's final status (the JSON shape of `jobctl status --help`).
 Stopping a job that has already ended is not an error.";
+
+const QUOTA_EXAMPLES: &str = "\
+Examples:
+  jobctl quota
+  jobctl quota --all
+  jobctl quota --output json | jq .quotas[0].used.running_jobs
+
+Each owner may run at most so many jobs at once, and the sums of the memory, CPU and
+pids limits of their running jobs are capped too (the server's configuration). A start
+past a quota is refused (exit 7) with a line naming the quota and the use. A job gives
+its share back when it ends.";
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
@@ -213,6 +228,10 @@ pub enum Command {
     #[command(after_long_help = STOP_EXAMPLES)]
     Stop(IdArgs),
 
+    /// Show your quotas and what your running jobs hold of them
+    #[command(after_long_help = QUOTA_EXAMPLES)]
+    Quota(QuotaArgs),
+
     /// Print shell completions
     #[command(after_long_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -238,7 +257,8 @@ pub struct JobArgs {
     pub limits: LimitArgs,
 }
 
-/// Resource limits. An unset limit takes the server's ceiling.
+/// Resource limits. An unset limit takes the server's ceiling (the tmp size and the
+/// timeout: the server's default).
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Limits (unset: the server's ceiling)")]
 #[command(group(ArgGroup::new("io_rates").multiple(true).args(
@@ -276,6 +296,27 @@ pub struct LimitArgs {
     /// Write operations per second on --io-device
     #[arg(long, value_name = "N", value_parser = parse::count, requires = "io_device")]
     pub io_write_iops: Option<u64>,
+
+    /// Size of the job's private /tmp (and /var/tmp, /dev/shm): 64M, 1G. Counts against
+    /// --memory as it fills [default: the server's]
+    #[arg(long, value_name = "SIZE", value_parser = parse::memory)]
+    pub tmp_size: Option<u64>,
+
+    /// Stop the job after this long: 90s, 10m, 2h, 1d. It then ends "timed out"
+    /// [default: the server's]
+    #[arg(long, value_name = "DURATION", value_parser = parse::timeout)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QuotaArgs {
+    /// Everyone's quotas, not only yours (administrators only)
+    #[arg(short, long)]
+    pub all: bool,
+
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 /// How to print a result.

@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
-use crate::cli::{Command, IdArgs, JobArgs, ListArgs, LogsArgs, Output};
+use crate::cli::{Command, IdArgs, JobArgs, ListArgs, LogsArgs, Output, QuotaArgs};
 use crate::connect::{self, Client};
 use crate::error::{Class, CliError, exit};
 use crate::render;
@@ -23,6 +23,7 @@ pub async fn execute(command: Command, settings: Settings) -> Result<u8, CliErro
         Command::Status(args) => status(&client, &args).await,
         Command::List(args) => list(&client, &args).await,
         Command::Stop(args) => stop(&client, &args).await,
+        Command::Quota(args) => quota(&client, &args).await,
         // Handled before connecting; see `crate::main_with_args`.
         Command::Completions { .. } => Ok(exit::OK),
     }
@@ -57,6 +58,10 @@ pub fn start_request(job: &JobArgs) -> pb::StartJobRequest {
                 read_iops: l.io_read_iops,
                 write_iops: l.io_write_iops,
             }),
+            tmp_bytes: l.tmp_size,
+            timeout_ms: l
+                .timeout
+                .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
         }),
     }
 }
@@ -127,6 +132,14 @@ pub fn run_exit_code(s: &pb::JobStatus) -> Result<u8, CliError> {
             format!("job {id} failed to start: {}", s.error),
         )),
         Ok(JobState::Lost) => Err(CliError::other(format!("job {id} was lost: {}", s.error))),
+        Ok(JobState::TimedOut) => {
+            note(&format!("job {id} {}", render::outcome(s)));
+            Ok(match (s.exit_code, s.signal) {
+                (Some(code), _) => exit_byte(code),
+                (None, Some(n)) => by_signal(n),
+                (None, None) => 255,
+            })
+        }
         Ok(JobState::Running) | Ok(JobState::Unspecified) | Err(_) => Err(CliError::other(
             format!("the output stream of job {id} ended before the job did"),
         )),
@@ -367,5 +380,20 @@ async fn stop(client: &Client, args: &IdArgs) -> Result<u8, CliError> {
         ))?,
         Output::Json => print(&render::job_json(&s))?,
     }
+    Ok(exit::OK)
+}
+
+async fn quota(client: &Client, args: &QuotaArgs) -> Result<u8, CliError> {
+    let response = client
+        .api
+        .clone()
+        .get_quota(pb::GetQuotaRequest { all: args.all })
+        .await
+        .map_err(|s| client.error(&s))?;
+    let quotas = response.into_inner().quotas;
+    print(&match args.output {
+        Output::Human => render::quota_text(&quotas),
+        Output::Json => render::quota_json(&quotas),
+    })?;
     Ok(exit::OK)
 }

@@ -122,6 +122,16 @@ pub fn count(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A timeout: a duration like 90s, 10m, 2h30m or 1d, at least 1 ms.
+pub fn timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|_| "expected a duration like 90s, 10m, 2h30m or 1d".to_string())?;
+    if d < std::time::Duration::from_millis(1) {
+        return Err("must be at least 1ms".to_string());
+    }
+    Ok(d)
+}
+
 /// A pids limit: a count from 1 to 4194304.
 pub fn pids(text: &str) -> Result<u32, String> {
     let n = count(text)?;

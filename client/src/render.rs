@@ -17,8 +17,8 @@ pub struct JobJson {
     pub id: String,
     pub owner: String,
     pub argv: Vec<String>,
-    /// `running`, `exited`, `signaled`, `stopped`, `failed_to_start`, `lost` or
-    /// `unknown`.
+    /// `running`, `exited`, `signaled`, `stopped`, `failed_to_start`, `lost`,
+    /// `timed_out` or `unknown`.
     pub state: &'static str,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -33,6 +33,8 @@ pub struct JobJson {
     pub output_bytes: u64,
     pub output_truncated: bool,
     pub limits: LimitsJson,
+    /// The user id the job ran as (its own); null for jobs from before.
+    pub uid: Option<u32>,
 }
 
 /// The limits applied to a job; `null` where unknown.
@@ -42,6 +44,8 @@ pub struct LimitsJson {
     pub memory_bytes: Option<u64>,
     pub pids: Option<u32>,
     pub io: Option<IoJson>,
+    pub tmp_bytes: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,6 +72,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(JobState::Stopped) => "stopped",
         Ok(JobState::FailedToStart) => "failed_to_start",
         Ok(JobState::Lost) => "lost",
+        Ok(JobState::TimedOut) => "timed_out",
         Ok(JobState::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -112,6 +117,7 @@ impl From<&pb::JobStatus> for JobJson {
             output_bytes: s.output_bytes,
             output_truncated: s.output_truncated,
             limits: s.limits.as_ref().map(LimitsJson::from).unwrap_or_default(),
+            uid: s.uid,
         }
     }
 }
@@ -129,6 +135,8 @@ impl From<&pb::Limits> for LimitsJson {
                 read_iops: io.read_iops,
                 write_iops: io.write_iops,
             }),
+            tmp_bytes: l.tmp_bytes,
+            timeout_ms: l.timeout_ms,
         }
     }
 }
@@ -216,11 +224,97 @@ pub fn outcome(s: &pb::JobStatus) -> String {
         },
         Ok(JobState::FailedToStart) => "failed to start".to_string(),
         Ok(JobState::Lost) => "lost".to_string(),
+        Ok(JobState::TimedOut) => {
+            let limit = s
+                .limits
+                .as_ref()
+                .and_then(|l| l.timeout_ms)
+                .map(|ms| format!(" after {}", duration_text(Duration::from_millis(ms))))
+                .unwrap_or_default();
+            match (s.exit_code, s.signal) {
+                (Some(code), _) => format!("timed out{limit}, exited with code {code}"),
+                (None, Some(n)) => format!("timed out{limit}, ended by {}", signal_text(n)),
+                (None, None) => format!("timed out{limit}"),
+            }
+        }
         Ok(JobState::Unspecified) | Err(_) => "unknown".to_string(),
     };
     if s.oom_killed {
         text.push_str(", OOM-killed");
     }
+    text
+}
+
+/// Quotas for people: one line per owner, each quota as `used/limit`.
+pub fn quota_text(quotas: &[pb::Quota]) -> String {
+    let mut out = String::new();
+    for q in quotas {
+        let zero = pb::QuotaAmounts::default();
+        let used = q.used.as_ref().unwrap_or(&zero);
+        let limits = q.limits.as_ref().unwrap_or(&zero);
+        let of = |u: Option<u64>, l: Option<u64>, show: &dyn Fn(u64) -> String| {
+            let u = show(u.unwrap_or(0));
+            match l {
+                Some(l) => format!("{u} of {}", show(l)),
+                None => format!("{u} (unlimited)"),
+            }
+        };
+        let count = |n: u64| n.to_string();
+        let cores = |m: u64| format!("{} cores", m as f64 / 1000.0);
+        let _ = writeln!(out, "{}:", crate::error::one_line(&q.owner));
+        let _ = writeln!(
+            out,
+            "  running jobs  {}",
+            of(used.running_jobs, limits.running_jobs, &count)
+        );
+        let _ = writeln!(
+            out,
+            "  memory        {}",
+            of(used.memory_bytes, limits.memory_bytes, &bytes)
+        );
+        let _ = writeln!(
+            out,
+            "  cpu           {}",
+            of(used.cpu_millis, limits.cpu_millis, &cores)
+        );
+        let _ = writeln!(
+            out,
+            "  pids          {}",
+            of(used.pids, limits.pids, &count)
+        );
+    }
+    out
+}
+
+/// Quotas as JSON: `{"quotas": [{"owner", "used": {...}, "limits": {...}}]}`, a limit
+/// `null` when unlimited.
+pub fn quota_json(quotas: &[pb::Quota]) -> String {
+    let amounts = |a: &Option<pb::QuotaAmounts>, zero_is_unset: bool| {
+        let a = a.unwrap_or_default();
+        let v = |x: Option<u64>| match (x, zero_is_unset) {
+            (None, true) => serde_json::Value::from(0u64),
+            (x, _) => serde_json::to_value(x).unwrap_or_default(),
+        };
+        serde_json::json!({
+            "running_jobs": v(a.running_jobs),
+            "memory_bytes": v(a.memory_bytes),
+            "cpu_millis": v(a.cpu_millis),
+            "pids": v(a.pids),
+        })
+    };
+    let list: Vec<serde_json::Value> = quotas
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "owner": q.owner,
+                "used": amounts(&q.used, true),
+                "limits": amounts(&q.limits, false),
+            })
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&serde_json::json!({ "quotas": list }))
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
     text
 }
 
@@ -323,6 +417,15 @@ fn limits_text(l: &Option<pb::Limits>) -> String {
         }
         parts.push(io_parts.join(" "));
     }
+    if let Some(t) = l.tmp_bytes {
+        parts.push(format!("tmp {}", bytes(t)));
+    }
+    if let Some(ms) = l.timeout_ms {
+        parts.push(format!(
+            "timeout {}",
+            duration_text(Duration::from_millis(ms))
+        ));
+    }
     if parts.is_empty() {
         "none".to_string()
     } else {
@@ -368,6 +471,9 @@ pub fn job_text(s: &pb::JobStatus) -> String {
     }
     line("output:", output);
     line("limits:", limits_text(&s.limits));
+    if let Some(uid) = s.uid {
+        line("uid:", uid.to_string());
+    }
     out
 }
 
@@ -435,6 +541,8 @@ mod tests {
                     read_iops: None,
                     write_iops: Some(50),
                 }),
+                tmp_bytes: Some(64 << 20),
+                timeout_ms: Some(90_000),
             }),
             state: JobState::Exited as i32,
             exit_code: Some(7),
@@ -453,6 +561,7 @@ mod tests {
             peak_memory_bytes: None,
             output_bytes: 42,
             output_truncated: false,
+            uid: Some(600_123),
         }
     }
 
@@ -486,8 +595,11 @@ mod tests {
                     "write_bps": null,
                     "read_iops": null,
                     "write_iops": 50
-                }
-            }
+                },
+                "tmp_bytes": 67108864,
+                "timeout_ms": 90000
+            },
+            "uid": 600123
         });
         assert_eq!(value, expected);
     }
@@ -533,6 +645,12 @@ mod tests {
         assert_eq!(outcome(&s), "stopped by SIGTERM (15)");
         s.signal = Some(64);
         assert_eq!(outcome(&s), "stopped by signal 64");
+        s.state = JobState::TimedOut as i32;
+        s.signal = Some(15);
+        assert_eq!(outcome(&s), "timed out after 1m 30s, ended by SIGTERM (15)");
+        s.signal = None;
+        s.exit_code = Some(0);
+        assert_eq!(outcome(&s), "timed out after 1m 30s, exited with code 0");
     }
 
     #[test]
@@ -558,9 +676,10 @@ mod tests {
         assert!(text.contains("state:       exited with code 7\n"), "{text}");
         assert!(text.contains("duration:    1.377 s\n"), "{text}");
         assert!(
-            text.contains("limits:      cpu 0.5 cores, memory 256 MiB, pids 100, io /dev/vda read 10 MiB/s write 50 ops/s\n"),
+            text.contains("limits:      cpu 0.5 cores, memory 256 MiB, pids 100, io /dev/vda read 10 MiB/s write 50 ops/s, tmp 64 MiB, timeout 1m 30s\n"),
             "{text}"
         );
+        assert!(text.contains("uid:         600123\n"), "{text}");
         let list = list_text(&[sample()]);
         let mut lines = list.lines();
         assert!(lines.next().unwrap().starts_with("ID  "));

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 use jobworker_testkit::jobctl::{finish, outcome, sha256};
@@ -112,13 +113,26 @@ fn logs_follow_of_random_binary_output_is_byte_exact() {
         return;
     }
     let stack = Stack::dev("logs");
-    let data = stack.scratch.writable("data");
     let mut gate = Gate::new();
-    // Half the output before the gate opens, half after: the follower sees the job
-    // running and catches up, then follows to the end.
+    // Random bytes the job reads from the host (its view of it is read-only) and writes
+    // out: half before the gate opens, half after, so the follower sees the job running
+    // and catches up, then follows to the end.
+    let data = stack.scratch.writable("data");
+    let random = |name: &str| {
+        let mut bytes = Vec::new();
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .take(524_288)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let path = data.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    random("1");
+    random("2");
     let script = format!(
-        "head -c 524288 /dev/urandom > {d}/1 && cat {d}/1 && read x < {g} && \
-         head -c 524288 /dev/urandom > {d}/2 && cat {d}/2",
+        "cat {d}/1 && read x < {g} && cat {d}/2",
         d = data.display(),
         g = gate.path.display()
     );
@@ -188,6 +202,7 @@ fn status_json_has_the_documented_fields() {
         "output_bytes",
         "output_truncated",
         "limits",
+        "uid",
     ]);
     assert_eq!(keys, documented);
     assert_eq!(v["id"], id.as_str());
@@ -282,4 +297,83 @@ fn bad_flags_a_wrong_ca_and_an_unreachable_server_each_give_one_line() {
             .args(["--server", &format!("https://localhost:{port}"), "list"]),
     )
     .assert_error(3, "cannot reach the server");
+}
+
+#[test]
+fn a_timeout_stops_the_job_and_run_says_so() {
+    if skip_unless_root("a_timeout_stops_the_job_and_run_says_so") {
+        return;
+    }
+    let stack = Stack::dev("timeout");
+    let out = outcome(
+        stack
+            .jobctl("alice")
+            .args(["run", "--timeout", "1s", "--", "sleep", "100"]),
+    );
+    assert_eq!(out.code, 143, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.starts_with("jobctl: job ")
+            && out
+                .stderr
+                .ends_with(" timed out after 1.000 s, ended by SIGTERM (15)\n"),
+        "{}",
+        out.stderr
+    );
+    // The status says the same, and the deadline it had.
+    let id = out.stderr.split_whitespace().nth(2).unwrap().to_string();
+    let status = outcome(stack.jobctl("alice").args(["status", "-o", "json", &id]));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["state"], "timed_out");
+    assert_eq!(v["signal"], 15);
+    assert_eq!(v["limits"]["timeout_ms"], 1000);
+    // A deadline above the server's maximum is refused before anything runs.
+    let out = outcome(
+        stack
+            .jobctl("alice")
+            .args(["run", "--timeout", "8d", "--", "true"]),
+    );
+    out.assert_error(
+        6,
+        "invalid argument: timeout: 8d is above this executor's maximum of 7d",
+    );
+}
+
+#[test]
+fn quota_shows_each_user_their_own_and_admins_everyone() {
+    if skip_unless_root("quota_shows_each_user_their_own_and_admins_everyone") {
+        return;
+    }
+    let stack = Stack::dev_with("quota", &["--quota-running-jobs", "1"], "127.0.0.1:0");
+    let id = start(&stack, "alice", &["sleep", "600"]);
+    let out = outcome(stack.jobctl("alice").args(["run", "--", "true"]));
+    out.assert_error(
+        7,
+        "resource exhausted: alice: 1 of 1 running jobs (the quota of running jobs)",
+    );
+    let text = outcome(stack.jobctl("alice").arg("quota"));
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let text = text.stdout_text();
+    assert!(
+        text.starts_with("alice:\n  running jobs  1 of 1\n"),
+        "{text}"
+    );
+    let json = outcome(stack.jobctl("bob").args(["quota", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["quotas"][0]["owner"], "bob");
+    assert_eq!(v["quotas"][0]["used"]["running_jobs"], 0);
+    assert_eq!(v["quotas"][0]["limits"]["running_jobs"], 1);
+    outcome(stack.jobctl("bob").args(["quota", "--all"])).assert_error(
+        8,
+        "permission denied: everyone's quotas need the admin role",
+    );
+    let all = outcome(stack.jobctl("admin").args(["quota", "--all", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    let owners: Vec<&str> = v["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["owner"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["alice"]);
+    assert_eq!(outcome(stack.jobctl("alice").args(["stop", &id])).code, 0);
 }

@@ -39,12 +39,11 @@ pub struct Flags {
     /// Peer group, by name, allowed to connect (repeatable), e.g. the API server's group.
     #[arg(long = "allow-group", value_name = "GROUP")]
     pub allow_group: Vec<String>,
-    /// User (name or uid) that jobs run as; never root.
-    #[arg(long, value_name = "USER")]
-    pub job_user: Option<String>,
-    /// Group (name or gid) that jobs run as; default: the job user's primary group.
-    #[arg(long, value_name = "GROUP")]
-    pub job_group: Option<String>,
+    /// The ids jobs run as, FIRST-LAST: each job gets a user id (and the same group id)
+    /// of its own from this range, none of which may exist in /etc/passwd or /etc/group
+    /// [default: 600000-665535].
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub job_ids: Option<IdRange>,
     /// Most jobs running at once.
     #[arg(long, value_name = "N")]
     pub max_running_jobs: Option<usize>,
@@ -60,9 +59,32 @@ pub struct Flags {
     /// Milliseconds between SIGTERM and SIGKILL when stopping a job.
     #[arg(long, value_name = "MS")]
     pub stop_grace_ms: Option<u64>,
-    /// Size of each job's private /tmp, in bytes.
+    /// Size of each job's private /tmp (and /var/tmp, /dev/shm) when it asks for none,
+    /// in bytes.
     #[arg(long, value_name = "BYTES")]
     pub tmp_size_bytes: Option<u64>,
+    /// Deadline of a job that asks for none, in milliseconds [default: 24 hours].
+    #[arg(long, value_name = "MS")]
+    pub default_timeout_ms: Option<u64>,
+    /// Longest deadline a job may ask for, in milliseconds [default: 7 days].
+    #[arg(long, value_name = "MS")]
+    pub max_timeout_ms: Option<u64>,
+    /// Default quota: most running jobs per owner [default: a quarter of
+    /// --max-running-jobs]. Per-owner quotas are set in the file ([quotas.owners.NAME]).
+    #[arg(long, value_name = "N")]
+    pub quota_running_jobs: Option<u64>,
+    /// Default quota: the most the memory limits of an owner's running jobs may add up
+    /// to, in bytes [default: the running-jobs quota x the memory ceiling].
+    #[arg(long, value_name = "BYTES")]
+    pub quota_memory_bytes: Option<u64>,
+    /// Default quota: the most the CPU limits of an owner's running jobs may add up to,
+    /// in thousandths of a core [default: the running-jobs quota x the CPU ceiling].
+    #[arg(long, value_name = "MILLIS")]
+    pub quota_cpu_millis: Option<u64>,
+    /// Default quota: the most the pids limits of an owner's running jobs may add up to
+    /// [default: the running-jobs quota x the pids ceiling].
+    #[arg(long, value_name = "N")]
+    pub quota_pids: Option<u64>,
     /// cgroup backend: auto, v2 or v1.
     #[arg(long, value_name = "BACKEND")]
     pub cgroup_backend: Option<Backend>,
@@ -86,6 +108,51 @@ pub struct Flags {
     /// Highest IO operations-per-second limit a job may ask for.
     #[arg(long, value_name = "IOPS")]
     pub ceiling_io_iops: Option<u64>,
+    /// Largest private /tmp size a job may ask for, in bytes [default: 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub ceiling_tmp_bytes: Option<u64>,
+}
+
+/// A range of user and group ids, `FIRST-LAST` (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl IdRange {
+    /// How many ids (never zero: a range has its first id).
+    pub fn count(&self) -> u64 {
+        u64::from(self.last) - u64::from(self.first) + 1
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+}
+
+impl std::str::FromStr for IdRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected FIRST-LAST, e.g. 600000-665535");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u32 = a.trim().parse().map_err(|_| bad())?;
+        let last: u32 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last < first || last >= u32::MAX - 1 {
+            return Err(format!(
+                "{s:?}: ids must be above 0, below 4294967294, and FIRST no more than LAST"
+            ));
+        }
+        Ok(IdRange { first, last })
+    }
+}
+
+impl<'de> Deserialize<'de> for IdRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Which cgroup backend to use.
@@ -112,8 +179,16 @@ struct FileConfig {
     allowed_gids: Vec<u32>,
     #[serde(default)]
     allowed_groups: Vec<String>,
+    /// Removed: named here so the error can say what replaced them.
     job_user: Option<String>,
     job_group: Option<String>,
+    job_ids: Option<IdRange>,
+    #[serde(default)]
+    binds: Vec<FileBind>,
+    #[serde(default)]
+    deadlines: FileDeadlines,
+    #[serde(default)]
+    quotas: FileQuotas,
     max_running_jobs: Option<usize>,
     max_connections: Option<usize>,
     max_output_bytes: Option<u64>,
@@ -124,6 +199,41 @@ struct FileConfig {
     cgroup: FileCgroup,
     #[serde(default)]
     ceilings: FileCeilings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBind {
+    source: PathBuf,
+    /// Default: the same path as the source.
+    target: Option<PathBuf>,
+    #[serde(default)]
+    writable: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDeadlines {
+    default_ms: Option<u64>,
+    max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuotas {
+    #[serde(default)]
+    default: FileQuota,
+    #[serde(default)]
+    owners: std::collections::BTreeMap<String, FileQuota>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuota {
+    running_jobs: Option<u64>,
+    memory_bytes: Option<u64>,
+    cpu_millis: Option<u64>,
+    pids: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +251,7 @@ struct FileCeilings {
     pids: Option<u32>,
     io_bps: Option<u64>,
     io_iops: Option<u64>,
+    tmp_bytes: Option<u64>,
 }
 
 /// Highest limits a job may ask for; also the limits of a job that asks for none.
@@ -152,7 +263,36 @@ pub struct Ceilings {
     /// `None`: IO rates are not capped.
     pub io_bps: Option<u64>,
     pub io_iops: Option<u64>,
+    /// Largest private tmpfs a job may ask for.
+    pub tmp_bytes: u64,
+    /// Longest time a job may ask to run.
+    pub timeout: std::time::Duration,
 }
+
+/// What a job that asks for nothing gets, where that is not the ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    /// Size of each private tmpfs.
+    pub tmp_bytes: u64,
+    /// Time until the job's deadline.
+    pub timeout: std::time::Duration,
+}
+
+/// Per-owner quotas: `default` for every owner, `owners` field by field over it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuotaConfig {
+    pub default: jobworker_protocol::QuotaLimits,
+    pub owners: std::collections::BTreeMap<String, jobworker_protocol::QuotaLimits>,
+}
+
+impl QuotaConfig {
+    /// The quotas of `owner`.
+    pub fn of(&self, owner: &str) -> jobworker_protocol::QuotaLimits {
+        self.owners.get(owner).copied().unwrap_or(self.default)
+    }
+}
+
+pub use crate::ipc::spec::Bind;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -162,15 +302,17 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
-    pub job_uid: u32,
-    pub job_gid: u32,
-    pub job_user_name: String,
+    /// The ids jobs run as, one per job.
+    pub job_ids: IdRange,
+    /// Host paths every job sees, validated at start-up.
+    pub binds: Vec<Bind>,
+    pub defaults: Defaults,
+    pub quotas: QuotaConfig,
     pub max_running_jobs: usize,
     pub max_connections: usize,
     pub max_output_bytes: u64,
     pub max_finished_jobs: usize,
     pub stop_grace: std::time::Duration,
-    pub tmp_size_bytes: u64,
     pub cgroup_backend: Backend,
     pub cgroup_parent: Option<String>,
     pub ceilings: Ceilings,
@@ -178,7 +320,11 @@ pub struct Config {
 
 pub const DEFAULT_SOCKET: &str = "/run/jobworker/executor.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jobworker";
-pub const DEFAULT_JOB_USER: &str = "jobworker-job";
+/// The default range of job ids: 65,536 ids that no Debian or systemd convention uses.
+pub const DEFAULT_JOB_IDS: IdRange = IdRange {
+    first: 600_000,
+    last: 665_535,
+};
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +390,8 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         absolute("state_dir", &state_dir)?;
         let (allowed_uids, allowed_gids) = peers(&flags, &file, db)?;
-        let (user, job_gid) = job_identity(&flags, &file, db)?;
+        let job_ids = job_ids(&flags, &file, db)?;
+        let binds = binds(&file.binds)?;
         let socket_gid = match flags.socket_group.clone().or(file.socket_group.clone()) {
             Some(g) => Some(
                 db.group(&g)
@@ -253,22 +400,48 @@ impl Config {
             None => None,
         };
         let caps = caps(&flags, &file)?;
-        let ceilings = ceilings(&flags, &file)?;
+        let mut ceilings = ceilings(&flags, &file)?;
+        if caps.tmp_size_bytes > ceilings.tmp_bytes {
+            return Err(invalid(
+                "tmp_size_bytes",
+                format!(
+                    "{} is above ceilings.tmp_bytes ({})",
+                    caps.tmp_size_bytes, ceilings.tmp_bytes
+                ),
+            ));
+        }
+        if job_ids.count() < caps.max_running_jobs as u64 {
+            return Err(invalid(
+                "job_ids",
+                format!(
+                    "{} ids cannot give each of max_running_jobs ({}) jobs an id of its own",
+                    job_ids.count(),
+                    caps.max_running_jobs
+                ),
+            ));
+        }
+        let (timeout, max_timeout) = deadlines(&flags, &file)?;
+        ceilings.timeout = max_timeout;
+        let defaults = Defaults {
+            tmp_bytes: caps.tmp_size_bytes,
+            timeout,
+        };
+        let quotas = quotas(&flags, &file, &caps, &ceilings)?;
         Ok(Config {
             socket,
             socket_gid,
             state_dir,
             allowed_uids,
             allowed_gids,
-            job_uid: user.uid,
-            job_gid,
-            job_user_name: user.name,
+            job_ids,
+            binds,
+            defaults,
+            quotas,
             max_running_jobs: caps.max_running_jobs,
             max_connections: caps.max_connections,
             max_output_bytes: caps.max_output_bytes,
             max_finished_jobs: caps.max_finished_jobs,
             stop_grace: std::time::Duration::from_millis(caps.stop_grace_ms),
-            tmp_size_bytes: caps.tmp_size_bytes,
             cgroup_backend: flags
                 .cgroup_backend
                 .or(file.cgroup.backend)
@@ -304,33 +477,195 @@ fn peers(
     Ok((allowed_uids, allowed_gids))
 }
 
-/// The job user and group, never root.
-fn job_identity(
+/// The ids jobs run as: none of them may belong to an account or a group of this host,
+/// so no job can ever act as one of them (files, signals, ptrace).
+fn job_ids(flags: &Flags, file: &FileConfig, db: &users::Db) -> Result<IdRange, ConfigError> {
+    for (key, present) in [
+        ("job_user", flags_or_file_has(&file.job_user)),
+        ("job_group", flags_or_file_has(&file.job_group)),
+    ] {
+        if present {
+            return Err(invalid(
+                key,
+                "removed: every job now runs as a user and group id of its own, from job_ids",
+            ));
+        }
+    }
+    let range = flags.job_ids.or(file.job_ids).unwrap_or(DEFAULT_JOB_IDS);
+    if let Some(u) = db
+        .users()
+        .find(|u| range.contains(u.uid) || range.contains(u.gid))
+    {
+        return Err(invalid(
+            "job_ids",
+            format!(
+                "{}-{} includes the ids of the user {:?} ({}:{}); choose ids no account uses",
+                range.first, range.last, u.name, u.uid, u.gid
+            ),
+        ));
+    }
+    if let Some((name, gid)) = db.groups().find(|(_, g)| range.contains(*g)) {
+        return Err(invalid(
+            "job_ids",
+            format!(
+                "{}-{} includes the id of the group {name:?} ({gid}); choose ids no group uses",
+                range.first, range.last
+            ),
+        ));
+    }
+    Ok(range)
+}
+
+fn flags_or_file_has(v: &Option<String>) -> bool {
+    v.is_some()
+}
+
+/// Paths the jobs see in the places the job's view does not own. Sources and targets
+/// are absolute, clean and exist (the target in the host's tree, as the job's view is
+/// built over it).
+fn binds(file: &[FileBind]) -> Result<Vec<Bind>, ConfigError> {
+    /// Places the job's view replaces or hides: a bind there would be covered.
+    const OWNED: [&str; 8] = [
+        "/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/home", "/root",
+    ];
+    let mut out = Vec::new();
+    for b in file {
+        let target = b.target.clone().unwrap_or_else(|| b.source.clone());
+        for (what, p) in [("source", &b.source), ("target", &target)] {
+            let clean = p.is_absolute()
+                && p.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            let text = p.to_str().filter(|_| clean).ok_or_else(|| {
+                invalid(
+                    "binds",
+                    format!(
+                        "{what} {}: must be an absolute path without . or ..",
+                        p.display()
+                    ),
+                )
+            })?;
+            if !p.exists() {
+                return Err(invalid(
+                    "binds",
+                    format!("{what} {text}: no such file or directory"),
+                ));
+            }
+            if what == "target" && (text == "/" || OWNED.iter().any(|o| p.starts_with(o))) {
+                return Err(invalid(
+                    "binds",
+                    format!("target {text}: the job's own view replaces it; choose another place"),
+                ));
+            }
+        }
+        if b.source.is_dir() != target.is_dir() {
+            return Err(invalid(
+                "binds",
+                format!(
+                    "{} and {}: a directory binds onto a directory, a file onto a file",
+                    b.source.display(),
+                    target.display()
+                ),
+            ));
+        }
+        out.push(Bind {
+            source: b.source.display().to_string(),
+            target: target.display().to_string(),
+            writable: b.writable,
+        });
+    }
+    Ok(out)
+}
+
+/// The default deadline and the longest one a job may ask for.
+fn deadlines(
     flags: &Flags,
     file: &FileConfig,
-    db: &users::Db,
-) -> Result<(users::User, u32), ConfigError> {
-    let user_spec = flags
-        .job_user
-        .clone()
-        .or(file.job_user.clone())
-        .unwrap_or_else(|| DEFAULT_JOB_USER.into());
-    let user = db
-        .user(&user_spec)
-        .ok_or_else(|| invalid("job_user", format!("no such user: {user_spec:?}")))?;
-    let job_gid = match flags.job_group.clone().or(file.job_group.clone()) {
-        Some(g) => db
-            .group(&g)
-            .ok_or_else(|| invalid("job_group", format!("no such group: {g:?}")))?,
-        None => user.gid,
+) -> Result<(std::time::Duration, std::time::Duration), ConfigError> {
+    let ms = |key, v: Option<u64>, default| positive(key, v, default);
+    let default = ms(
+        "deadlines.default_ms",
+        flags.default_timeout_ms.or(file.deadlines.default_ms),
+        24 * 3600 * 1000,
+    )?;
+    let max = ms(
+        "deadlines.max_ms",
+        flags.max_timeout_ms.or(file.deadlines.max_ms),
+        7 * 24 * 3600 * 1000,
+    )?;
+    if default > max {
+        return Err(invalid(
+            "deadlines.default_ms",
+            format!("{default} is above deadlines.max_ms ({max})"),
+        ));
+    }
+    Ok((
+        std::time::Duration::from_millis(default),
+        std::time::Duration::from_millis(max),
+    ))
+}
+
+/// The default quota (each amount its key; by default a quarter of `max_running_jobs`,
+/// and for the sums that many jobs at the ceilings, so that only the number of jobs binds
+/// until an administrator tightens a sum) and the per-owner overrides, field by field over
+/// it.
+fn quotas(
+    flags: &Flags,
+    file: &FileConfig,
+    caps: &Caps,
+    c: &Ceilings,
+) -> Result<QuotaConfig, ConfigError> {
+    let d = &file.quotas.default;
+    let share = |key, v: Option<u64>, default: u64| positive(key, v, default).map(Some);
+    let running = positive(
+        "quotas.default.running_jobs",
+        flags.quota_running_jobs.or(d.running_jobs),
+        (caps.max_running_jobs as u64 / 4).max(1),
+    )?;
+    let default = jobworker_protocol::QuotaLimits {
+        running_jobs: Some(running),
+        memory_bytes: share(
+            "quotas.default.memory_bytes",
+            flags.quota_memory_bytes.or(d.memory_bytes),
+            c.memory_bytes.saturating_mul(running),
+        )?,
+        cpu_millis: share(
+            "quotas.default.cpu_millis",
+            flags.quota_cpu_millis.or(d.cpu_millis),
+            u64::from(c.cpu_millis).saturating_mul(running),
+        )?,
+        pids: share(
+            "quotas.default.pids",
+            flags.quota_pids.or(d.pids),
+            u64::from(c.pids).saturating_mul(running),
+        )?,
     };
-    if user.uid == 0 {
-        return Err(invalid("job_user", "jobs never run as root (uid 0)"));
+    let mut owners = std::collections::BTreeMap::new();
+    for (owner, q) in &file.quotas.owners {
+        jobworker_protocol::validate::owner(owner)
+            .map_err(|e| invalid("quotas.owners", format!("{owner:?}: {}", e.message)))?;
+        let over = |v: Option<u64>, d: Option<u64>| match v {
+            Some(0) => Err(invalid(
+                "quotas.owners",
+                format!("{owner:?}: a quota must be greater than zero"),
+            )),
+            Some(v) => Ok(Some(v)),
+            None => Ok(d),
+        };
+        owners.insert(
+            owner.clone(),
+            jobworker_protocol::QuotaLimits {
+                running_jobs: over(q.running_jobs, default.running_jobs)?,
+                memory_bytes: over(q.memory_bytes, default.memory_bytes)?,
+                cpu_millis: over(q.cpu_millis, default.cpu_millis)?,
+                pids: over(q.pids, default.pids)?,
+            },
+        );
     }
-    if job_gid == 0 {
-        return Err(invalid("job_group", "jobs never run with gid 0"));
-    }
-    Ok((user, job_gid))
+    Ok(QuotaConfig { default, owners })
 }
 
 /// A value that must be above zero, or the default when unset.
@@ -427,6 +762,13 @@ fn ceilings(flags: &Flags, file: &FileConfig) -> Result<Ceilings, ConfigError> {
         pids,
         io_bps: rate("ceilings.io_bps", flags.ceiling_io_bps.or(c.io_bps))?,
         io_iops: rate("ceilings.io_iops", flags.ceiling_io_iops.or(c.io_iops))?,
+        tmp_bytes: positive(
+            "ceilings.tmp_bytes",
+            flags.ceiling_tmp_bytes.or(c.tmp_bytes),
+            1 << 30,
+        )?,
+        // Set from the deadlines by the caller.
+        timeout: std::time::Duration::MAX,
     })
 }
 
@@ -475,8 +817,18 @@ mod tests {
         let c = Config::merge(flags(), FileConfig::default(), &db()).unwrap();
         assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
-        assert_eq!((c.job_uid, c.job_gid), (990, 990));
+        assert_eq!(c.job_ids, DEFAULT_JOB_IDS);
         assert_eq!(c.max_running_jobs, 256);
+        assert_eq!(c.defaults.tmp_bytes, 64 << 20);
+        assert_eq!(c.defaults.timeout, std::time::Duration::from_secs(86_400));
+        assert_eq!(
+            c.ceilings.timeout,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(c.ceilings.tmp_bytes, 1 << 30);
+        assert_eq!(c.quotas.default.running_jobs, Some(64));
+        assert_eq!(c.quotas.default.memory_bytes, Some(64 << 30));
+        assert!(c.binds.is_empty());
         assert_eq!(c.stop_grace, std::time::Duration::from_secs(5));
         assert_eq!(c.ceilings.memory_bytes, 1 << 30);
         assert_eq!(c.cgroup_backend, Backend::Auto);
@@ -490,7 +842,7 @@ mod tests {
             socket = "/tmp/a.sock"
             socket_group = "jobworker"
             allowed_uids = [5]
-            job_user = "nobody"
+            job_ids = "700000-700099"
             max_running_jobs = 3
             [cgroup]
             backend = "v1"
@@ -507,7 +859,13 @@ mod tests {
         assert_eq!(c.socket, Path::new("/tmp/a.sock"));
         assert_eq!(c.socket_gid, Some(991));
         assert_eq!(c.allowed_uids, vec![5, 991]);
-        assert_eq!((c.job_uid, c.job_gid), (65534, 65534));
+        assert_eq!(
+            c.job_ids,
+            IdRange {
+                first: 700_000,
+                last: 700_099
+            }
+        );
         assert_eq!(c.max_running_jobs, 7);
         assert_eq!(c.cgroup_backend, Backend::V1);
         assert_eq!(c.cgroup_parent.as_deref(), Some("jw"));
@@ -524,19 +882,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_root_jobs_and_missing_peers_and_relative_paths() {
-        let mut f = flags();
-        f.job_user = Some("root".into());
-        assert!(
-            err(Config::merge(f, FileConfig::default(), &db()))
-                .starts_with("job_user: jobs never run as root")
-        );
-        let mut f = flags();
-        f.job_user = Some("0".into());
-        assert!(err(Config::merge(f, FileConfig::default(), &db())).starts_with("job_user:"));
-        let mut f = flags();
-        f.job_group = Some("root".into());
-        assert!(err(Config::merge(f, FileConfig::default(), &db())).starts_with("job_group:"));
+    fn refuses_missing_peers_and_relative_paths() {
         assert!(
             err(Config::merge(
                 Flags::default(),
@@ -548,11 +894,124 @@ mod tests {
         let mut f = flags();
         f.socket = Some("rel.sock".into());
         assert!(err(Config::merge(f, FileConfig::default(), &db())).starts_with("socket:"));
+    }
+
+    #[test]
+    fn job_ids_belong_to_no_account_and_cover_every_running_job() {
+        let file = |text: &str| parse_file(Path::new("x.toml"), text).unwrap();
+        // The old single job user is gone, with a message that says what replaced it.
+        assert_eq!(
+            err(Config::merge(flags(), file("job_user = \"nobody\""), &db())),
+            "job_user: removed: every job now runs as a user and group id of its own, from job_ids"
+        );
         let mut f = flags();
-        f.job_user = Some("ghost".into());
+        f.job_ids = Some("65000-66000".parse().unwrap());
         assert_eq!(
             err(Config::merge(f, FileConfig::default(), &db())),
-            "job_user: no such user: \"ghost\""
+            "job_ids: 65000-66000 includes the ids of the user \"nobody\" (65534:65534); choose ids no account uses"
+        );
+        let mut f = flags();
+        f.job_ids = Some("991-995".parse().unwrap());
+        let e = err(Config::merge(f, FileConfig::default(), &db()));
+        assert!(
+            e.starts_with("job_ids: 991-995 includes the id of the group \"jobworker\""),
+            "{e}"
+        );
+        let mut f = flags();
+        f.job_ids = Some("700000-700009".parse().unwrap());
+        assert_eq!(
+            err(Config::merge(f, FileConfig::default(), &db())),
+            "job_ids: 10 ids cannot give each of max_running_jobs (256) jobs an id of its own"
+        );
+        for bad in ["0-10", "10-5", "x-1", "5", "1-4294967295"] {
+            assert!(bad.parse::<IdRange>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn binds_are_absolute_existing_and_outside_the_jobs_own_places() {
+        // Not under /tmp, which jobs get a tmpfs of their own for.
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let src = std::fs::canonicalize(dir.path()).unwrap().join("data");
+        std::fs::create_dir(&src).unwrap();
+        let file = |text: String| parse_file(Path::new("x.toml"), &text);
+        let ok = file(format!(
+            "[[binds]]\nsource = \"{}\"\nwritable = true\n[[binds]]\nsource = \"{}\"\ntarget = \"/usr\"",
+            src.display(),
+            src.display()
+        ))
+        .unwrap();
+        let c = Config::merge(flags(), ok, &db()).unwrap();
+        assert_eq!(c.binds.len(), 2);
+        assert_eq!(c.binds[0].target, src.display().to_string());
+        assert!(c.binds[0].writable && !c.binds[1].writable);
+        let cases = [
+            (
+                "source = \"relative\"".to_string(),
+                "binds: source relative: must be an absolute path without . or ..",
+            ),
+            (
+                format!("source = \"{}/../data\"", src.display()),
+                "must be an absolute path without . or ..",
+            ),
+            (
+                "source = \"/no/such/dir\"".to_string(),
+                "binds: source /no/such/dir: no such file or directory",
+            ),
+            (
+                format!("source = \"{}\"\ntarget = \"/tmp\"", src.display()),
+                "binds: target /tmp: the job's own view replaces it; choose another place",
+            ),
+            (
+                format!("source = \"{}\"\ntarget = \"/etc/hostname\"", src.display()),
+                "a directory binds onto a directory, a file onto a file",
+            ),
+        ];
+        for (bind, want) in cases {
+            let e = err(Config::merge(
+                flags(),
+                file(format!("[[binds]]\n{bind}")).unwrap(),
+                &db(),
+            ));
+            assert!(e.contains(want), "{bind}: {e}");
+        }
+    }
+
+    #[test]
+    fn deadlines_tmp_sizes_and_quotas_are_consistent() {
+        let file = |text: &str| parse_file(Path::new("x.toml"), text).unwrap();
+        let e = err(Config::merge(
+            flags(),
+            file("[deadlines]\ndefault_ms = 10\nmax_ms = 5"),
+            &db(),
+        ));
+        assert_eq!(e, "deadlines.default_ms: 10 is above deadlines.max_ms (5)");
+        let e = err(Config::merge(
+            flags(),
+            file("tmp_size_bytes = 2048\n[ceilings]\ntmp_bytes = 1024"),
+            &db(),
+        ));
+        assert_eq!(e, "tmp_size_bytes: 2048 is above ceilings.tmp_bytes (1024)");
+        let c = Config::merge(
+            flags(),
+            file("[quotas.default]\nrunning_jobs = 4\n[quotas.owners.carol]\nmemory_bytes = 1024"),
+            &db(),
+        )
+        .unwrap();
+        let carol = c.quotas.of("carol");
+        assert_eq!(
+            (carol.running_jobs, carol.memory_bytes),
+            (Some(4), Some(1024))
+        );
+        assert_eq!(c.quotas.of("alice").running_jobs, Some(4));
+        let e = err(Config::merge(
+            flags(),
+            file("[quotas.owners.carol]\npids = 0"),
+            &db(),
+        ));
+        assert_eq!(
+            e,
+            "quotas.owners: \"carol\": a quota must be greater than zero"
         );
     }
 

@@ -120,8 +120,7 @@ async fn serve(cfg: Config, listen_fds: i32) -> anyhow::Result<()> {
     tracing::info!(
         socket = %cfg.socket.display(),
         state_dir = %cfg.state_dir.display(),
-        job_uid = cfg.job_uid,
-        job_gid = cfg.job_gid,
+        job_ids = %format!("{}-{}", cfg.job_ids.first, cfg.job_ids.last),
         allowed_uids = ?peers.uids,
         allowed_gids = ?peers.gids,
         "executor ready"

@@ -16,6 +16,7 @@
 //! | `Status` | [`status`] | scope |
 //! | `List` | [`list`] | scope, page size |
 //! | `Output` | [`output`] | scope |
+//! | `Quota` | [`quota`] | scope |
 
 use std::io;
 use std::os::fd::AsFd;
@@ -234,6 +235,7 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
             offset,
             follow,
         } => output(conn, scope, id, offset, follow).await,
+        Request::Quota { scope } => quota(conn, scope).await,
     }
 }
 
@@ -253,7 +255,7 @@ async fn ping(conn: &mut Conn) -> Flow {
 }
 
 async fn start(conn: &mut Conn, owner: String, spec: JobSpec) -> Flow {
-    let checked = match check_start(owner, spec, conn.engine.ceilings()) {
+    let checked = match check_start(owner, spec, conn.engine.ceilings(), conn.engine.defaults()) {
         Ok(c) => c,
         Err(e) => return conn.reply(Response::Error(e)).await,
     };
@@ -290,6 +292,11 @@ async fn list(conn: &mut Conn, scope: Scope, after: Option<JobId>, limit: u32) -
         next_after,
     })
     .await
+}
+
+async fn quota(conn: &mut Conn, scope: Scope) -> Flow {
+    let report = validate::scope(&scope).map(|()| conn.engine.quotas(&scope));
+    conn.reply_with(report, Response::Quotas).await
 }
 
 /// Streams a job's output from `offset`, then its final status; ends the connection if

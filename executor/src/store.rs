@@ -137,6 +137,7 @@ mod tests {
             peak_memory_bytes: None,
             output_bytes: 3,
             output_truncated: false,
+            uid: Some(600_001),
         }
     }
 
@@ -165,5 +166,31 @@ mod tests {
         store.remove(&s.id).unwrap();
         store.remove(&s.id).unwrap();
         assert!(!store.job_dir(&s.id).exists());
+    }
+
+    #[test]
+    fn a_record_written_before_job_ids_and_deadlines_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let id = JobId::from_bytes([5; 16]);
+        store.create_job(&id).unwrap();
+        // A status.json as the previous release wrote it: no uid, and limits without
+        // tmp_bytes or timeout_ms.
+        let mut old = serde_json::to_value(status(5)).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("uid");
+        o["limits"] =
+            serde_json::json!({"cpu_millis": 500, "memory_bytes": 1024, "pids": 5, "io": null});
+        fs::write(store.job_dir(&id).join("status.json"), old.to_string()).unwrap();
+        fs::write(store.output_path(&id), b"").unwrap();
+        let (loaded, skipped) = store.load_all().unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(loaded.len(), 1);
+        let s = &loaded[0].status;
+        assert_eq!(
+            (s.uid, s.limits.tmp_bytes, s.limits.timeout_ms),
+            (None, None, None)
+        );
+        assert_eq!(s.limits.cpu_millis, Some(500));
     }
 }

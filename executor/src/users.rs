@@ -52,6 +52,16 @@ impl Db {
         Self { users, groups }
     }
 
+    /// Every user entry.
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.iter()
+    }
+
+    /// Every group entry, as name and gid.
+    pub fn groups(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.groups.iter().map(|(n, g)| (n.as_str(), *g))
+    }
+
     /// A user by name, or by numeric uid (the primary gid is then the entry's, or the
     /// same number when there is no entry).
     pub fn user(&self, spec: &str) -> Option<User> {

@@ -14,7 +14,7 @@ fn limits(cpu_millis: Option<u32>, memory_bytes: Option<u64>, pids: Option<u32>)
         cpu_millis,
         memory_bytes,
         pids,
-        io: None,
+        ..Default::default()
     }
 }
 
@@ -73,8 +73,11 @@ async fn the_probe_sees_a_sandbox_from_inside() {
     assert_eq!(f["lo_up"], true);
     // UTS.
     assert_eq!(s("hostname"), format!("job-{}", id.short()));
-    // Credentials: the job user, no supplementary groups, no capabilities at all.
-    let (uid, gid) = job_ids();
+    // Credentials: an id of the job's own (the same for its group), no supplementary
+    // groups, no capabilities at all.
+    let uid = status.uid.expect("the job's id in its status");
+    assert!(JOB_IDS.contains(&uid), "{uid}");
+    let gid = uid;
     assert_eq!(s("uid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
     assert_eq!(s("gid"), format!("{gid}\t{gid}\t{gid}\t{gid}"));
     assert_eq!(s("groups"), "");
@@ -99,7 +102,7 @@ async fn the_probe_sees_a_sandbox_from_inside() {
     // Only stdin, stdout, stderr (and the probe's own directory handle for the listing).
     assert_eq!(f["fds"], serde_json::json!(["0", "1", "2", "3"]));
     // The fixed environment plus the user's variable.
-    let user = job_user();
+    let user = format!("job-{}", id.short());
     let mut env: Vec<String> = f["env"]
         .as_array()
         .unwrap()
@@ -307,14 +310,14 @@ async fn direct_io_writes_are_held_to_the_write_limit() {
     };
     // Where the job writes: the VM tests give a raw scratch disk; on a host, a file in a
     // scratch directory on the disk holding /.
+    // A scratch directory is bound writable into the jobs (they see the host read-only).
     let scratch = Scratch::new("io");
-    let target = std::env::var("JOBWORKER_TEST_IO_TARGET").unwrap_or_else(|_| {
-        let dir = scratch.writable("w");
-        dir.join("file").to_string_lossy().into_owned()
-    });
+    let dir = scratch.writable("w");
+    let target = std::env::var("JOBWORKER_TEST_IO_TARGET")
+        .unwrap_or_else(|_| dir.join("file").to_string_lossy().into_owned());
     const MIB: u64 = 4;
     const BPS: u64 = 1 << 20;
-    let exec = Executor::start(ExecutorOptions::default());
+    let exec = Executor::start(ExecutorOptions::default().bind(&dir, true));
     let mut c = exec.client().await;
     let mut l = limits(None, None, None);
     l.io = Some(IoLimits {

@@ -22,7 +22,7 @@ use crate::error::{ErrorKind, WireError};
 use crate::message::{MAX_CHUNK_LEN, Request, Response};
 
 /// Version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted or sent, in bytes (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;

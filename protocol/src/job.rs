@@ -113,6 +113,15 @@ pub struct Limits {
     pub pids: Option<u32>,
     /// Disk IO limits on one block device.
     pub io: Option<IoLimits>,
+    /// Size of each of the job's private tmpfs (`/tmp`, `/var/tmp`, `/dev/shm`), in
+    /// bytes. Missing: the executor's default size; never above its ceiling.
+    #[serde(default)]
+    pub tmp_bytes: Option<u64>,
+    /// Wall-clock time the job may run, in milliseconds; at the deadline it is stopped
+    /// like `Stop` does and ends `TimedOut`. Missing: the executor's default deadline;
+    /// never above its maximum.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// What to run.
@@ -162,6 +171,9 @@ pub enum JobState {
     /// The executor restarted while the job was running; the job was killed and its
     /// output up to then is kept.
     Lost,
+    /// The job ran out of time: it was stopped at its deadline; `exit_code` or `signal`
+    /// says how it ended.
+    TimedOut,
 }
 
 impl JobState {
@@ -177,6 +189,7 @@ impl JobState {
             JobState::Stopped => "stopped",
             JobState::FailedToStart => "failed_to_start",
             JobState::Lost => "lost",
+            JobState::TimedOut => "timed_out",
         }
     }
 }
@@ -211,6 +224,38 @@ pub struct JobStatus {
     pub output_bytes: u64,
     /// Output reached the per-job cap; bytes past it were dropped.
     pub output_truncated: bool,
+    /// The user id the job ran as (its own, allocated by the executor); `None` for jobs
+    /// recorded before jobs had one.
+    #[serde(default)]
+    pub uid: Option<u32>,
+}
+
+/// One owner's use of their quotas and the quotas themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaReport {
+    pub owner: String,
+    /// Held by the owner's running jobs now.
+    pub used: QuotaAmounts,
+    /// The owner's quotas; `None` is unlimited.
+    pub limits: QuotaLimits,
+}
+
+/// Amounts counted against a quota: the running jobs and the sums of their limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaAmounts {
+    pub running_jobs: u64,
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+    pub pids: u64,
+}
+
+/// Per-owner quotas; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaLimits {
+    pub running_jobs: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
 }
 
 #[cfg(test)]

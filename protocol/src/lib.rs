@@ -25,5 +25,10 @@ pub use codec::{
     client_transport, decode_response, server_transport,
 };
 pub use error::{ErrorKind, WireError};
-pub use job::{EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, Scope};
-pub use message::{LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, Request, Response};
+pub use job::{
+    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, QuotaAmounts, QuotaLimits,
+    QuotaReport, Scope,
+};
+pub use message::{
+    LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, MAX_QUOTA_REPORTS, Request, Response,
+};

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::job::{JobId, JobSpec, JobStatus, Scope};
+use crate::job::{JobId, JobSpec, JobStatus, QuotaReport, Scope};
 
 /// Largest output chunk in one frame.
 pub const MAX_CHUNK_LEN: usize = 64 * 1024;
@@ -23,6 +23,10 @@ pub const MAX_LIST_PAGE: u32 = 500;
 /// largest parts, argv and error, are bounded by [`crate::validate`]), so a page always
 /// holds at least one job and always fits in a frame.
 pub const LIST_PAGE_BYTES: usize = 768 * 1024;
+
+/// Most owners in one [`Response::Quotas`]: the executor reports the first this many, by
+/// owner, so the answer always fits in a frame.
+pub const MAX_QUOTA_REPORTS: usize = 4096;
 
 /// A request from the API server to the executor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,9 @@ pub enum Request {
     },
     /// Liveness check, answered with [`Response::Pong`].
     Ping,
+    /// Quota use and limits: of the owner of `Scope::Owner`, or of every owner with
+    /// running jobs or quotas of their own (`Scope::Any`).
+    Quota { scope: Scope },
 }
 
 impl Request {
@@ -65,6 +72,7 @@ impl Request {
             Request::List { .. } => "list",
             Request::Output { .. } => "output",
             Request::Ping => "ping",
+            Request::Quota { .. } => "quota",
         }
     }
 }
@@ -90,6 +98,8 @@ pub enum Response {
     End(Box<JobStatus>),
     /// Answer to `Ping`.
     Pong,
+    /// Answer to `Quota`, sorted by owner, at most [`MAX_QUOTA_REPORTS`].
+    Quotas(Vec<QuotaReport>),
     /// The request failed.
     Error(WireError),
 }

@@ -146,6 +146,12 @@ pub fn limits(limits: &Limits) -> Result<(), WireError> {
     if limits.pids == Some(0) {
         return Err(WireError::invalid("pids: must be greater than zero"));
     }
+    if limits.tmp_bytes == Some(0) {
+        return Err(WireError::invalid("tmp size: must be greater than zero"));
+    }
+    if limits.timeout_ms == Some(0) {
+        return Err(WireError::invalid("timeout: must be greater than zero"));
+    }
     if let Some(io) = &limits.io {
         io_limits(io)?;
     }

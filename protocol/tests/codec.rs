@@ -23,6 +23,8 @@ fn status() -> JobStatus {
                 read_iops: Some(100),
                 write_iops: Some(200),
             }),
+            tmp_bytes: Some(64 << 20),
+            timeout_ms: Some(3_600_000),
         },
         state: JobState::Signaled,
         exit_code: None,
@@ -35,6 +37,25 @@ fn status() -> JobStatus {
         peak_memory_bytes: Some(1 << 20),
         output_bytes: 12,
         output_truncated: false,
+        uid: Some(600_123),
+    }
+}
+
+fn quota_report(owner: &str) -> QuotaReport {
+    QuotaReport {
+        owner: owner.into(),
+        used: QuotaAmounts {
+            running_jobs: 3,
+            memory_bytes: u64::MAX,
+            cpu_millis: 1500,
+            pids: 300,
+        },
+        limits: QuotaLimits {
+            running_jobs: Some(4),
+            memory_bytes: None,
+            cpu_millis: Some(u64::MAX),
+            pids: Some(8192),
+        },
     }
 }
 
@@ -75,6 +96,10 @@ fn every_request() -> Vec<Request> {
             follow: true,
         },
         Request::Ping,
+        Request::Quota {
+            scope: Scope::Owner("alice".into()),
+        },
+        Request::Quota { scope: Scope::Any },
     ]
 }
 
@@ -96,8 +121,18 @@ fn every_response() -> Vec<Response> {
         Response::Chunk(Bytes::new()),
         Response::End(Box::new(status())),
         Response::Pong,
+        Response::Quotas(vec![quota_report("alice"), quota_report("bob")]),
+        Response::Quotas(vec![]),
         Response::Error(WireError::new(ErrorKind::FailedToStart, "execve: ENOENT")),
     ]
+}
+
+#[test]
+fn the_largest_quota_report_fits_in_a_frame() {
+    let owner = "o".repeat(validate::MAX_OWNER_LEN);
+    let all = Response::Quotas(vec![quota_report(&owner); MAX_QUOTA_REPORTS]);
+    let len = codec::encode(&all).unwrap().len();
+    assert!(len <= MAX_FRAME_LEN, "{len}");
 }
 
 #[tokio::test]
@@ -246,7 +281,11 @@ async fn a_wrong_protocol_version_is_refused_with_a_clear_error() {
     match client.next().await.unwrap().unwrap() {
         Response::Error(e) => {
             assert_eq!(e.kind, ErrorKind::VersionMismatch);
-            assert!(e.message.contains("protocol 2"), "{}", e.message);
+            let want = format!(
+                "peer speaks protocol {}, the executor {PROTOCOL_VERSION}",
+                PROTOCOL_VERSION + 1
+            );
+            assert_eq!(e.message, want);
         }
         other => panic!("expected an error frame, got {other:?}"),
     }

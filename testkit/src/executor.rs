@@ -5,7 +5,7 @@
 //! with `JOBWORKER_LOG=debug` so that tests can wait on its debug lines: `job started
 //! job=ID pid=N`, `job cgroup removed job=ID`, `connection closed open=N`, `deleted a
 //! finished job beyond the retention cap job=ID`. Flags the kit relies on: `--socket`,
-//! `--state-dir`, `--allow-uid`, `--socket-group`, `--job-user`, `--cgroup-parent`,
+//! `--state-dir`, `--allow-uid`, `--socket-group`, `--cgroup-parent`,
 //! `--cgroup-backend`.
 
 use std::fmt::Display;
@@ -23,7 +23,7 @@ use tokio::net::UnixStream;
 
 use crate::bins;
 use crate::cgroup::{CgroupParent, backend_flag};
-use crate::env::{LIMIT, NOBODY, job_user};
+use crate::env::{LIMIT, NOBODY};
 use crate::log::Log;
 use crate::process::{Daemon, Stop};
 use crate::procfs;
@@ -48,6 +48,9 @@ pub struct ExecutorOptions {
     pub cgroup_prefix: String,
     /// How it is stopped when dropped.
     pub on_drop: Stop,
+    /// Host paths every job sees (`[[binds]]` of a configuration file the kit writes):
+    /// the path, and whether jobs may write there.
+    pub binds: Vec<(PathBuf, bool)>,
 }
 
 impl Default for ExecutorOptions {
@@ -62,6 +65,7 @@ impl Default for ExecutorOptions {
             dir_in: None,
             cgroup_prefix: "jobworker-test".into(),
             on_drop: Stop::Term,
+            binds: Vec::new(),
         }
     }
 }
@@ -80,6 +84,13 @@ impl ExecutorOptions {
     /// Adds `flags` to the command line.
     pub fn flags(mut self, flags: &[&str]) -> Self {
         self.extra.extend(flags.iter().map(|f| f.to_string()));
+        self
+    }
+
+    /// Makes `path` (which must exist) visible to every job at the same place, writable
+    /// or not: jobs see the host read-only otherwise.
+    pub fn bind(mut self, path: &Path, writable: bool) -> Self {
+        self.binds.push((path.to_owned(), writable));
         self
     }
 }
@@ -141,9 +152,19 @@ impl Executor {
         if let Some(gid) = o.socket_group {
             cmd.arg("--socket-group").arg(gid.to_string());
         }
-        cmd.arg("--job-user")
-            .arg(job_user())
-            .arg("--cgroup-parent")
+        if !o.binds.is_empty() {
+            let mut toml = String::new();
+            for (path, writable) in &o.binds {
+                toml.push_str(&format!(
+                    "[[binds]]\nsource = {:?}\nwritable = {writable}\n",
+                    path.display().to_string()
+                ));
+            }
+            let config = self.dir.join("executor.toml");
+            std::fs::write(&config, toml).expect("writing the executor's configuration");
+            cmd.arg("--config").arg(config);
+        }
+        cmd.arg("--cgroup-parent")
             .arg(&self.parent.name)
             .args(backend_flag())
             .args(&o.extra)

@@ -54,7 +54,7 @@ pub mod grpc;
 
 pub use bins::probe;
 pub use cgroup::{CgroupParent, TestParent};
-pub use env::{LIMIT, NOBODY, is_root, job_ids, job_user, note, skip_unless_root};
+pub use env::{JOB_IDS, LIMIT, NOBODY, is_root, note, skip_unless_root};
 pub use executor::{
     ExecClient, Executor, ExecutorOptions, Streamed, assert_unaffected, pattern, spec,
 };

@@ -24,6 +24,8 @@ pub fn job_limits() -> pb::Limits {
         memory_bytes: Some(256 * MIB),
         pids: Some(64),
         io: None,
+        tmp_bytes: None,
+        timeout_ms: None,
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Ending {
     pub init_exit: Option<Exit>,
     /// A stop (or the executor's shutdown) asked the job to end.
     pub stop_requested: bool,
+    /// The job's deadline passed and ended it.
+    pub timed_out: bool,
 }
 
 impl Ending {
@@ -88,6 +90,7 @@ pub fn final_status(
     }
     let exit = end.command_exit();
     s.state = match exit {
+        _ if end.timed_out => JobState::TimedOut,
         _ if end.stop_requested => JobState::Stopped,
         Some(Exit::Code(_)) => JobState::Exited,
         _ => JobState::Signaled,
@@ -122,6 +125,7 @@ mod tests {
             peak_memory_bytes: None,
             output_bytes: 5,
             output_truncated: false,
+            uid: Some(600_001),
         }
     }
 
@@ -139,7 +143,8 @@ mod tests {
         Report::Failed(why.into())
     }
 
-    /// (what, reports, init exit, stop requested) → (state, exit code, signal, error).
+    /// (what, reports, init exit, stop requested, timed out) → (state, exit code, signal,
+    /// error).
     #[test]
     fn every_ending_has_one_final_state() {
         use JobState::*;
@@ -148,134 +153,41 @@ mod tests {
             &'a str,
             Vec<Report>,
             Option<Exit>,
-            bool,
+            (bool, bool),
             (JobState, Option<i32>, Option<i32>, Option<&'a str>),
         );
+        #[rustfmt::skip]
         let rows: Vec<Row<'_>> = vec![
-            (
-                "exit 0",
-                vec![STARTED, exited(0)],
-                Some(Exit::Code(0)),
-                false,
-                (Exited, Some(0), None, None),
-            ),
-            (
-                "exit 3",
-                vec![STARTED, exited(3)],
-                Some(Exit::Code(3)),
-                false,
-                (Exited, Some(3), None, None),
-            ),
-            (
-                "killed by a signal",
-                vec![STARTED, killed(9)],
-                Some(Exit::Code(137)),
-                false,
-                (Signaled, None, Some(9), None),
-            ),
+            ("exit 0", vec![STARTED, exited(0)], Some(Exit::Code(0)), (false, false), (Exited, Some(0), None, None)),
+            ("exit 3", vec![STARTED, exited(3)], Some(Exit::Code(3)), (false, false), (Exited, Some(3), None, None)),
+            ("killed by a signal", vec![STARTED, killed(9)], Some(Exit::Code(137)), (false, false), (Signaled, None, Some(9), None)),
             // The init's own exit stands in when the command's was never reported.
-            (
-                "init exit only",
-                vec![STARTED],
-                Some(Exit::Code(4)),
-                false,
-                (Exited, Some(4), None, None),
-            ),
-            (
-                "init killed, no report",
-                vec![STARTED],
-                Some(Exit::Signal(9)),
-                false,
-                (Signaled, None, Some(9), None),
-            ),
-            (
-                "nothing known after the start",
-                vec![STARTED],
-                None,
-                false,
-                (Signaled, None, None, None),
-            ),
-            (
-                "stopped, command exited",
-                vec![STARTED, exited(0)],
-                Some(Exit::Code(0)),
-                true,
-                (Stopped, Some(0), None, None),
-            ),
-            (
-                "stopped by SIGTERM",
-                vec![STARTED, killed(15)],
-                Some(Exit::Code(143)),
-                true,
-                (Stopped, None, Some(15), None),
-            ),
-            (
-                "stopped, init killed",
-                vec![STARTED],
-                Some(Exit::Signal(9)),
-                true,
-                (Stopped, None, Some(9), None),
-            ),
-            (
-                "stopped, nothing known",
-                vec![STARTED],
-                None,
-                true,
-                (Stopped, None, None, None),
-            ),
-            (
-                "command not found",
-                vec![failed("command not found: \"nope\"")],
-                Some(Exit::Code(127)),
-                false,
-                (
-                    FailedToStart,
-                    None,
-                    None,
-                    Some("command not found: \"nope\""),
-                ),
-            ),
-            (
-                "a failure wins over a start",
-                vec![STARTED, failed("late")],
-                Some(Exit::Code(127)),
-                false,
-                (FailedToStart, None, None, Some("late")),
-            ),
-            (
-                "the first failure is kept",
-                vec![failed("one"), failed("two")],
-                Some(Exit::Code(127)),
-                true,
-                (FailedToStart, None, None, Some("one")),
-            ),
-            (
-                "init ended before the start",
-                vec![],
-                Some(Exit::Code(125)),
-                false,
-                (FailedToStart, None, None, Some(not_started)),
-            ),
-            (
-                "init killed before the start",
-                vec![],
-                Some(Exit::Signal(9)),
-                true,
-                (FailedToStart, None, None, Some(not_started)),
-            ),
-            (
-                "init never supervised",
-                vec![],
-                None,
-                false,
-                (FailedToStart, None, None, Some(not_started)),
-            ),
+            ("init exit only", vec![STARTED], Some(Exit::Code(4)), (false, false), (Exited, Some(4), None, None)),
+            ("init killed, no report", vec![STARTED], Some(Exit::Signal(9)), (false, false), (Signaled, None, Some(9), None)),
+            ("nothing known after the start", vec![STARTED], None, (false, false), (Signaled, None, None, None)),
+            ("stopped, command exited", vec![STARTED, exited(0)], Some(Exit::Code(0)), (true, false), (Stopped, Some(0), None, None)),
+            ("stopped by SIGTERM", vec![STARTED, killed(15)], Some(Exit::Code(143)), (true, false), (Stopped, None, Some(15), None)),
+            ("stopped, init killed", vec![STARTED], Some(Exit::Signal(9)), (true, false), (Stopped, None, Some(9), None)),
+            ("stopped, nothing known", vec![STARTED], None, (true, false), (Stopped, None, None, None)),
+            ("timed out, ended by SIGTERM", vec![STARTED, killed(15)], Some(Exit::Code(143)), (false, true), (TimedOut, None, Some(15), None)),
+            ("timed out, exited on SIGTERM", vec![STARTED, exited(0)], Some(Exit::Code(0)), (false, true), (TimedOut, Some(0), None, None)),
+            ("timed out, then stopped too", vec![STARTED, killed(9)], Some(Exit::Signal(9)), (true, true), (TimedOut, None, Some(9), None)),
+            ("command not found", vec![failed("command not found: \"nope\"")], Some(Exit::Code(127)), (false, false), (FailedToStart, None, None, Some("command not found: \"nope\""))),
+            ("a failure wins over a start", vec![STARTED, failed("late")], Some(Exit::Code(127)), (false, false), (FailedToStart, None, None, Some("late"))),
+            ("the first failure is kept", vec![failed("one"), failed("two")], Some(Exit::Code(127)), (true, false), (FailedToStart, None, None, Some("one"))),
+            ("init ended before the start", vec![], Some(Exit::Code(125)), (false, false), (FailedToStart, None, None, Some(not_started))),
+            ("init killed before the start", vec![], Some(Exit::Signal(9)), (true, false), (FailedToStart, None, None, Some(not_started))),
+            ("timed out before the start", vec![], Some(Exit::Signal(9)), (false, true), (FailedToStart, None, None, Some(not_started))),
+            ("init never supervised", vec![], None, (false, false), (FailedToStart, None, None, Some(not_started))),
         ];
-        for (what, reports, init_exit, stop_requested, (state, code, signal, error)) in rows {
+        for (what, reports, init_exit, (stop_requested, timed_out), (state, code, signal, error)) in
+            rows
+        {
             let end = Ending {
                 reports,
                 init_exit,
                 stop_requested,
+                timed_out,
             };
             let s = final_status(running(), &end, &Usage::default(), 9);
             assert_eq!(
@@ -337,7 +249,7 @@ mod tests {
             let end = Ending {
                 reports,
                 init_exit,
-                stop_requested: false,
+                ..Default::default()
             };
             assert_eq!(start_result(&end), want);
         }

@@ -20,6 +20,7 @@ pub(super) struct Job {
     /// Position in start order (the table's index for listing and eviction).
     pub seq: u64,
     pub started_at_ms: u64,
+    pub uid: Option<u32>,
     pub progress: watch::Receiver<Progress>,
     pub live: Mutex<Live>,
     /// Wakes the supervisor when a stop is asked for.
@@ -41,6 +42,8 @@ pub(super) struct JobInfo {
     pub argv: Vec<String>,
     pub limits: Limits,
     pub started_at_ms: u64,
+    /// The job's own user and group id (`None`: recorded before jobs had one).
+    pub uid: Option<u32>,
 }
 
 impl JobInfo {
@@ -52,6 +55,7 @@ impl JobInfo {
             argv: status.argv.clone(),
             limits: status.limits.clone(),
             started_at_ms: status.started_at_ms,
+            uid: status.uid,
         }
     }
 }
@@ -76,6 +80,7 @@ impl Job {
             limits: info.limits,
             seq,
             started_at_ms: info.started_at_ms,
+            uid: info.uid,
             progress,
             live: Mutex::new(live),
             stop: Notify::new(),
@@ -125,6 +130,7 @@ impl Job {
             peak_memory_bytes: None,
             output_bytes: p.len,
             output_truncated: p.truncated,
+            uid: self.uid,
         }
     }
 }

@@ -3,10 +3,10 @@
 
 use std::io;
 
-use jobworker_protocol::{ErrorKind, JobId, JobSpec, WireError};
+use jobworker_protocol::{ErrorKind, JobId, WireError};
 
-use super::Engine;
-use crate::cgroup::{JobGroup, ResolvedLimits};
+use super::{CheckedStart, Engine};
+use crate::cgroup::JobGroup;
 use crate::config::Config;
 use crate::ipc::spec::InitSpec;
 use crate::output::OutputWriter;
@@ -22,8 +22,8 @@ impl Engine {
     pub(super) fn launch(
         &self,
         id: &JobId,
-        spec: &JobSpec,
-        limits: &ResolvedLimits,
+        req: &CheckedStart,
+        uid: u32,
     ) -> Result<(Spawned, JobGroup, OutputWriter), WireError> {
         let internal = |what: &str, e: io::Error| {
             tracing::error!(job = %id, "{what}: {e}");
@@ -34,11 +34,11 @@ impl Engine {
             .map_err(|e| internal("creating the job directory", e))?;
         let writer = OutputWriter::create(&self.store.output_path(id), self.cfg.max_output_bytes)
             .map_err(|e| internal("creating the output file", e))?;
-        let group = self.cgroups.create(id, limits).map_err(|e| {
+        let group = self.cgroups.create(id, &req.resolved).map_err(|e| {
             tracing::warn!(job = %id, "creating the job's cgroup: {e}");
             WireError::new(ErrorKind::FailedToStart, format!("job {id}: {e}"))
         })?;
-        let init = init_spec(&self.cfg, id, spec, &group);
+        let init = init_spec(&self.cfg, id, req, uid, &group);
         let join = match group.clone_into_fd() {
             Some(fd) => CgroupJoin::CloneInto(fd),
             None => CgroupJoin::InitJoins,
@@ -58,17 +58,20 @@ impl Engine {
     }
 }
 
-/// What the job's init is told: the command, its environment, the job user, and how to
-/// set up the job's namespaces and cgroup.
-fn init_spec(cfg: &Config, id: &JobId, spec: &JobSpec, group: &JobGroup) -> InitSpec {
+/// What the job's init is told: the command, its environment, the job's own ids, its
+/// file-system view, and how to set up its namespaces and cgroup.
+fn init_spec(cfg: &Config, id: &JobId, req: &CheckedStart, uid: u32, group: &JobGroup) -> InitSpec {
     let v1 = !group.join_files().is_empty();
+    let name = format!("job-{}", id.short());
     InitSpec {
-        argv: spec.argv.clone(),
-        env: environment(cfg, id, spec),
-        uid: cfg.job_uid,
-        gid: cfg.job_gid,
-        hostname: format!("job-{}", id.short()),
-        tmp_size_bytes: cfg.tmp_size_bytes,
+        argv: req.spec.argv.clone(),
+        env: environment(id, &name, &req.spec.env),
+        uid,
+        gid: uid,
+        user_name: name.clone(),
+        hostname: name,
+        tmp_size_bytes: req.tmp_bytes,
+        binds: cfg.binds.clone(),
         cgroup_join: group.join_files().to_vec(),
         unshare_cgroupns: v1,
         mount_cgroup2: group.clone_into_fd().is_some(),
@@ -79,14 +82,14 @@ fn init_spec(cfg: &Config, id: &JobId, spec: &JobSpec, group: &JobGroup) -> Init
 
 /// The command's environment: a fixed base, the request's variables (which may replace
 /// any of the base), and the job's id last, which nothing replaces.
-fn environment(cfg: &Config, id: &JobId, spec: &JobSpec) -> Vec<String> {
+fn environment(id: &JobId, user: &str, vars: &[jobworker_protocol::EnvVar]) -> Vec<String> {
     let mut env = vec![
         format!("PATH={BASE_PATH}"),
         "HOME=/tmp".to_string(),
-        format!("USER={}", cfg.job_user_name),
-        format!("LOGNAME={}", cfg.job_user_name),
+        format!("USER={user}"),
+        format!("LOGNAME={user}"),
     ];
-    for var in &spec.env {
+    for var in vars {
         let prefix = format!("{}=", var.name);
         env.retain(|e| !e.starts_with(&prefix));
         env.push(format!("{}={}", var.name, var.value));

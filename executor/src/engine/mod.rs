@@ -6,6 +6,8 @@
 //! - [`launch`]: creating a job's directory, output file and cgroup, cloning its init;
 //! - [`table`]: the job table in start order, recovery at start-up, eviction;
 //! - [`job`]: one job's shared state and status;
+//! - [`quota`]: per-owner quotas, a share taken at each start and given back at its end;
+//! - [`uids`]: the pool of job ids, one per live job;
 //! - [`supervisor`]: one task per running job, from its start to its record;
 //! - [`final_status`]: the rule that turns how a job ended into its final status (pure).
 //!
@@ -17,8 +19,10 @@ mod final_status;
 mod job;
 mod launch;
 mod limits;
+mod quota;
 mod supervisor;
 mod table;
+mod uids;
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -26,22 +30,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jobworker_protocol::{
-    ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, Scope, WireError, codec,
+    ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, QuotaAmounts, QuotaReport, Scope,
+    WireError, codec,
 };
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use limits::{CheckedStart, check_start, resolve_limits};
+pub use limits::{CheckedStart, check_start, human_duration, resolve_limits};
 
 use crate::cgroup::Cgroups;
-use crate::config::{Ceilings, Config};
+use crate::config::{Ceilings, Config, Defaults};
 use crate::output::{OutputReader, Progress};
 use crate::spawn::Spawner;
 use crate::store::Store;
 use job::{Job, JobInfo, Live};
+use quota::Quotas;
 use supervisor::Launched;
 use table::Table;
+use uids::IdPool;
 
 pub struct Engine {
     cfg: Config,
@@ -50,6 +57,8 @@ pub struct Engine {
     cgroups: Cgroups,
     table: Mutex<Table>,
     running: Arc<Semaphore>,
+    quotas: Arc<Mutex<Quotas>>,
+    ids: Mutex<IdPool>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -66,6 +75,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a job counts against its owner's quotas.
+fn amounts(req: &CheckedStart) -> QuotaAmounts {
+    QuotaAmounts {
+        running_jobs: 1,
+        memory_bytes: req.resolved.memory_bytes,
+        cpu_millis: u64::from(req.resolved.cpu_millis),
+        pids: u64::from(req.resolved.pids),
+    }
+}
+
 fn not_found(id: &JobId) -> WireError {
     WireError::not_found(format!("no job {id}"))
 }
@@ -80,8 +99,12 @@ impl Engine {
     ) -> io::Result<Arc<Self>> {
         let store = Store::open(&cfg.state_dir)?;
         let spawner = Spawner::new()?;
+        let mut start = [0u8; 8];
+        getrandom::fill(&mut start).map_err(|e| io::Error::other(e.to_string()))?;
         let engine = Arc::new(Engine {
             running: Arc::new(Semaphore::new(cfg.max_running_jobs)),
+            quotas: Arc::new(Mutex::new(Quotas::new(cfg.quotas.clone()))),
+            ids: Mutex::new(IdPool::new(cfg.job_ids, u64::from_le_bytes(start))),
             cfg,
             store,
             spawner,
@@ -126,15 +149,13 @@ impl Engine {
         &self.cfg.ceilings
     }
 
+    /// What a start that asks for nothing gets.
+    pub fn defaults(&self) -> &Defaults {
+        &self.cfg.defaults
+    }
+
     /// Starts a job and returns once its command is running (or failed to start).
     pub async fn start(self: &Arc<Self>, req: CheckedStart) -> Result<JobId, WireError> {
-        let CheckedStart {
-            owner,
-            spec,
-            resolved,
-            effective,
-            ..
-        } = req;
         if self.shutdown.is_cancelled() {
             return Err(WireError::new(
                 ErrorKind::Unavailable,
@@ -147,24 +168,30 @@ impl Engine {
                 self.cfg.max_running_jobs
             ))
         })?;
+        let share = Quotas::take(&self.quotas, &req.owner, amounts(&req))?;
+        let uid = lock(&self.ids).take().ok_or_else(|| {
+            WireError::exhausted("every job id of this executor's range is in use")
+        })?;
         let id = self.new_id()?;
-        let (spawned, group, writer) = self.launch(&id, &spec, &resolved).inspect_err(|_| {
+        let (spawned, group, writer) = self.launch(&id, &req, uid).inspect_err(|_| {
+            lock(&self.ids).give_back(uid);
             let _ = self.store.remove(&id);
         })?;
         let group = Arc::new(group);
         let info = JobInfo {
             id,
-            owner,
-            argv: spec.argv,
-            limits: effective,
+            owner: req.owner,
+            argv: req.spec.argv,
+            limits: req.effective,
             started_at_ms: now_ms(),
+            uid: Some(uid),
         };
-        let job =
-            lock(&self.table).insert(info, writer.sender().subscribe(), Live::running(&group));
+        let live = Live::running(&group);
+        let job = lock(&self.table).insert(info, writer.sender().subscribe(), live);
         // The record ends with an fsync: it is written on a blocking thread while the init
         // sets the job up, and the supervisor waits for it before writing the final one.
         let recorded = self.record(job.running_status(None));
-        tracing::info!(job = %id, owner = %job.owner, argv0 = %job.argv[0], pid = spawned.pid, "job started");
+        tracing::info!(job = %id, owner = %job.owner, argv0 = %job.argv[0], pid = spawned.pid, uid, "job started");
 
         let (started_tx, started_rx) = oneshot::channel();
         let launched = Launched {
@@ -173,6 +200,8 @@ impl Engine {
             writer,
             started_tx,
             permit,
+            share,
+            deadline: tokio::time::Instant::now() + req.timeout,
             recorded,
         };
         self.tasks.spawn(self.clone().supervise(job, launched));
@@ -269,6 +298,11 @@ impl Engine {
             WireError::internal("the job's output cannot be read")
         })?;
         Ok((reader, job.id))
+    }
+
+    /// Quota use and quotas (the server validated the scope).
+    pub fn quotas(&self, scope: &Scope) -> Vec<QuotaReport> {
+        lock(&self.quotas).report(scope)
     }
 
     /// Status of a job by id, ignoring scope (the caller already had access).

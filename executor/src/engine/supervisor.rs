@@ -1,9 +1,11 @@
 //! The supervisor: one task per running job that runs it to its end.
 //!
 //! It drains the job's output pipe into the output file, watches the init's report pipe
-//! and its pidfd, carries out stop requests (SIGTERM to the whole namespace through the
-//! init, SIGKILL to the init and the cgroup after the grace period) and, when everything
-//! has ended, publishes the final status, removes the cgroup and records the job.
+//! and its pidfd, carries out stop requests and the job's deadline (SIGTERM to the whole
+//! namespace through the init, SIGKILL to the init and the cgroup after the grace
+//! period) and, when everything has ended, publishes the final status, gives back the
+//! job's running slot and quota share, removes the cgroup, gives back the job's id and
+//! records the job.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::final_status::{Ending, final_status, start_result};
 use super::job::Job;
+use super::quota::Share;
 use super::{Engine, lock, now_ms, table};
 use crate::cgroup::JobGroup;
 use crate::ipc::report::{self, MAX_REPORT_BYTES, Report};
@@ -40,6 +43,10 @@ pub(super) struct Launched {
     pub started_tx: StartedTx,
     /// The job's running slot, freed as soon as the job has ended.
     pub permit: OwnedSemaphorePermit,
+    /// The job's share of its owner's quotas, likewise.
+    pub share: Share,
+    /// When the job is stopped for running out of time.
+    pub deadline: tokio::time::Instant,
     /// The job's first record, being written.
     pub recorded: JoinHandle<()>,
 }
@@ -53,24 +60,29 @@ impl Engine {
             mut writer,
             started_tx,
             permit,
+            share,
+            deadline,
             recorded,
         } = launched;
         let mut started_tx = Some(started_tx);
-        let (init_exit, reports) = match self
-            .run_job(&job, spawned, &group, &mut writer, &mut started_tx)
+        let mut end = match self
+            .run_job(
+                &job,
+                spawned,
+                &group,
+                &mut writer,
+                &mut started_tx,
+                deadline,
+            )
             .await
         {
-            Ok(r) => r,
+            Ok(end) => end,
             Err(e) => {
                 tracing::error!(job = %job.id, "supervising the job: {e}");
-                (None, Vec::new())
+                Ending::default()
             }
         };
-        let end = Ending {
-            reports,
-            init_exit,
-            stop_requested: job.stop_requested.load(Ordering::SeqCst),
-        };
+        end.stop_requested = job.stop_requested.load(Ordering::SeqCst);
         if let Some(tx) = started_tx.take() {
             let _ = tx.send(start_result(&end));
         }
@@ -86,6 +98,7 @@ impl Engine {
         // before its group is removed: whoever saw the end may start another job at once,
         // and the removal is not part of the time to a final status.
         drop(permit);
+        drop(share);
         writer.finish();
         self.clean_up(&job, group, recorded, status).await;
     }
@@ -104,10 +117,23 @@ impl Engine {
         let engine = self.clone();
         let id = job.id;
         let removed = tokio::task::spawn_blocking(move || engine.cgroups.remove(&group)).await;
-        match removed {
-            Ok(Ok(())) => tracing::debug!(job = %id, "job cgroup removed"),
-            Ok(Err(e)) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
-            Err(e) => tracing::error!(job = %id, "removing the job's cgroup: {e}"),
+        let removed = match removed {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match (removed, job.uid) {
+            (Ok(()), uid) => {
+                tracing::debug!(job = %id, "job cgroup removed");
+                // Nothing of the job is left: its id may serve another job.
+                if let Some(uid) = uid {
+                    lock(&self.ids).give_back(uid);
+                }
+            }
+            (Err(e), uid) => tracing::error!(
+                job = %id,
+                ?uid,
+                "removing the job's cgroup: {e}; the job's id stays out of use until the executor restarts"
+            ),
         }
         // The final record is written after followers learn of the end, so its fsync is
         // not part of the time to a final status; it always follows the first record.
@@ -139,7 +165,8 @@ impl Engine {
         })
     }
 
-    /// The event loop of one job: returns the init's exit and everything it reported.
+    /// The event loop of one job: returns how it ended (the init's exit, everything it
+    /// reported, whether its deadline ended it).
     async fn run_job(
         &self,
         job: &Job,
@@ -147,10 +174,12 @@ impl Engine {
         group: &JobGroup,
         writer: &mut OutputWriter,
         started_tx: &mut Option<StartedTx>,
-    ) -> io::Result<(Option<Exit>, Vec<Report>)> {
+        deadline: tokio::time::Instant,
+    ) -> io::Result<Ending> {
         let pidfd = sys::async_pidfd(spawned.pidfd)?;
         let mut pipes = JobPipes::new(spawned.output, spawned.report)?;
-        let mut init_exit = None;
+        let mut init_exit: Option<Exit> = None;
+        let mut timed_out = false;
         let mut term_sent = false;
         let grace = tokio::time::sleep(std::time::Duration::MAX);
         tokio::pin!(grace);
@@ -183,6 +212,11 @@ impl Engine {
                     job.stop_requested.store(true, Ordering::SeqCst);
                     job.stop.notify_one();
                 }
+                _ = tokio::time::sleep_until(deadline), if !term_sent && init_exit.is_none() => {
+                    tracing::info!(job = %job.id, "deadline reached: stopping the job");
+                    timed_out = true;
+                    job.stop.notify_one();
+                }
                 _ = &mut grace, if kill_armed && init_exit.is_none() => {
                     kill_armed = false;
                     tracing::info!(job = %job.id, "grace period over: killing the job");
@@ -193,7 +227,12 @@ impl Engine {
                 }
             }
         }
-        Ok((init_exit, report::decode(&pipes.report_bytes)))
+        Ok(Ending {
+            reports: report::decode(&pipes.report_bytes),
+            init_exit,
+            stop_requested: false,
+            timed_out,
+        })
     }
 }
 

@@ -15,11 +15,17 @@ pub struct InitSpec {
     pub argv: Vec<String>,
     /// The complete environment of the command, `NAME=value`.
     pub env: Vec<String>,
+    /// The job's own user and group ids, never 0.
     pub uid: u32,
     pub gid: u32,
+    /// The name the job's `/etc/passwd` and `/etc/group` give them.
+    pub user_name: String,
     pub hostname: String,
-    /// Size of each private tmpfs, in bytes.
+    /// Size of each private tmpfs (`/tmp`, `/var/tmp`, `/dev/shm`), in bytes.
     pub tmp_size_bytes: u64,
+    /// The administrator's bind mounts, validated at the executor's start-up.
+    #[serde(default)]
+    pub binds: Vec<Bind>,
     /// cgroup v1: the `tasks` files to write "0" into before anything else (the init is
     /// single-threaded, so this moves the whole process; see `cgroup::v1`).
     pub cgroup_join: Vec<PathBuf>,
@@ -34,6 +40,14 @@ pub struct InitSpec {
     /// instead of the executor's raised one.
     #[serde(default)]
     pub nofile: Option<(u64, u64)>,
+}
+
+/// A host path made visible in the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    pub source: String,
+    pub target: String,
+    pub writable: bool,
 }
 
 impl InitSpec {
@@ -60,10 +74,16 @@ mod tests {
         InitSpec {
             argv: vec!["sh".into(), "-c".into(), "echo \u{1F600} \"quoted\"".into()],
             env: vec!["PATH=/bin".into(), "A=b=c".into()],
-            uid: 65534,
-            gid: 65534,
+            uid: 600_001,
+            gid: 600_001,
+            user_name: "job-0123456789ab".into(),
             hostname: "job-0123456789ab".into(),
             tmp_size_bytes: 64 << 20,
+            binds: vec![Bind {
+                source: "/srv/data".into(),
+                target: "/data".into(),
+                writable: true,
+            }],
             cgroup_join: vec!["/sys/fs/cgroup/pids/jobworker/x/tasks".into()],
             unshare_cgroupns: true,
             mount_cgroup2: false,

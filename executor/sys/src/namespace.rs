@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::{check, cstring};
+use crate::{check, check_long, cstring};
 
 /// `mount(2)` with optional source, fstype and data.
 pub fn mount(
@@ -30,6 +30,56 @@ pub fn mount(
         )
     })
     .map(drop)
+}
+
+/// `mount_setattr(2)` flags (Linux 5.12).
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// `struct mount_attr` (`MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets and clears `MOUNT_ATTR_*` flags of the mount at `target` and, when `recursive`,
+/// of every mount below it (`mount_setattr(2)`, Linux 5.12).
+pub fn mount_setattr(target: &str, recursive: bool, set: u64, clear: u64) -> io::Result<()> {
+    let target = cstring(target)?;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `target` is a NUL-terminated string and `attr` a mount_attr of the size
+    // passed, both alive during the call, which only reads them.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Creates a character device node (`mknod(2)`) with `mode` (permission bits).
+pub fn mknod_char(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> io::Result<()> {
+    let path = cstring(path)?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: a NUL-terminated string alive during the call; the rest are integers.
+    check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | mode, dev) }).map(drop)
 }
 
 /// Starts a new session (`setsid(2)`): the job leaves the executor's session and process

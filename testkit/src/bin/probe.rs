@@ -14,6 +14,10 @@
 //!   after N` and then waits forever.
 //! - `direct-write PATH MIB`: writes MIB mebibytes to PATH with O_DIRECT, 1 MiB at a time,
 //!   and prints the elapsed milliseconds.
+//! - `view [PATH...]`: prints, as JSON, the job's view of the file system and of itself:
+//!   the names its passwd and group give its ids, the contents of `/dev`, `/run`,
+//!   `/sys/class/net`, `/sys/fs/cgroup`, `/home` and `/root`, and for each PATH whether
+//!   creating a file there works (`ok`, or the error's name, e.g. `EROFS`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -33,7 +37,11 @@ fn main() -> ExitCode {
         Some("hog") => hog(rest),
         Some("direct-write") => direct_write(rest),
         Some("forkbomb") => forkbomb(),
-        _ => Err("usage: jobworker-probe pattern|inspect|spin|hog|direct-write ...".to_string()),
+        Some("view") => view(rest),
+        _ => Err(
+            "usage: jobworker-probe pattern|inspect|spin|hog|direct-write|forkbomb|view ..."
+                .to_string(),
+        ),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -255,6 +263,83 @@ fn inspect() -> Result<(), String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     facts.insert("fds", fds.into());
+    println!(
+        "{}",
+        serde_json::to_string(&facts).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// The entries of a directory, sorted, or the error's kind.
+fn listing(dir: &str) -> serde_json::Value {
+    match std::fs::read_dir(dir) {
+        Ok(d) => {
+            let mut names: Vec<String> = d
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.into()
+        }
+        Err(e) => format!("{:?}", e.kind()).into(),
+    }
+}
+
+/// The name an `/etc/passwd`-style file gives id `id` (third field).
+fn name_of(file: &str, id: u32) -> String {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2].parse() == Ok(id)).then(|| f[0].to_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn error_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EROFS) => "EROFS".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::ENOENT) => "ENOENT".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn view(paths: &[String]) -> Result<(), String> {
+    let mut facts: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let id = |key: &str| -> u32 {
+        status_field(&status, key)
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX)
+    };
+    let (uid, gid) = (id("Uid:"), id("Gid:"));
+    facts.insert("uid".into(), uid.into());
+    facts.insert("gid".into(), gid.into());
+    facts.insert("user_name".into(), name_of("/etc/passwd", uid).into());
+    facts.insert("group_name".into(), name_of("/etc/group", gid).into());
+    for dir in [
+        "/dev",
+        "/run",
+        "/sys/class/net",
+        "/sys/fs/cgroup",
+        "/home",
+        "/root",
+        "/dev/pts",
+    ] {
+        facts.insert(format!("ls {dir}"), listing(dir));
+    }
+    let mut writes = serde_json::Map::new();
+    for path in paths {
+        let file = std::path::Path::new(path).join(format!("probe-{}", std::process::id()));
+        let r = std::fs::write(&file, b"x").map(|()| "ok".to_string());
+        writes.insert(path.clone(), r.unwrap_or_else(|e| error_name(&e)).into());
+    }
+    facts.insert("writes".into(), writes.into());
     println!(
         "{}",
         serde_json::to_string(&facts).map_err(|e| e.to_string())?

@@ -29,17 +29,20 @@
 //! the executor dies, the pipe hangs up and the init kills the job, so no job outlives
 //! its executor.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::ipc::exec_status;
 use crate::ipc::fds::{FD_LIFELINE, FD_REPORT, FD_SPEC};
 use crate::ipc::report::{self, Report};
 use crate::ipc::spec::{InitSpec, MAX_SPEC_LEN};
 use crate::seccomp;
-use crate::sys::{self, Exit, Fork};
+
+mod command;
+mod view;
+
+use crate::sys::{self, Exit};
+use command::start_command;
 
 /// Argument that selects the init template (argv[1]); argv[0] is [`INIT_ARGV0`]. Job
 /// inits are clones of the template, so `ps` shows them with the same command line.
@@ -131,40 +134,6 @@ fn run(report: &mut File) -> Result<i32, Step> {
     supervise(child, &signals, &lifeline, report)
 }
 
-/// Forks the command's child, which executes the command (see [`exec_command`]). Returns
-/// its pid once it has executed the command, or its pid and why it could not (its exec
-/// status, read until the close-on-exec pipe closes).
-#[allow(clippy::type_complexity)]
-fn start_command(spec: &InitSpec) -> Result<Result<sys::pid_t, (sys::pid_t, String)>, Step> {
-    let (exec_r, exec_w) = io::pipe().step(|| "creating the exec status pipe".into())?;
-    let child = match sys::fork().step(|| "fork of the command".into())? {
-        Fork::Child => {
-            // Keep only 0, 1, 2 and the close-on-exec status pipe (moved to fd 3): the
-            // lifeline and the signalfd are above it and closed with everything else.
-            drop(exec_r);
-            let mut w = match sys::move_fd_cloexec(exec_w.into(), FD_SPEC) {
-                Ok(fd) => File::from(fd),
-                Err(_) => sys::exit_now(127),
-            };
-            let _ = sys::close_fds_from(FD_SPEC + 1);
-            let err = exec_command(spec);
-            let _ = w.write_all(&exec_status::encode(&err.what, &err.err));
-            sys::exit_now(127);
-        }
-        Fork::Parent(pid) => pid,
-    };
-    drop(exec_w);
-    let mut status = Vec::new();
-    (&exec_r)
-        .take(exec_status::MAX_EXEC_STATUS as u64)
-        .read_to_end(&mut status)
-        .step(|| "reading the exec status".into())?;
-    Ok(match exec_status::decode(&status) {
-        None => Ok(child),
-        Some(failure) => Err((child, failure)),
-    })
-}
-
 fn read_spec() -> io::Result<InitSpec> {
     let file = File::from(sys::take_inherited_fd(FD_SPEC)?);
     let mut bytes = Vec::new();
@@ -172,6 +141,8 @@ fn read_spec() -> io::Result<InitSpec> {
     InitSpec::decode(&bytes)
 }
 
+/// Joins the job's cgroup (v1), builds its file-system view, brings up `lo` and sets the
+/// host name: everything that needs root inside the new namespaces.
 fn setup_namespaces(spec: &InitSpec) -> Result<(), Step> {
     if let Some((soft, hard)) = spec.nofile {
         sys::set_nofile(soft, hard).step(|| "restoring the open file limit".into())?;
@@ -182,47 +153,7 @@ fn setup_namespaces(spec: &InitSpec) -> Result<(), Step> {
     if spec.unshare_cgroupns {
         sys::unshare(sys::CLONE_NEWCGROUP).step(|| "unsharing the cgroup namespace".into())?;
     }
-    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    sys::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)
-        .step(|| "making all mounts private".into())?;
-    sys::mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        nosuid_nodev | libc::MS_NOEXEC,
-        None,
-    )
-    .step(|| "mounting /proc".into())?;
-    let tmpfs_opts = format!("size={},mode=1777", spec.tmp_size_bytes);
-    for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
-        // /tmp must exist; the others only when the host has them.
-        if dir != "/tmp" && !std::path::Path::new(dir).is_dir() {
-            continue;
-        }
-        sys::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nosuid_nodev,
-            Some(&tmpfs_opts),
-        )
-        .step(|| format!("mounting a private tmpfs on {dir}"))?;
-    }
-    if spec.mount_cgroup2 {
-        // The host's cgroup2 mount is the same file system: mounting it again on the same
-        // place is EBUSY. Detach the inherited one (in this private mount namespace only)
-        // and mount a fresh view rooted at the job's cgroup namespace.
-        sys::umount_detach("/sys/fs/cgroup")
-            .step(|| "detaching the host's /sys/fs/cgroup in the job".into())?;
-        sys::mount(
-            Some("cgroup2"),
-            "/sys/fs/cgroup",
-            Some("cgroup2"),
-            nosuid_nodev | libc::MS_NOEXEC | libc::MS_RDONLY,
-            None,
-        )
-        .step(|| "mounting the job's cgroup on /sys/fs/cgroup".into())?;
-    }
+    view::build(spec)?;
     sys::loopback_up().step(|| "bringing up lo".into())?;
     sys::sethostname(&spec.hostname).step(|| "setting the host name".into())?;
     Ok(())
@@ -257,79 +188,6 @@ fn drop_privileges(spec: &InitSpec) -> Result<(), Step> {
         err: io::Error::other(e.to_string()),
     })?;
     Ok(())
-}
-
-/// In the forked child, which inherited the init's dropped privileges and seccomp
-/// filter: prepare and execute the command. Returns only on failure.
-fn exec_command(spec: &InitSpec) -> Step {
-    if let Err(e) = sys::reset_signals() {
-        return Step {
-            what: "resetting signals".into(),
-            err: e,
-        };
-    }
-    if let Err(e) = std::env::set_current_dir(&spec.cwd) {
-        return Step {
-            what: format!("changing directory to {}", spec.cwd),
-            err: e,
-        };
-    }
-    let to_c = |v: &[String]| -> Option<Vec<CString>> {
-        v.iter().map(|s| CString::new(s.as_bytes()).ok()).collect()
-    };
-    let (Some(argv), Some(envp)) = (to_c(&spec.argv), to_c(&spec.env)) else {
-        return Step {
-            what: "preparing argv".into(),
-            err: io::Error::from(io::ErrorKind::InvalidInput),
-        };
-    };
-    let prog = &spec.argv[0];
-    if prog.contains('/') {
-        let err = sys::execve(&argv[0], &argv, &envp);
-        return Step {
-            what: format!("executing {prog:?}"),
-            err,
-        };
-    }
-    let path = spec
-        .env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or("/usr/bin:/bin");
-    exec_in_path(prog, path, &argv, &envp)
-}
-
-/// Searches `path` for `prog` as execvp does: EACCES from any candidate wins over "not
-/// found". Returns only on failure.
-fn exec_in_path(prog: &str, path: &str, argv: &[CString], envp: &[CString]) -> Step {
-    let mut denied = None;
-    for dir in path.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let Ok(candidate) = CString::new(format!("{dir}/{prog}")) else {
-            continue;
-        };
-        let err = sys::execve(&candidate, argv, envp);
-        match err.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
-            Some(libc::EACCES) => denied = Some(err),
-            _ => {
-                return Step {
-                    what: format!("executing {}", candidate.to_string_lossy()),
-                    err,
-                };
-            }
-        }
-    }
-    match denied {
-        Some(err) => Step {
-            what: format!("executing {prog:?}"),
-            err,
-        },
-        None => Step {
-            what: format!("command not found: {prog:?} (searched PATH={path})"),
-            err: io::Error::from_raw_os_error(libc::ENOENT),
-        },
-    }
 }
 
 /// The init's main loop: reap, forward signals, report the command's exit.
