@@ -185,7 +185,7 @@ fi
 sys=$tmp/sysroot
 mkdir -p "$sys/etc"
 if out=$(systemd-sysusers --root="$sys" "$root/usr/local/lib/sysusers.d/jobworker.conf" 2>&1); then
-    for u in "jobworker:jobworker API server" "jobworker-job:jobworker jobs"; do
+    for u in "jobworker:jobworker API server"; do
         name=${u%%:*}
         line=$(grep "^$name:" "$sys/etc/passwd" || true)
         IFS=: read -r _ _ uid gid gecos home shell <<<"$line"
@@ -195,7 +195,10 @@ if out=$(systemd-sysusers --root="$sys" "$root/usr/local/lib/sysusers.d/jobworke
             fail "sysusers: unexpected account for $name: '$line' (group id '$group_gid')"
         fi
     done
-    log "sysusers.d: creates jobworker and jobworker-job (own groups, no home, nologin)"
+    if grep -q '^jobworker-job:' "$sys/etc/passwd"; then
+        fail "sysusers: jobs have no account any more, but jobworker-job was created"
+    fi
+    log "sysusers.d: creates jobworker (own group, no home, nologin) and no account for jobs"
 else
     fail "systemd-sysusers refused the entries: $out"
 fi

@@ -3,8 +3,8 @@
 #
 # - builds the workspace (debug) and creates the development PKI in dev-pki/ if missing;
 # - starts jobworker-executor as root and jobworker-api as `nobody`, the executor
-#   allowing only nobody's uid on its socket; jobs run as `jobworker-job` (created if
-#   missing), never as the API server's user;
+#   allowing only nobody's uid on its socket; each job runs as an id of its own from
+#   the executor's default range, never as the API server's user;
 # - both log to this terminal, prefixed [executor] and [api];
 # - Ctrl-C stops both (the executor stops its running jobs first) and removes what this
 #   script created: the socket, the runtime directory and the executor's cgroup parent.
@@ -24,7 +24,6 @@ listen=${JOBWORKER_DEV_LISTEN:-127.0.0.1:50051}
 state=${JOBWORKER_DEV_STATE:-/var/lib/jobworker-dev}
 run_dir=/run/jobworker-dev
 api_user=nobody
-job_user=jobworker-job
 cgroup_parent=jobworker-dev
 
 cargo build --workspace --locked
@@ -36,12 +35,6 @@ if [[ -n ${SUDO_UID:-} && -n ${SUDO_GID:-} ]]; then
     chown -R "$SUDO_UID:$SUDO_GID" dev-pki
 fi
 
-# The job user: a system account with no login and no home, distinct from the API
-# server's, so a job can never read the API server's key.
-if ! getent passwd "$job_user" >/dev/null; then
-    say "creating the system user $job_user for jobs"
-    useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin "$job_user"
-fi
 api_uid=$(id -u "$api_user")
 api_gid=$(id -g "$api_user")
 
@@ -81,7 +74,6 @@ JOBWORKER_LOG=${JOBWORKER_LOG:-info} "$bin/jobworker-executor" \
     --socket-group "$api_gid" \
     --state-dir "$state" \
     --allow-uid "$api_uid" \
-    --job-user "$job_user" \
     --cgroup-parent "$cgroup_parent" \
     2> >(prefix executor >&2) &
 exec_pid=$!

@@ -66,7 +66,7 @@ info "kernel: $(uname -r), systemd $(systemctl --version | head -n 1 | cut -d' '
 
 # --- accounts and directories from sysusers.d/tmpfiles.d at boot --------------------------
 expect_match "sysusers created jobworker" '^jobworker:x:[0-9]+:[0-9]+:jobworker API server:/nonexistent:/usr/sbin/nologin$' "$(getent passwd jobworker)"
-expect_match "sysusers created jobworker-job" '^jobworker-job:x:[0-9]+:[0-9]+:jobworker jobs:/nonexistent:/usr/sbin/nologin$' "$(getent passwd jobworker-job)"
+expect "no account for jobs (each runs as an id of its own)" "" "$(getent passwd jobworker-job)"
 expect "tmpfiles created /var/lib/jobworker" "700 root root" "$(stat -c '%a %U %G' /var/lib/jobworker 2>&1)"
 
 # --- enabling, as documented ----------------------------------------------------------
@@ -87,9 +87,10 @@ expect "jobctl run -- echo hello" "hello" "$out"
 # --- the processes ---------------------------------------------------------------------
 epid=$(executor_pid)
 apid=$(systemctl show -p MainPID --value jobworker-api.service)
-# CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8, CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21
-expect "executor bounding set" "00000000002011e0" "$(status_field "$epid" CapBnd)"
-expect "executor effective set" "00000000002011e0" "$(status_field "$epid" CapEff)"
+# CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8, CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21,
+# CAP_MKNOD 27
+expect "executor bounding set" "00000000082011e0" "$(status_field "$epid" CapBnd)"
+expect "executor effective set" "00000000082011e0" "$(status_field "$epid" CapEff)"
 expect "executor no_new_privs" "1" "$(status_field "$epid" NoNewPrivs)"
 expect "executor seccomp" "2" "$(status_field "$epid" Seccomp)"
 expect "executor cgroup" "0::/system.slice/jobworker-executor.service/supervisor" "$(cat "/proc/$epid/cgroup")"
@@ -108,7 +109,8 @@ info "probe inspect: $(one_line <<<"$inspect")"
 expect "job: only lo" '["lo"]' "$(tr -d ' \n' <<<"$inspect" | sed -n 's/.*"interfaces":\(\[[^]]*\]\).*/\1/p')"
 expect "job: lo is up" "true" "$(json_field lo_up <<<"$inspect")"
 expect "job: no capabilities" "0000000000000000" "$(json_field cap_bnd <<<"$inspect")"
-expect "job: uid" "$(id -u jobworker-job)" "$(json_field uid <<<"$inspect" | sed 's/\\t.*//')"
+uid=$(json_field uid <<<"$inspect" | sed 's/\\t.*//')
+expect "job: uid of its own, from job_ids" "yes" "$([[ $uid -ge 600000 && $uid -le 665535 ]] && echo yes || echo "no: $uid")"
 id=$(jobctl start -- sleep 1000)
 jobdir=$cg/jobs/$id
 expect "job cgroup under the delegated subtree" "yes" "$([[ -f $jobdir/memory.max && -f $jobdir/pids.max ]] && echo yes || echo "no: $(find "$cg" -maxdepth 2 -type d | one_line)")"
@@ -193,7 +195,7 @@ try_dropin() { # LABEL CONTENT
     info "$1: $(one_line <<<"$why") | executor log: $log"
     ok "$1: no job can run"
 }
-for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN; do
+for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_MKNOD; do
     try_dropin "CapabilityBoundingSet without $cap" "CapabilityBoundingSet=~$cap"
 done
 try_dropin "RestrictAddressFamilies without AF_INET" $'RestrictAddressFamilies=\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET6'
