@@ -310,11 +310,17 @@ async fn direct_io_writes_are_held_to_the_write_limit() {
     };
     // Where the job writes: the VM tests give a raw scratch disk; on a host, a file in a
     // scratch directory on the disk holding /.
-    // A scratch directory is bound writable into the jobs (they see the host read-only).
+    // Where the job writes: a file on the disk (the VM tests give a scratch disk with a
+    // file system, `JOBWORKER_TEST_IO_TARGET`; on a host, a scratch directory on the disk
+    // holding /), in a directory bound writable into the jobs, which see the host
+    // read-only.
     let scratch = Scratch::new("io");
-    let dir = scratch.writable("w");
-    let target = std::env::var("JOBWORKER_TEST_IO_TARGET")
-        .unwrap_or_else(|_| dir.join("file").to_string_lossy().into_owned());
+    let target = match std::env::var("JOBWORKER_TEST_IO_TARGET") {
+        Ok(t) => std::path::PathBuf::from(t),
+        Err(_) => scratch.writable("w").join("file"),
+    };
+    let dir = target.parent().expect("a file in a directory").to_owned();
+    let target = target.to_string_lossy().into_owned();
     const MIB: u64 = 4;
     const BPS: u64 = 1 << 20;
     let exec = Executor::start(ExecutorOptions::default().bind(&dir, true));

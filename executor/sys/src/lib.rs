@@ -18,6 +18,8 @@
 //! - [`namespace`]: mounts, session, host name and `lo` inside a job's namespaces;
 //! - [`creds`]: dropping groups, ids and capabilities, `no_new_privs`;
 //! - [`signal`]: the init's signalfd and the command's signal reset;
+//! - [`tty`]: pseudo-terminals: a master from a devpts instance, window sizes, the
+//!   controlling terminal;
 //! - `seccomp_probe` (feature `seccomp-probe`, tests only): calls the job filter must
 //!   deny.
 //!
@@ -37,6 +39,7 @@ pub mod process;
 pub mod seccomp_probe;
 pub mod signal;
 pub mod socket;
+pub mod tty;
 
 pub use clone::*;
 pub use creds::*;
@@ -47,6 +50,7 @@ pub use pidfd::*;
 pub use process::*;
 pub use signal::*;
 pub use socket::*;
+pub use tty::*;
 
 pub use libc::pid_t;
 

@@ -14,6 +14,8 @@
 //!   after N` and then waits forever.
 //! - `direct-write PATH MIB`: writes MIB mebibytes to PATH with O_DIRECT, 1 MiB at a time,
 //!   and prints the elapsed milliseconds.
+//! - `pty`: opens a pseudo-terminal from `/dev/ptmx` and prints its path and, on the next
+//!   line, the device number of the file system it is on.
 //! - `view [PATH...]`: prints, as JSON, the job's view of the file system and of itself:
 //!   the names its passwd and group give its ids, the contents of `/dev`, `/run`,
 //!   `/sys/class/net`, `/sys/fs/cgroup`, `/home` and `/root`, and for each PATH whether
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Some("direct-write") => direct_write(rest),
         Some("forkbomb") => forkbomb(),
         Some("view") => view(rest),
+        Some("pty") => pty(),
         _ => Err(
             "usage: jobworker-probe pattern|inspect|spin|hog|direct-write|forkbomb|view ..."
                 .to_string(),
@@ -344,6 +347,17 @@ fn view(paths: &[String]) -> Result<(), String> {
         "{}",
         serde_json::to_string(&facts).map_err(|e| e.to_string())?
     );
+    Ok(())
+}
+
+fn pty() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let (_master, n) = sys::open_pty("/dev/ptmx").map_err(|e| format!("/dev/ptmx: {e}"))?;
+    let path = format!("/dev/pts/{n}");
+    let dev = std::fs::metadata(&path)
+        .map_err(|e| format!("{path}: {e}"))?
+        .dev();
+    println!("{path}\n{dev}");
     Ok(())
 }
 
