@@ -5,8 +5,8 @@
 
 use jobworker_proto::v1 as pb;
 use jobworker_protocol::{
-    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, QuotaAmounts, QuotaLimits,
-    QuotaReport, WireError, validate,
+    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, OutputFrom, QuotaAmounts,
+    QuotaLimits, QuotaReport, Stream, Streams, WireError, validate,
 };
 use tonic::Status;
 
@@ -118,6 +118,38 @@ fn limits_to_pb(l: Limits) -> pb::Limits {
         }),
         tmp_bytes: l.tmp_bytes,
         timeout_ms: l.timeout_ms,
+    }
+}
+
+/// Where an output request starts and which streams it wants.
+pub fn output_selection(r: &pb::StreamJobOutputRequest) -> Result<(OutputFrom, Streams), Status> {
+    let from = match r.tail_lines {
+        Some(_) if r.offset != 0 => {
+            return Err(invalid(
+                "tail_lines: give an offset or a number of lines, not both",
+            ));
+        }
+        Some(n) => OutputFrom::TailLines(n),
+        None => OutputFrom::Offset(r.offset),
+    };
+    let mut streams = Streams {
+        stdout: r.streams.is_empty(),
+        stderr: r.streams.is_empty(),
+    };
+    for s in &r.streams {
+        match pb::OutputStream::try_from(*s) {
+            Ok(pb::OutputStream::Stdout) => streams.stdout = true,
+            Ok(pb::OutputStream::Stderr) => streams.stderr = true,
+            Err(_) => return Err(invalid(format!("streams: unknown stream {s}"))),
+        }
+    }
+    Ok((from, streams))
+}
+
+pub fn stream_to_pb(s: Stream) -> pb::OutputStream {
+    match s {
+        Stream::Stdout => pb::OutputStream::Stdout,
+        Stream::Stderr => pb::OutputStream::Stderr,
     }
 }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use jobworker_protocol::codec::{HandshakeError, client_handshake};
 use jobworker_protocol::{
-    ClientTransport, ErrorKind, JobStatus, Request, Response, WireError, client_transport,
+    ClientTransport, ErrorKind, JobStatus, Request, Response, Stream, WireError, client_transport,
 };
 use tokio::net::UnixStream;
 use tonic::Status;
@@ -82,7 +82,7 @@ fn response_name(r: &Response) -> &'static str {
         Response::Started { .. } => "started",
         Response::Status(_) => "status",
         Response::Jobs { .. } => "jobs",
-        Response::Chunk(_) => "chunk",
+        Response::Chunk(..) => "chunk",
         Response::End(_) => "end",
         Response::Pong => "pong",
         Response::Quotas(_) => "quotas",
@@ -237,7 +237,7 @@ impl ExecutorClient {
 /// One frame of an output stream.
 #[derive(Debug)]
 pub enum OutputFrame {
-    Chunk(Bytes),
+    Chunk(Stream, Bytes),
     End(Box<JobStatus>),
 }
 
@@ -262,13 +262,13 @@ impl OutputStream {
         let result = match frame.map(|f| f.and_then(jobworker_protocol::decode_response)) {
             None => Err(ExecutorError::Closed),
             Some(Err(e)) => Err(ExecutorError::Unreachable(e)),
-            Some(Ok(Response::Chunk(bytes))) => Ok(OutputFrame::Chunk(bytes)),
+            Some(Ok(Response::Chunk(stream, bytes))) => Ok(OutputFrame::Chunk(stream, bytes)),
             Some(Ok(Response::End(status))) => Ok(OutputFrame::End(status)),
             Some(Ok(Response::Error(e))) => Err(ExecutorError::Refused(e)),
             Some(Ok(other)) => Err(ExecutorError::Unexpected(response_name(&other))),
         };
         match &result {
-            Ok(OutputFrame::Chunk(_)) => {}
+            Ok(OutputFrame::Chunk(..)) => {}
             Ok(OutputFrame::End(_)) => {
                 self.done = true;
                 self.client.health.executor_answered();

@@ -220,12 +220,14 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
                 "too many output streams are open; try again later",
             )
         })?;
+        let (from, streams) = convert::output_selection(&r)?;
         let output = self
             .executor
             .output(ExecRequest::Output {
                 scope: caller.scope(),
                 id,
-                offset: r.offset,
+                from,
+                streams,
                 follow: r.follow,
             })
             .await
@@ -270,7 +272,7 @@ async fn pump_frames(
         };
         let (message, last) = match frame {
             None => return,
-            Some(Ok(OutputFrame::Chunk(data))) => (Ok(event(Event::Data(data))), false),
+            Some(Ok(OutputFrame::Chunk(stream, data))) => (Ok(chunk(stream, data)), false),
             Some(Ok(OutputFrame::End(status))) => {
                 (Ok(event(Event::Status(convert::job_status(*status)))), true)
             }
@@ -294,7 +296,17 @@ async fn pump_frames(
 }
 
 fn event(e: Event) -> pb::StreamJobOutputResponse {
-    pb::StreamJobOutputResponse { event: Some(e) }
+    pb::StreamJobOutputResponse {
+        event: Some(e),
+        stream: pb::OutputStream::Stdout.into(),
+    }
+}
+
+fn chunk(stream: jobworker_protocol::Stream, data: bytes::Bytes) -> pb::StreamJobOutputResponse {
+    pb::StreamJobOutputResponse {
+        event: Some(Event::Data(data)),
+        stream: convert::stream_to_pb(stream).into(),
+    }
 }
 
 fn stream_error(e: &ExecutorError) -> Status {

@@ -75,6 +75,7 @@ async fn unreachable_executor_is_unavailable_without_internal_details() {
             id: "0123456789abcdef0123456789abcdef".into(),
             offset: 0,
             follow: true,
+            ..Default::default()
         })
         .await;
     if let Ok(s) = &mut stream {

@@ -67,11 +67,13 @@ const LOGS_EXAMPLES: &str = "\
 Examples:
   jobctl logs 0123456789abcdef0123456789abcdef > out.bin
   jobctl logs -f \"$id\"
-  jobctl logs \"$id\" | head -n 20
+  jobctl logs \"$id\" 2>/dev/null | head -n 20
+  jobctl logs --stream stderr --tail 5 \"$id\"
 
-The bytes are written exactly as the job wrote them (stdout and stderr interleaved in
-arrival order), from the first byte, with nothing added. If the server's per-job cap
-truncated the output, a note says so on stderr.";
+The bytes are written exactly as the job wrote them, from the first byte (or the first
+of the last N lines), with nothing added: what the job wrote to its stdout goes to
+jobctl's stdout, what it wrote to its stderr to jobctl's stderr, in the order they
+arrived. If the server's per-job cap truncated the output, a note says so on stderr.";
 
 const STATUS_EXAMPLES: &str = "\
 Examples:
@@ -319,6 +321,13 @@ pub struct QuotaArgs {
     pub output: Output,
 }
 
+/// One stream of a job's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
 /// How to print a result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -356,6 +365,14 @@ pub struct LogsArgs {
     /// Keep writing new output until the job ends
     #[arg(short, long)]
     pub follow: bool,
+
+    /// Only this stream of the job's output (default: both, each to its own descriptor)
+    #[arg(short, long, value_enum, value_name = "STREAM")]
+    pub stream: Option<LogStream>,
+
+    /// Start at the last N lines (of --stream, if given) instead of the first byte
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<u32>,
 
     /// The job's id
     #[arg(value_name = "ID")]

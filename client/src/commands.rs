@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
-use crate::cli::{Command, IdArgs, JobArgs, ListArgs, LogsArgs, Output, QuotaArgs};
+use crate::cli::{Command, IdArgs, JobArgs, ListArgs, LogStream, LogsArgs, Output, QuotaArgs};
 use crate::connect::{self, Client};
 use crate::error::{Class, CliError, exit};
 use crate::render;
@@ -114,7 +114,7 @@ pub fn run_exit_code(s: &pb::JobStatus) -> Result<u8, CliError> {
     }
     if s.output_truncated {
         note(&format!(
-            "the output of job {id} was truncated at the server's cap ({})",
+            "the output of job {id} was cut after {} (the server's cap)",
             render::bytes(s.output_bytes)
         ));
     }
@@ -200,6 +200,8 @@ async fn run(client: &Client, job: &JobArgs) -> Result<u8, CliError> {
             id: id.clone(),
             offset: 0,
             follow: true,
+            streams: vec![],
+            tail_lines: None,
         })
         .await
         .map_err(|s| {
@@ -209,19 +211,14 @@ async fn run(client: &Client, job: &JobArgs) -> Result<u8, CliError> {
         })?
         .into_inner();
 
-    let mut stdout = tokio::io::stdout();
+    let mut out = Sink::new();
     let mut stopping: Option<StopTask> = None;
     let mut stop_sent = false;
     let final_status = loop {
         tokio::select! {
             message = stream.message() => match message {
-                Ok(Some(pb::StreamJobOutputResponse { event: Some(Event::Data(bytes)) })) => {
-                    let written = async {
-                        stdout.write_all(&bytes).await?;
-                        stdout.flush().await
-                    };
-                    if let Err(e) = written.await {
-                        let error = CliError::stdout(&e);
+                Ok(Some(pb::StreamJobOutputResponse { event: Some(Event::Data(bytes)), stream })) => {
+                    if let Err(error) = out.write(stream, &bytes).await {
                         // Nobody reads the output any more: the job goes too.
                         if !stop_sent {
                             let _ = spawn_stop(client, &id).await;
@@ -229,8 +226,8 @@ async fn run(client: &Client, job: &JobArgs) -> Result<u8, CliError> {
                         return Err(error);
                     }
                 }
-                Ok(Some(pb::StreamJobOutputResponse { event: Some(Event::Status(s)) })) => break s,
-                Ok(Some(pb::StreamJobOutputResponse { event: None })) => {}
+                Ok(Some(pb::StreamJobOutputResponse { event: Some(Event::Status(s)), .. })) => break s,
+                Ok(Some(pb::StreamJobOutputResponse { event: None, .. })) => {}
                 Ok(None) => {
                     return Err(CliError::other(format!(
                         "the server ended the output of job {shown} without its final status; \
@@ -260,8 +257,47 @@ async fn run(client: &Client, job: &JobArgs) -> Result<u8, CliError> {
     run_exit_code(&final_status)
 }
 
+/// Where a job's output goes: each stream to jobctl's own descriptor of the same number.
+pub struct Sink {
+    stdout: tokio::io::Stdout,
+    stderr: tokio::io::Stderr,
+}
+
+impl Sink {
+    pub fn new() -> Self {
+        Sink {
+            stdout: tokio::io::stdout(),
+            stderr: tokio::io::stderr(),
+        }
+    }
+
+    /// Writes `bytes` of `stream` (a `pb::OutputStream`; anything unknown is stdout) and
+    /// flushes, so the job's streams interleave as they arrived.
+    pub async fn write(&mut self, stream: i32, bytes: &[u8]) -> Result<(), CliError> {
+        let written = if stream == pb::OutputStream::Stderr as i32 {
+            let e = &mut self.stderr;
+            async { e.write_all(bytes).await.and(e.flush().await) }.await
+        } else {
+            let o = &mut self.stdout;
+            async { o.write_all(bytes).await.and(o.flush().await) }.await
+        };
+        written.map_err(|e| CliError::stdout(&e))
+    }
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 async fn logs(client: &Client, args: &LogsArgs) -> Result<u8, CliError> {
     let shown = crate::error::one_line(&args.id);
+    let streams = match args.stream {
+        None => vec![],
+        Some(LogStream::Stdout) => vec![pb::OutputStream::Stdout.into()],
+        Some(LogStream::Stderr) => vec![pb::OutputStream::Stderr.into()],
+    };
     let mut stream = client
         .api
         .clone()
@@ -269,34 +305,32 @@ async fn logs(client: &Client, args: &LogsArgs) -> Result<u8, CliError> {
             id: args.id.clone(),
             offset: 0,
             follow: args.follow,
+            streams,
+            tail_lines: args.tail,
         })
         .await
         .map_err(|s| client.error(&s))?
         .into_inner();
-    let mut stdout = tokio::io::stdout();
+    let mut out = Sink::new();
     loop {
         match stream.message().await {
             Ok(Some(pb::StreamJobOutputResponse {
                 event: Some(Event::Data(bytes)),
-            })) => {
-                stdout
-                    .write_all(&bytes)
-                    .await
-                    .map_err(|e| CliError::stdout(&e))?;
-                stdout.flush().await.map_err(|e| CliError::stdout(&e))?;
-            }
+                stream,
+            })) => out.write(stream, &bytes).await?,
             Ok(Some(pb::StreamJobOutputResponse {
                 event: Some(Event::Status(s)),
+                ..
             })) => {
                 if s.output_truncated {
                     note(&format!(
-                        "the output of job {shown} was truncated at the server's cap ({})",
+                        "the output of job {shown} was cut after {} (the server's cap)",
                         render::bytes(s.output_bytes)
                     ));
                 }
                 return Ok(exit::OK);
             }
-            Ok(Some(pb::StreamJobOutputResponse { event: None })) => {}
+            Ok(Some(pb::StreamJobOutputResponse { event: None, .. })) => {}
             Ok(None) => return Ok(exit::OK),
             Err(status) => return Err(client.error(&status).context(format!("job {shown}"))),
         }

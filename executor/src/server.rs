@@ -25,7 +25,8 @@ use std::sync::Arc;
 use futures::{SinkExt, StreamExt};
 use jobworker_protocol::codec::{self, ServerTransport};
 use jobworker_protocol::{
-    ErrorKind, JobId, JobSpec, Request, Response, Scope, WireError, server_transport, validate,
+    ErrorKind, JobId, JobSpec, OutputFrom, Request, Response, Scope, Stream, Streams, WireError,
+    server_transport, validate,
 };
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
@@ -232,9 +233,10 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
         Request::Output {
             scope,
             id,
-            offset,
+            from,
+            streams,
             follow,
-        } => output(conn, scope, id, offset, follow).await,
+        } => output(conn, scope, id, from, streams, follow).await,
         Request::Quota { scope } => quota(conn, scope).await,
     }
 }
@@ -299,26 +301,33 @@ async fn quota(conn: &mut Conn, scope: Scope) -> Flow {
     conn.reply_with(report, Response::Quotas).await
 }
 
-/// Streams a job's output from `offset`, then its final status; ends the connection if
-/// the peer sends anything mid-stream or leaves.
-async fn output(conn: &mut Conn, scope: Scope, id: JobId, offset: u64, follow: bool) -> Flow {
-    let opened =
-        validate::scope(&scope).and_then(|()| conn.engine.open_output(&scope, &id, offset, follow));
+/// Streams a job's output of `streams` from `from`, then its final status; ends the
+/// connection if the peer sends anything mid-stream or leaves.
+async fn output(
+    conn: &mut Conn,
+    scope: Scope,
+    id: JobId,
+    from: OutputFrom,
+    streams: Streams,
+    follow: bool,
+) -> Flow {
+    let opened = validate::scope(&scope)
+        .and_then(|()| conn.engine.open_output(&scope, &id, from, streams, follow));
     let (mut reader, id) = match opened {
         Ok(r) => r,
         Err(e) => return conn.reply(Response::Error(e)).await,
     };
     loop {
         let next = tokio::select! {
-            n = reader.next_len() => n,
+            n = reader.next_chunk() => n,
             // A frame from the peer mid-stream is a protocol violation; EOF means it left.
             _ = conn.t.next() => return Flow::Close,
             _ = conn.shutdown.cancelled() => return Flow::Close,
         };
         match next {
-            Ok(Some(len)) => {
+            Ok(Some((stream, len))) => {
                 let sent = tokio::select! {
-                    r = send_chunk(conn.t.get_ref().get_ref(), &mut reader, len) => r,
+                    r = send_chunk(conn.t.get_ref().get_ref(), &mut reader, stream, len) => r,
                     _ = conn.shutdown.cancelled() => return Flow::Close,
                 };
                 if let Err(e) = sent {
@@ -354,8 +363,13 @@ async fn output(conn: &mut Conn, scope: Scope, id: JobId, offset: u64, follow: b
 /// to the socket by `sendfile`, never through this process: the frame's header (exactly
 /// what the codec would write before the data), then the data. The codec has nothing
 /// buffered here: every earlier frame went out with `send`, which flushes.
-async fn send_chunk(sock: &UnixStream, reader: &mut OutputReader, len: usize) -> io::Result<()> {
-    let header = jobworker_protocol::chunk_frame_header(len)?;
+async fn send_chunk(
+    sock: &UnixStream,
+    reader: &mut OutputReader,
+    stream: Stream,
+    len: usize,
+) -> io::Result<()> {
+    let header = jobworker_protocol::chunk_frame_header(stream, len)?;
     let mut done = 0;
     while done < header.len() {
         sock.writable().await?;

@@ -41,8 +41,9 @@ pub struct Spawner {
 pub struct Spawned {
     pub pid: sys::pid_t,
     pub pidfd: OwnedFd,
-    /// Read end of the pipe that is the job's stdout and stderr.
-    pub output: OwnedFd,
+    /// Read ends of the pipes that are the job's stdout and stderr.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
     /// Read end of the init's report pipe.
     pub report: OwnedFd,
 }
@@ -89,6 +90,7 @@ impl Spawner {
         }
 
         let (out_r, out_w) = io::pipe()?;
+        let (err_r, err_w) = io::pipe()?;
         // Best effort: a smaller pipe only costs wake-ups.
         let _ = sys::set_pipe_size(out_r.as_fd(), OUTPUT_PIPE_SIZE);
         let (rep_r, rep_w) = io::pipe()?;
@@ -98,8 +100,9 @@ impl Spawner {
             CgroupJoin::InitJoins => (JOB_NAMESPACES, None),
         };
         let fds = InitFds {
-            devnull: self.devnull.as_fd(),
-            output: out_w.as_fd(),
+            stdin: self.devnull.as_fd(),
+            stdout: out_w.as_fd(),
+            stderr: err_w.as_fd(),
             spec: spec_r.as_fd(),
             report: rep_w.as_fd(),
             lifeline: self.lifeline_read.as_fd(),
@@ -117,7 +120,8 @@ impl Spawner {
         Ok(Spawned {
             pid,
             pidfd,
-            output: out_r.into(),
+            stdout: out_r.into(),
+            stderr: err_r.into(),
             report: rep_r.into(),
         })
     }

@@ -5,7 +5,9 @@
 //! <state_dir>/            root, 0700
 //!   jobs/<job-id>/        0700
 //!     status.json         the JobStatus, JSON
-//!     output              stdout and stderr as written, up to the cap
+//!     stdout, stderr      each stream as written, up to the cap (see `output`)
+//!     index               the order in which the streams wrote
+//!     output              (an earlier release's job) stdout and stderr, merged
 //! ```
 //!
 //! Paths are only ever built from a [`JobId`], whose text form is 32 hex digits.
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use jobworker_protocol::{JobId, JobStatus};
 
+use crate::output::{self, Progress};
+
 pub struct Store {
     jobs: PathBuf,
 }
@@ -24,8 +28,8 @@ pub struct Store {
 /// A job found on disk at start-up.
 pub struct Loaded {
     pub status: JobStatus,
-    /// Actual size of the output file.
-    pub output_len: u64,
+    /// Its output as its files hold it.
+    pub output: Progress,
 }
 
 impl Store {
@@ -41,10 +45,6 @@ impl Store {
 
     pub fn job_dir(&self, id: &JobId) -> PathBuf {
         self.jobs.join(id.to_string())
-    }
-
-    pub fn output_path(&self, id: &JobId) -> PathBuf {
-        self.job_dir(id).join("output")
     }
 
     /// Creates the directory of a new job.
@@ -108,8 +108,14 @@ impl Store {
                 skipped.push(format!("{name}: record names another job"));
                 continue;
             }
-            let output_len = fs::metadata(dir.join("output")).map_or(0, |m| m.len());
-            loaded.push(Loaded { status, output_len });
+            let output = match output::load(&dir, status.output_truncated) {
+                Ok(p) => p,
+                Err(e) => {
+                    skipped.push(format!("{name}: output: {e}"));
+                    continue;
+                }
+            };
+            loaded.push(Loaded { status, output });
         }
         Ok((loaded, skipped))
     }
@@ -147,7 +153,7 @@ mod tests {
         let store = Store::open(&dir.path().join("state")).unwrap();
         let s = status(1);
         store.create_job(&s.id).unwrap();
-        fs::write(store.output_path(&s.id), b"abc").unwrap();
+        fs::write(store.job_dir(&s.id).join("output"), b"abc").unwrap();
         store.save(&s).unwrap();
         fs::create_dir(dir.path().join("state/jobs/not-a-job")).unwrap();
         let orphan = JobId::from_bytes([2; 16]);
@@ -157,7 +163,7 @@ mod tests {
         let (loaded, mut skipped) = store.load_all().unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].status, s);
-        assert_eq!(loaded[0].output_len, 3);
+        assert_eq!(loaded[0].output.len, 3);
         skipped.sort();
         assert_eq!(skipped.len(), 2);
         assert!(skipped[0].starts_with("02020202"), "{skipped:?}");
@@ -182,7 +188,7 @@ mod tests {
         o["limits"] =
             serde_json::json!({"cpu_millis": 500, "memory_bytes": 1024, "pids": 5, "io": null});
         fs::write(store.job_dir(&id).join("status.json"), old.to_string()).unwrap();
-        fs::write(store.output_path(&id), b"").unwrap();
+        fs::write(store.job_dir(&id).join("output"), b"").unwrap();
         let (loaded, skipped) = store.load_all().unwrap();
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(loaded.len(), 1);

@@ -111,17 +111,11 @@ fn clone_init(request: &[u8], fds: Vec<OwnedFd>) -> io::Result<(sys::pid_t, Owne
 /// In the clone: puts the descriptors on the init's numbers and runs the init.
 fn become_init(fds: InitFds<OwnedFd>) -> ! {
     // Sources above every target first, so no step overwrites a source still needed.
-    let above = |fd: &OwnedFd| sys::dup_above(fd.as_fd(), 16);
-    let high = (|| -> io::Result<InitFds<OwnedFd>> {
-        Ok(InitFds {
-            devnull: above(&fds.devnull)?,
-            output: above(&fds.output)?,
-            spec: above(&fds.spec)?,
-            report: above(&fds.report)?,
-            lifeline: above(&fds.lifeline)?,
-            cgroup: None,
-        })
-    })();
+    let high = InitFds {
+        cgroup: None,
+        ..fds.clone_refs()
+    }
+    .try_map(|fd| sys::dup_above(fd.as_fd(), 16));
     let Ok(high) = high else { sys::exit_now(126) };
     for (src, dst) in high.placement() {
         if sys::dup2(src.as_fd(), dst).is_err() {
@@ -276,30 +270,30 @@ mod tests {
     fn requests_beyond_one_init_in_the_job_namespaces_are_refused_before_any_clone() {
         let all = JOB_NAMESPACES | sys::CLONE_NEWCGROUP;
         let cases: Vec<(&str, Vec<u8>, usize)> = vec![
-            ("empty", vec![], 5),
-            ("short", request(JOB_NAMESPACES, 0)[..8].to_vec(), 5),
-            ("long", [request(JOB_NAMESPACES, 0), vec![0]].concat(), 5),
+            ("empty", vec![], 6),
+            ("short", request(JOB_NAMESPACES, 0)[..8].to_vec(), 6),
+            ("long", [request(JOB_NAMESPACES, 0), vec![0]].concat(), 6),
             (
                 "no network namespace",
                 request(JOB_NAMESPACES & !sys::CLONE_NEWNET, 0),
-                5,
+                6,
             ),
-            ("no namespaces", request(0, 0), 5),
+            ("no namespaces", request(0, 0), 6),
             (
                 "a user namespace",
                 request(JOB_NAMESPACES | 0x1000_0000, 0),
-                5,
+                6,
             ),
-            ("CLONE_VM", request(JOB_NAMESPACES | 0x100, 0), 5),
+            ("CLONE_VM", request(JOB_NAMESPACES | 0x100, 0), 6),
             (
                 "CLONE_PARENT asked for",
                 request(JOB_NAMESPACES | 0x8000, 0),
-                5,
+                6,
             ),
-            ("cgroup byte 2", request(all, 2), 6),
-            ("too few descriptors", request(JOB_NAMESPACES, 0), 4),
-            ("one descriptor too many", request(JOB_NAMESPACES, 0), 6),
-            ("a cgroup without its descriptor", request(all, 1), 5),
+            ("cgroup byte 2", request(all, 2), 7),
+            ("too few descriptors", request(JOB_NAMESPACES, 0), 5),
+            ("one descriptor too many", request(JOB_NAMESPACES, 0), 7),
+            ("a cgroup without its descriptor", request(all, 1), 6),
         ];
         for (what, req, n) in cases {
             assert_eq!(
@@ -315,7 +309,7 @@ mod tests {
         // The test harness runs tests on threads: cloning it would copy a process whose
         // other threads may hold locks, so clone_sibling refuses.
         let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(1)));
-        let e = clone_init(&request(JOB_NAMESPACES, 0), fds(5)).unwrap_err();
+        let e = clone_init(&request(JOB_NAMESPACES, 0), fds(6)).unwrap_err();
         assert!(e.to_string().contains("single-threaded"), "{e}");
     }
 

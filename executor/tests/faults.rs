@@ -10,15 +10,27 @@ use jobworker_protocol::*;
 use jobworker_testkit::procfs::{job_processes, parent_pid, pid_ns, status_kb, still_alive};
 use jobworker_testkit::*;
 
-fn output_file(exec: &Executor, id: &JobId) -> PathBuf {
-    exec.state.join("jobs").join(id.to_string()).join("output")
+fn output_files(exec: &Executor, id: &JobId) -> Vec<PathBuf> {
+    let dir = exec.state.join("jobs").join(id.to_string());
+    ["stdout", "stderr", "index"].map(|f| dir.join(f)).to_vec()
 }
 
-/// The job's output file: its length and the bytes the file system holds for it.
+/// The job's output files (each stream and the index of their runs): their length and
+/// the bytes the file system holds for them.
 fn disk_use(exec: &Executor, id: &JobId) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(output_file(exec, id)).unwrap();
-    (m.len(), m.blocks() * 512)
+    output_files(exec, id)
+        .iter()
+        .fold((0, 0), |(len, blocks), f| {
+            let m = std::fs::metadata(f).unwrap();
+            (len + m.len(), blocks + m.blocks() * 512)
+        })
+}
+
+/// What a cap of `cap` keeps of a job that writes to one stream: the cap counts the
+/// index, one record of 16 bytes for the one run.
+fn kept(cap: u64) -> u64 {
+    cap - 16
 }
 
 #[tokio::test]
@@ -54,19 +66,20 @@ async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
         t.send(Request::Output {
             scope: Scope::Any,
             id,
-            offset: 0,
+            from: OutputFrom::Offset(0),
+            streams: Streams::BOTH,
             follow: true,
         })
         .await
         .unwrap();
         let mut got = 0u64;
-        while got < CAP {
+        while got < kept(CAP) {
             match t.next().await.unwrap().unwrap() {
-                Response::Chunk(b) => got += b.len() as u64,
+                Response::Chunk(_, b) => got += b.len() as u64,
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(got, CAP);
+        assert_eq!(got, kept(CAP));
     }
     // The probe's writes of 3 MiB have returned: the executor has read all of it but
     // what the job's output pipe still holds (1 MiB at most), so at least 1 MiB past the
@@ -75,10 +88,11 @@ async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
     assert_eq!(written.reached(LIMIT).await, "written");
     let s = c.status(id).await.unwrap();
     assert_eq!(s.state, JobState::Running, "{s:?}");
-    assert_eq!(s.output_bytes, CAP);
+    assert_eq!(s.output_bytes, kept(CAP));
     assert!(s.output_truncated, "{s:?}");
+    // The run still growing has its record in memory; the files hold the bytes.
     let (len, bytes_on_disk) = disk_use(&exec, &id);
-    assert_eq!(len, CAP, "the file stops at the cap");
+    assert_eq!(len, kept(CAP), "the files stop at the cap");
     assert!(
         bytes_on_disk <= CAP + (64 << 10),
         "{bytes_on_disk} bytes on disk"
@@ -88,11 +102,11 @@ async fn output_past_the_cap_is_dropped_and_the_job_keeps_running() {
     let (out, end) = c.wait(id).await;
     assert_eq!(end.state, JobState::Exited);
     assert_eq!(end.exit_code, Some(0));
-    assert_eq!(end.output_bytes, CAP);
+    assert_eq!(end.output_bytes, kept(CAP));
     assert!(end.output_truncated);
     assert!(
-        out == pattern(CAP as usize),
-        "the kept bytes are the first CAP"
+        out == pattern(kept(CAP) as usize),
+        "the kept bytes are the first ones"
     );
     assert_eq!(disk_use(&exec, &id).0, CAP);
     assert_unaffected(&exec).await;
@@ -121,9 +135,9 @@ async fn a_job_writing_100_mb_without_a_newline_costs_the_executor_no_memory() {
     let (out, end) = c.wait(id).await;
     assert_eq!(end.state, JobState::Exited, "{end:?}");
     assert_eq!(end.exit_code, Some(0));
-    assert_eq!(end.output_bytes, CAP);
+    assert_eq!(end.output_bytes, kept(CAP));
     assert!(end.output_truncated);
-    assert_eq!(out.len() as u64, CAP);
+    assert_eq!(out.len() as u64, kept(CAP));
     assert!(out.iter().all(|b| *b == 0));
     assert_eq!(disk_use(&exec, &id).0, CAP);
     // The 100 MB went through a fixed buffer: the executor's peak memory stays small.

@@ -25,8 +25,8 @@ async fn echo_job_exits_zero_with_exactly_its_output() {
 }
 
 #[tokio::test]
-async fn stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact() {
-    if skip_unless_root("stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact") {
+async fn stdout_and_stderr_are_kept_apart_and_exit_codes_are_exact() {
+    if skip_unless_root("stdout_and_stderr_are_kept_apart_and_exit_codes_are_exact") {
         return;
     }
     let exec = Executor::start(ExecutorOptions::default());
@@ -35,8 +35,11 @@ async fn stdout_and_stderr_arrive_in_order_and_exit_codes_are_exact() {
         .run(&["sh", "-c", "echo out1; echo err1 >&2; echo out2; exit 7"])
         .await
         .unwrap();
-    let (out, status) = c.wait(id).await;
-    assert_eq!(out, b"out1\nerr1\nout2\n");
+    let got = c.output(id, 0, true).await;
+    assert_eq!(got.stdout, b"out1\nout2\n");
+    assert_eq!(got.stderr, b"err1\n");
+    let status = got.end.unwrap();
+    assert_eq!(status.output_bytes, 15);
     assert_eq!(status.state, JobState::Exited);
     assert_eq!(status.exit_code, Some(7));
 
@@ -201,7 +204,8 @@ async fn three_followers_started_at_different_moments_get_identical_output() {
         f1.send(Request::Output {
             scope: Scope::Any,
             id,
-            offset: 0,
+            from: OutputFrom::Offset(0),
+            streams: Streams::BOTH,
             follow: true,
         })
         .await
@@ -210,7 +214,7 @@ async fn three_followers_started_at_different_moments_get_identical_output() {
         let mut half_tx = Some(half_tx);
         loop {
             match f1.next().await.unwrap().unwrap() {
-                Response::Chunk(c) => {
+                Response::Chunk(_, c) => {
                     bytes.extend_from_slice(&c);
                     if bytes.len() >= LEN / 2
                         && let Some(tx) = half_tx.take()

@@ -87,7 +87,8 @@ fn main() {
                 Request::Output {
                     scope: alice,
                     id,
-                    offset: 12345,
+                    from: OutputFrom::Offset(12345),
+                    streams: Streams::BOTH,
                     follow: true,
                 },
                 Request::Ping,
@@ -105,7 +106,8 @@ fn main() {
         Response::Hello {
             version: PROTOCOL_VERSION,
         },
-        Response::Chunk(bytes::Bytes::from_static(b"some output\n")),
+        Response::Chunk(Stream::Stdout, bytes::Bytes::from_static(b"some output\n")),
+        Response::Chunk(Stream::Stderr, bytes::Bytes::from_static(b"an error\n")),
         Response::Error(WireError::not_found("no job 0123")),
         Response::Pong,
     ];

@@ -19,10 +19,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::error::{ErrorKind, WireError};
+use crate::job::Stream;
 use crate::message::{MAX_CHUNK_LEN, Request, Response};
 
 /// Version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame accepted or sent, in bytes (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -101,19 +102,20 @@ pub fn response_frame(response: &Response) -> io::Result<Vec<u8>> {
 }
 
 /// The bytes that precede a chunk's data on the wire: the frame's length prefix and the
-/// bincode encoding of [`Response::Chunk`] up to its data (the variant, then the data's
-/// length). `chunk_frame_header(n)` followed by `n` bytes of data is exactly the frame the
-/// codec writes for a `Response::Chunk` of those bytes, so the executor can send a chunk's
-/// data straight from the output file (`sendfile`) instead of copying it into a frame.
-/// Both parts come from bincode itself with the codec's options, not restated by hand.
-pub fn chunk_frame_header(len: usize) -> io::Result<Vec<u8>> {
+/// bincode encoding of [`Response::Chunk`] up to its data (the variant, the stream, then
+/// the data's length). `chunk_frame_header(stream, n)` followed by `n` bytes of data is
+/// exactly the frame the codec writes for a `Response::Chunk` of those bytes, so the
+/// executor can send a chunk's data straight from the output file (`sendfile`) instead of
+/// copying it into a frame. Both parts come from bincode itself with the codec's options,
+/// not restated by hand.
+pub fn chunk_frame_header(stream: Stream, len: usize) -> io::Result<Vec<u8>> {
     if len > MAX_CHUNK_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "chunk longer than the maximum chunk length",
         ));
     }
-    let mut body = chunk_prefix()?.to_vec();
+    let mut body = chunk_prefix(stream)?.to_vec();
     body.extend_from_slice(&encode(&(len as u64))?);
     let frame_len = u32::try_from(body.len() + len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "chunk frame length overflows"))?;
@@ -123,25 +125,32 @@ pub fn chunk_frame_header(len: usize) -> io::Result<Vec<u8>> {
     Ok(header)
 }
 
-/// The encoding of the `Chunk` variant's tag: an empty chunk without its (zero) length.
-/// Derived from bincode once, then kept.
-fn chunk_prefix() -> io::Result<&'static [u8]> {
-    static PREFIX: OnceLock<Vec<u8>> = OnceLock::new();
-    if let Some(prefix) = PREFIX.get() {
-        return Ok(prefix);
+/// The encoding of the `Chunk` variant's tag and `stream`: an empty chunk without its
+/// (zero) length. Derived from bincode once per stream, then kept.
+fn chunk_prefix(stream: Stream) -> io::Result<&'static [u8]> {
+    static PREFIXES: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
+    if let Some(p) = PREFIXES.get() {
+        return Ok(&p[stream.index()]);
     }
-    let mut prefix = encode(&Response::Chunk(Bytes::new()))?;
     let zero = encode(&0u64)?.len();
-    prefix.truncate(prefix.len().saturating_sub(zero));
-    Ok(PREFIX.get_or_init(|| prefix))
+    let prefix = |s: Stream| -> io::Result<Vec<u8>> {
+        let mut p = encode(&Response::Chunk(s, Bytes::new()))?;
+        p.truncate(p.len().saturating_sub(zero));
+        Ok(p)
+    };
+    let both = [prefix(Stream::Stdout)?, prefix(Stream::Stderr)?];
+    Ok(&PREFIXES.get_or_init(|| both)[stream.index()])
 }
 
 /// Decodes one response frame body like the codec does, except that a chunk's data is
 /// not copied: the returned `Bytes` shares the frame's buffer. Anything the codec would
 /// refuse is refused here too (same limit, no trailing bytes).
 pub fn decode_response(mut frame: BytesMut) -> io::Result<Response> {
-    let prefix = chunk_prefix()?;
-    if frame.starts_with(prefix) {
+    for stream in Stream::ALL {
+        let prefix = chunk_prefix(stream)?;
+        if !frame.starts_with(prefix) {
+            continue;
+        }
         let mut rest = &frame[prefix.len()..];
         let len: u64 = options()
             .allow_trailing_bytes()
@@ -153,7 +162,7 @@ pub fn decode_response(mut frame: BytesMut) -> io::Result<Response> {
         }
         let header = frame.len() - rest.len();
         let _ = frame.split_to(header);
-        return Ok(Response::Chunk(frame.freeze()));
+        return Ok(Response::Chunk(stream, frame.freeze()));
     }
     decode(&frame)
 }

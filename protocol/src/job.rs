@@ -135,6 +135,68 @@ pub struct JobSpec {
     pub limits: Limits,
 }
 
+/// The stream a job wrote bytes to. A job with a terminal has one stream, its
+/// terminal's, reported as `Stdout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+
+    /// 0 for stdout, 1 for stderr: the file descriptor minus one.
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+
+    pub fn from_index(i: u8) -> Option<Stream> {
+        match i {
+            0 => Some(Stream::Stdout),
+            1 => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Which streams a reader of a job's output wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Streams {
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl Streams {
+    pub const BOTH: Streams = Streams {
+        stdout: true,
+        stderr: true,
+    };
+
+    pub fn has(self, s: Stream) -> bool {
+        match s {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        }
+    }
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams::BOTH
+    }
+}
+
 /// Whose jobs a request may address. The API server sets it from the caller's verified
 /// identity; the executor answers "not found" for a job outside the scope, exactly as
 /// for a job that does not exist.

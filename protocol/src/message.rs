@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::job::{JobId, JobSpec, JobStatus, QuotaReport, Scope};
+use crate::job::{JobId, JobSpec, JobStatus, QuotaReport, Scope, Stream, Streams};
 
 /// Largest output chunk in one frame.
 pub const MAX_CHUNK_LEN: usize = 64 * 1024;
@@ -27,6 +27,17 @@ pub const LIST_PAGE_BYTES: usize = 768 * 1024;
 /// Most owners in one [`Response::Quotas`]: the executor reports the first this many, by
 /// owner, so the answer always fits in a frame.
 pub const MAX_QUOTA_REPORTS: usize = 4096;
+
+/// Where a reader of a job's output starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputFrom {
+    /// At this many bytes into the output, of both streams in the order they arrived
+    /// (whatever streams the reader asks for).
+    Offset(u64),
+    /// At the first of the last this many lines of the streams asked for, as the output
+    /// is when the reader starts.
+    TailLines(u32),
+}
 
 /// A request from the API server to the executor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,12 +57,13 @@ pub enum Request {
         after: Option<JobId>,
         limit: u32,
     },
-    /// The job's output from byte `offset`. With `follow`, keep sending new output until
-    /// the job ends; without it, send only what exists now.
+    /// The job's output of `streams`, from `from`. With `follow`, keep sending new
+    /// output until the job ends; without it, send only what exists now.
     Output {
         scope: Scope,
         id: JobId,
-        offset: u64,
+        from: OutputFrom,
+        streams: Streams,
         follow: bool,
     },
     /// Liveness check, answered with [`Response::Pong`].
@@ -91,8 +103,9 @@ pub enum Response {
         jobs: Vec<JobStatus>,
         next_after: Option<JobId>,
     },
-    /// Output bytes, at most [`MAX_CHUNK_LEN`], continuing where the previous chunk ended.
-    Chunk(Bytes),
+    /// Output bytes of one stream, at most [`MAX_CHUNK_LEN`], continuing where the
+    /// previous chunk ended.
+    Chunk(Stream, Bytes),
     /// End of an output stream: the job's status at that moment (final when it has
     /// ended).
     End(Box<JobStatus>),

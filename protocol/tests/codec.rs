@@ -92,7 +92,8 @@ fn every_request() -> Vec<Request> {
         Request::Output {
             scope: Scope::Owner("alice".into()),
             id,
-            offset: 12345,
+            from: OutputFrom::Offset(12345),
+            streams: Streams::BOTH,
             follow: true,
         },
         Request::Ping,
@@ -117,8 +118,8 @@ fn every_response() -> Vec<Response> {
             jobs: vec![status(), status()],
             next_after: Some(JobId::from_bytes([2; 16])),
         },
-        Response::Chunk(Bytes::from(all_bytes)),
-        Response::Chunk(Bytes::new()),
+        Response::Chunk(Stream::Stdout, Bytes::from(all_bytes)),
+        Response::Chunk(Stream::Stderr, Bytes::new()),
         Response::End(Box::new(status())),
         Response::Pong,
         Response::Quotas(vec![quota_report("alice"), quota_report("bob")]),
@@ -385,34 +386,41 @@ const CHUNK_LENS: [usize; 9] = [0, 1, 250, 251, 252, 4096, 65535, 65536, MAX_CHU
 
 #[tokio::test]
 async fn a_chunk_header_followed_by_its_data_is_exactly_the_frame_the_codec_writes() {
-    for len in CHUNK_LENS {
+    for (len, stream) in CHUNK_LENS
+        .into_iter()
+        .flat_map(|l| Stream::ALL.map(|s| (l, s)))
+    {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
         let (a, mut b) = duplex(2 * MAX_FRAME_LEN);
         let mut server = server_transport(a);
         server
-            .send(Response::Chunk(Bytes::from(data.clone())))
+            .send(Response::Chunk(stream, Bytes::from(data.clone())))
             .await
             .unwrap();
         drop(server);
         let mut written = Vec::new();
         b.read_to_end(&mut written).await.unwrap();
-        let mut ours = codec::chunk_frame_header(len).unwrap();
+        let mut ours = codec::chunk_frame_header(stream, len).unwrap();
         ours.extend_from_slice(&data);
-        assert_eq!(ours, written, "chunk of {len} bytes");
+        assert_eq!(ours, written, "{stream:?} chunk of {len} bytes");
     }
-    let e = codec::chunk_frame_header(MAX_CHUNK_LEN + 1).unwrap_err();
+    let e = codec::chunk_frame_header(Stream::Stdout, MAX_CHUNK_LEN + 1).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }
 
 #[test]
 fn decoding_a_chunk_shares_the_frame_and_agrees_with_the_codec() {
-    for len in CHUNK_LENS {
+    for (len, stream) in CHUNK_LENS
+        .into_iter()
+        .flat_map(|l| Stream::ALL.map(|s| (l, s)))
+    {
         let data: Vec<u8> = (0..len).map(|i| (i * 13 % 256) as u8).collect();
-        let body = codec::encode(&Response::Chunk(Bytes::from(data.clone()))).unwrap();
+        let body = codec::encode(&Response::Chunk(stream, Bytes::from(data.clone()))).unwrap();
         let frame = bytes::BytesMut::from(&body[..]);
         let data_at = frame.as_ptr() as usize + body.len() - len;
         match codec::decode_response(frame).unwrap() {
-            Response::Chunk(got) => {
+            Response::Chunk(s, got) => {
+                assert_eq!(s, stream);
                 assert_eq!(got, data, "chunk of {len} bytes");
                 if len > 0 {
                     assert_eq!(got.as_ptr() as usize, data_at, "the data was copied");
@@ -430,7 +438,11 @@ fn decoding_a_chunk_shares_the_frame_and_agrees_with_the_codec() {
 
 #[test]
 fn a_malformed_chunk_is_refused_like_the_codec_refuses_it() {
-    let body = codec::encode(&Response::Chunk(Bytes::from(vec![5u8; 300]))).unwrap();
+    let body = codec::encode(&Response::Chunk(
+        Stream::Stderr,
+        Bytes::from(vec![5u8; 300]),
+    ))
+    .unwrap();
     let short = &body[..body.len() - 1];
     let mut long = body.clone();
     long.push(0);

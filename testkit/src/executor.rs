@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use jobworker_protocol::codec::{HandshakeError, client_handshake};
 use jobworker_protocol::{
-    ClientTransport, JobId, JobSpec, JobStatus, MAX_CHUNK_LEN, Request, Response, Scope, WireError,
-    client_transport,
+    ClientTransport, JobId, JobSpec, JobStatus, MAX_CHUNK_LEN, OutputFrom, Request, Response,
+    Scope, Stream, Streams, WireError, client_transport,
 };
 use tokio::net::UnixStream;
 
@@ -345,9 +345,13 @@ pub struct ExecClient {
 }
 
 /// Everything an output stream delivered.
+/// What an output stream brought: every byte in arrival order, each stream's bytes, and
+/// the frame that ended it.
 #[derive(Debug)]
 pub struct Streamed {
     pub bytes: Vec<u8>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
     pub end: Result<JobStatus, WireError>,
 }
 
@@ -404,19 +408,26 @@ impl ExecClient {
         self.status_of(Request::Stop { scope, id }).await
     }
 
-    async fn request_output(&mut self, id: JobId, offset: u64, follow: bool) {
+    async fn request_output(
+        &mut self,
+        id: JobId,
+        from: OutputFrom,
+        streams: Streams,
+        follow: bool,
+    ) {
         let scope = Scope::Any;
         let req = Request::Output {
             scope,
             id,
-            offset,
+            from,
+            streams,
             follow,
         };
         self.t.send(req).await.expect("send");
     }
 
     /// The next frame of an output stream: `Ok(chunk)` or `Err(the frame that ends it)`.
-    async fn next_chunk(&mut self) -> Result<bytes::Bytes, Response> {
+    async fn next_chunk(&mut self) -> Result<(Stream, bytes::Bytes), Response> {
         match self
             .t
             .next()
@@ -424,9 +435,10 @@ impl ExecClient {
             .expect("a frame")
             .expect("a valid frame")
         {
-            Response::Chunk(c) => {
+            Response::Chunk(stream, c) => {
                 assert!(c.len() <= MAX_CHUNK_LEN);
-                Ok(c)
+                assert!(!c.is_empty(), "an empty chunk");
+                Ok((stream, c))
             }
             other => Err(other),
         }
@@ -434,13 +446,42 @@ impl ExecClient {
 
     /// Streams output from `offset` to the end frame.
     pub async fn output(&mut self, id: JobId, offset: u64, follow: bool) -> Streamed {
-        self.request_output(id, offset, follow).await;
-        let mut bytes = Vec::new();
+        self.output_of(id, OutputFrom::Offset(offset), Streams::BOTH, follow)
+            .await
+    }
+
+    /// Streams the output of `streams` from `from` to the end frame.
+    pub async fn output_of(
+        &mut self,
+        id: JobId,
+        from: OutputFrom,
+        streams: Streams,
+        follow: bool,
+    ) -> Streamed {
+        self.request_output(id, from, streams, follow).await;
+        let mut got = Streamed {
+            bytes: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            end: Err(WireError::internal("no end")),
+        };
         loop {
             match self.next_chunk().await {
-                Ok(c) => bytes.extend_from_slice(&c),
-                Err(Response::End(s)) => return Streamed { bytes, end: Ok(*s) },
-                Err(Response::Error(e)) => return Streamed { bytes, end: Err(e) },
+                Ok((stream, c)) => {
+                    got.bytes.extend_from_slice(&c);
+                    match stream {
+                        Stream::Stdout => got.stdout.extend_from_slice(&c),
+                        Stream::Stderr => got.stderr.extend_from_slice(&c),
+                    }
+                }
+                Err(Response::End(s)) => {
+                    got.end = Ok(*s);
+                    return got;
+                }
+                Err(Response::Error(e)) => {
+                    got.end = Err(e);
+                    return got;
+                }
                 Err(other) => panic!("unexpected {other:?}"),
             }
         }
@@ -455,11 +496,12 @@ impl ExecClient {
     /// Follows the job's output until `done` says it has what the test waits for, then
     /// drops the stream and returns what came.
     async fn follow_until(mut self, id: JobId, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-        self.request_output(id, 0, true).await;
+        self.request_output(id, OutputFrom::Offset(0), Streams::BOTH, true)
+            .await;
         let mut seen = Vec::new();
         while !done(&seen) {
             match self.next_chunk().await {
-                Ok(c) => seen.extend_from_slice(&c),
+                Ok((_, c)) => seen.extend_from_slice(&c),
                 Err(end) => panic!(
                     "output ended at {} bytes: {end:?}, seen {seen:?}",
                     seen.len()

@@ -137,6 +137,7 @@ pub async fn stream(
         id: id.into(),
         offset,
         follow,
+        ..Default::default()
     })
     .await
     .map(tonic::Response::into_inner)

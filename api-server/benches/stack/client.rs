@@ -46,6 +46,7 @@ pub async fn follow(
             id: id.into(),
             offset,
             follow: true,
+            ..Default::default()
         })
         .await?
         .into_inner();

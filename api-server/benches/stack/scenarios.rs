@@ -588,6 +588,7 @@ pub async fn scenario_stalled(
             id: id.clone(),
             offset: 0,
             follow: true,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -32,8 +32,8 @@ impl Engine {
         self.store
             .create_job(id)
             .map_err(|e| internal("creating the job directory", e))?;
-        let writer = OutputWriter::create(&self.store.output_path(id), self.cfg.max_output_bytes)
-            .map_err(|e| internal("creating the output file", e))?;
+        let writer = OutputWriter::create(&self.store.job_dir(id), self.cfg.max_output_bytes)
+            .map_err(|e| internal("creating the output files", e))?;
         let group = self.cgroups.create(id, &req.resolved).map_err(|e| {
             tracing::warn!(job = %id, "creating the job's cgroup: {e}");
             WireError::new(ErrorKind::FailedToStart, format!("job {id}: {e}"))

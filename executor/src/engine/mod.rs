@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jobworker_protocol::{
-    ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, QuotaAmounts, QuotaReport, Scope,
-    WireError, codec,
+    ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, OutputFrom, QuotaAmounts,
+    QuotaReport, Scope, Streams, WireError, codec,
 };
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,7 @@ pub use limits::{CheckedStart, check_start, human_duration, resolve_limits};
 
 use crate::cgroup::Cgroups;
 use crate::config::{Ceilings, Config, Defaults};
-use crate::output::{OutputReader, Progress};
+use crate::output::{OutputReader, Progress, Start};
 use crate::spawn::Spawner;
 use crate::store::Store;
 use job::{Job, JobInfo, Live};
@@ -277,19 +277,25 @@ impl Engine {
         Ok((page, next))
     }
 
-    /// A reader of the job's output from `offset`.
+    /// A reader of the job's output of `streams` from `from`.
     pub fn open_output(
         &self,
         scope: &Scope,
         id: &JobId,
-        offset: u64,
+        from: OutputFrom,
+        streams: Streams,
         follow: bool,
     ) -> Result<(OutputReader, JobId), WireError> {
         let job = self.find(scope, id)?;
+        let start = match from {
+            OutputFrom::Offset(o) => Start::Offset(o),
+            OutputFrom::TailLines(n) => Start::TailLines(n),
+        };
         let reader = OutputReader::open(
-            &self.store.output_path(id),
+            &self.store.job_dir(id),
             job.progress.clone(),
-            offset,
+            start,
+            streams,
             follow,
             MAX_CHUNK_LEN,
         )

@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use jobworker_protocol::Stream;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -177,7 +178,7 @@ impl Engine {
         deadline: tokio::time::Instant,
     ) -> io::Result<Ending> {
         let pidfd = sys::async_pidfd(spawned.pidfd)?;
-        let mut pipes = JobPipes::new(spawned.output, spawned.report)?;
+        let mut pipes = JobPipes::new(spawned.stdout, spawned.stderr, spawned.report)?;
         let mut init_exit: Option<Exit> = None;
         let mut timed_out = false;
         let mut term_sent = false;
@@ -185,11 +186,15 @@ impl Engine {
         tokio::pin!(grace);
         let mut kill_armed = false;
 
-        while pipes.output_open || pipes.report_open || init_exit.is_none() {
+        while pipes.any_open() || init_exit.is_none() {
             tokio::select! {
-                r = pipes.output.readable(), if pipes.output_open => {
+                r = pipes.outputs[0].rx.readable(), if pipes.outputs[0].open => {
                     r?;
-                    pipes.drain_output(job, writer)?;
+                    pipes.drain_output(0, job, writer)?;
+                }
+                r = pipes.outputs[1].rx.readable(), if pipes.outputs[1].open => {
+                    r?;
+                    pipes.drain_output(1, job, writer)?;
                 }
                 r = pipes.report.readable(), if pipes.report_open => {
                     r?;
@@ -246,10 +251,19 @@ fn terminate(job: &Job, pidfd: &AsyncFd<OwnedFd>, signal: libc::c_int) {
     }
 }
 
-/// The two pipes a job's supervisor reads: the job's output and the init's reports.
+/// One output pipe of the job and the stream it is.
+struct Output {
+    stream: Stream,
+    rx: pipe::Receiver,
+    open: bool,
+    /// Moves bytes by `splice`, until a file system refuses it.
+    splice: bool,
+}
+
+/// The pipes a job's supervisor reads: the job's stdout and stderr, and the init's
+/// reports.
 struct JobPipes {
-    output: pipe::Receiver,
-    output_open: bool,
+    outputs: [Output; 2],
     report: pipe::Receiver,
     report_open: bool,
     /// What the init reported so far, at most [`MAX_REPORT_BYTES`].
@@ -257,48 +271,61 @@ struct JobPipes {
     /// Output past the cap (or from a file system that cannot splice) is read into this
     /// buffer, allocated on first use.
     discard: Option<Vec<u8>>,
-    splice: bool,
 }
 
 impl JobPipes {
-    fn new(output: OwnedFd, report: OwnedFd) -> io::Result<Self> {
+    fn new(stdout: OwnedFd, stderr: OwnedFd, report: OwnedFd) -> io::Result<Self> {
+        let output = |stream, fd| -> io::Result<Output> {
+            Ok(Output {
+                stream,
+                rx: pipe::Receiver::from_owned_fd(fd)?,
+                open: true,
+                splice: true,
+            })
+        };
         Ok(JobPipes {
-            output: pipe::Receiver::from_owned_fd(output)?,
-            output_open: true,
+            outputs: [
+                output(Stream::Stdout, stdout)?,
+                output(Stream::Stderr, stderr)?,
+            ],
             report: pipe::Receiver::from_owned_fd(report)?,
             report_open: true,
             report_bytes: Vec::new(),
             discard: None,
-            splice: true,
         })
     }
 
-    /// Drains what is in the output pipe, a bounded number of moves per wake-up: into the
-    /// file by `splice` while the cap leaves room, then read and dropped so the job never
-    /// blocks on a full pipe.
-    fn drain_output(&mut self, job: &Job, writer: &mut OutputWriter) -> io::Result<()> {
+    fn any_open(&self) -> bool {
+        self.report_open || self.outputs.iter().any(|o| o.open)
+    }
+
+    /// Drains what is in output pipe `i`, a bounded number of moves per wake-up: into its
+    /// stream's file by `splice` while the cap leaves room, then read and dropped so the
+    /// job never blocks on a full pipe.
+    fn drain_output(&mut self, i: usize, job: &Job, writer: &mut OutputWriter) -> io::Result<()> {
+        let out = &mut self.outputs[i];
         for _ in 0..MOVES_PER_WAKE {
-            let moved = if self.splice && writer.has_room() {
-                self.output
-                    .try_io(|| writer.splice_from(self.output.as_fd(), PIPE_READ))
+            let moved = if out.splice && writer.room(out.stream) > 0 {
+                out.rx
+                    .try_io(|| writer.splice_from(out.stream, out.rx.as_fd(), PIPE_READ))
             } else {
                 let buf = self.discard.get_or_insert_with(|| vec![0u8; PIPE_READ]);
-                self.output
+                out.rx
                     .try_read(buf)
-                    .and_then(|n| writer.append(&buf[..n]).map(|()| n))
+                    .and_then(|n| writer.append(out.stream, &buf[..n]).map(|()| n))
             };
             match moved {
                 Ok(0) => {
-                    self.output_open = false;
+                    out.open = false;
                     return Ok(());
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // A file system that cannot splice: copy instead.
-                Err(e) if self.splice && e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e) if out.splice && e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::warn!(job = %job.id, "splice refused, copying the output: {e}");
-                    self.splice = false;
+                    out.splice = false;
                 }
                 Err(e) => return Err(e),
             }

@@ -135,11 +135,14 @@ pub(super) fn recover(
     let mut table = lock(table);
     for l in loaded {
         let mut status = l.status;
-        status.output_bytes = l.output_len;
+        status.output_bytes = l.output.len;
         if status.state == JobState::Running {
-            mark_lost(store, &mut status, l.output_len >= max_output_bytes);
+            let stored = l.output.len + output::ENTRY_LEN * l.output.record_count();
+            mark_lost(store, &mut status, stored >= max_output_bytes);
         }
-        let tx = output::finished_channel(status.output_bytes, status.output_truncated);
+        let mut progress = l.output;
+        progress.truncated = status.output_truncated;
+        let tx = output::finished_channel(progress);
         let live = Live {
             final_status: Some(status.clone()),
             group: None,

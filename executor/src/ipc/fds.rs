@@ -1,11 +1,12 @@
 //! The init's descriptors: which descriptors a clone request carries (`SCM_RIGHTS`), in
 //! which order, and the numbers they take in the job init.
 //!
-//! A request carries, in this order: `/dev/null`, the write end of the output pipe, the
-//! read end of the spec pipe, the write end of the report pipe, the read end of the
-//! lifeline pipe, and, when the request says so, the job's cgroup v2 directory (last).
-//! In the init they become 0 (`/dev/null`), 1 and 2 (the output pipe), [`FD_SPEC`],
-//! [`FD_REPORT`] and [`FD_LIFELINE`]; the cgroup directory is only used by `clone3`.
+//! A request carries, in this order: the job's stdin (`/dev/null`, or the read end of a
+//! pipe), the write ends of its stdout and stderr pipes, the read end of the spec pipe,
+//! the init's end of its report socket, the read end of the lifeline pipe, and, when the
+//! request says so, the job's cgroup v2 directory (last). In the init they become 0, 1,
+//! 2, [`FD_SPEC`], [`FD_REPORT`] and [`FD_LIFELINE`]; the cgroup directory is only used
+//! by `clone3`.
 
 use std::os::fd::RawFd;
 
@@ -22,13 +23,14 @@ pub const FD_LIFELINE: RawFd = 5;
 pub const FD_CONTROL: RawFd = FD_LIFELINE + 1;
 
 /// Descriptors of one init, without the cgroup's.
-pub const INIT_FDS: usize = 5;
+pub const INIT_FDS: usize = 6;
 
 /// One init's descriptors (`T` is a borrowed or owned descriptor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitFds<T> {
-    pub devnull: T,
-    pub output: T,
+    pub stdin: T,
+    pub stdout: T,
+    pub stderr: T,
     pub spec: T,
     pub report: T,
     pub lifeline: T,
@@ -40,8 +42,9 @@ impl<T> InitFds<T> {
     /// In the order a request carries them.
     pub fn into_vec(self) -> Vec<T> {
         let mut v = vec![
-            self.devnull,
-            self.output,
+            self.stdin,
+            self.stdout,
+            self.stderr,
             self.spec,
             self.report,
             self.lifeline,
@@ -55,14 +58,15 @@ impl<T> InitFds<T> {
         if v.len() != INIT_FDS + usize::from(into_cgroup) {
             return Err(FormatError {
                 format: "init descriptors",
-                why: "five descriptors, and the cgroup's when the request names one",
+                why: "six descriptors, and the cgroup's when the request names one",
             });
         }
         let mut it = v.into_iter();
         let mut next = || it.next().expect("length checked");
         Ok(InitFds {
-            devnull: next(),
-            output: next(),
+            stdin: next(),
+            stdout: next(),
+            stderr: next(),
             spec: next(),
             report: next(),
             lifeline: next(),
@@ -70,11 +74,25 @@ impl<T> InitFds<T> {
         })
     }
 
+    /// The same descriptors, borrowed.
+    pub fn clone_refs(&self) -> InitFds<&T> {
+        InitFds {
+            stdin: &self.stdin,
+            stdout: &self.stdout,
+            stderr: &self.stderr,
+            spec: &self.spec,
+            report: &self.report,
+            lifeline: &self.lifeline,
+            cgroup: self.cgroup.as_ref(),
+        }
+    }
+
     /// Applies `f` to every descriptor, stopping at the first error.
     pub fn try_map<U, E>(&self, mut f: impl FnMut(&T) -> Result<U, E>) -> Result<InitFds<U>, E> {
         Ok(InitFds {
-            devnull: f(&self.devnull)?,
-            output: f(&self.output)?,
+            stdin: f(&self.stdin)?,
+            stdout: f(&self.stdout)?,
+            stderr: f(&self.stderr)?,
             spec: f(&self.spec)?,
             report: f(&self.report)?,
             lifeline: f(&self.lifeline)?,
@@ -86,9 +104,9 @@ impl<T> InitFds<T> {
     /// safe to apply with `dup2` when every source number is above every target.
     pub fn placement(&self) -> [(&T, RawFd); 6] {
         [
-            (&self.devnull, 0),
-            (&self.output, 1),
-            (&self.output, 2),
+            (&self.stdin, 0),
+            (&self.stdout, 1),
+            (&self.stderr, 2),
             (&self.spec, FD_SPEC),
             (&self.report, FD_REPORT),
             (&self.lifeline, FD_LIFELINE),
@@ -102,24 +120,25 @@ mod tests {
 
     #[test]
     fn descriptors_round_trip_in_request_order() {
-        for cgroup in [None, Some(6)] {
+        for cgroup in [None, Some(7)] {
             let fds = InitFds {
-                devnull: 1,
-                output: 2,
-                spec: 3,
-                report: 4,
-                lifeline: 5,
+                stdin: 1,
+                stdout: 2,
+                stderr: 3,
+                spec: 4,
+                report: 5,
+                lifeline: 6,
                 cgroup,
             };
             let v = fds.clone().into_vec();
-            assert_eq!(v[..5], [1, 2, 3, 4, 5]);
+            assert_eq!(v[..6], [1, 2, 3, 4, 5, 6]);
             assert_eq!(InitFds::from_vec(v, cgroup.is_some()), Ok(fds));
         }
     }
 
     #[test]
     fn a_wrong_count_is_refused() {
-        for (n, cg) in [(0, false), (4, false), (6, false), (5, true), (7, true)] {
+        for (n, cg) in [(0, false), (5, false), (7, false), (6, true), (8, true)] {
             assert!(InitFds::from_vec(vec![0u8; n], cg).is_err(), "{n} {cg}");
         }
     }
@@ -127,8 +146,9 @@ mod tests {
     #[test]
     fn the_init_gets_its_fixed_numbers() {
         let fds = InitFds {
-            devnull: "null",
-            output: "out",
+            stdin: "in",
+            stdout: "out",
+            stderr: "err",
             spec: "spec",
             report: "report",
             lifeline: "life",
@@ -138,9 +158,9 @@ mod tests {
         assert_eq!(
             placed,
             [
-                ("null", 0),
+                ("in", 0),
                 ("out", 1),
-                ("out", 2),
+                ("err", 2),
                 ("spec", 3),
                 ("report", 4),
                 ("life", 5)
