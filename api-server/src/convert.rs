@@ -5,8 +5,9 @@
 
 use jobworker_proto::v1 as pb;
 use jobworker_protocol::{
-    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, OutputFrom, QuotaAmounts,
-    QuotaLimits, QuotaReport, Stream, Streams, WireError, validate,
+    EnvVar, ExecEnd, ExecSpec, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, OutputFrom,
+    QuotaAmounts, QuotaLimits, QuotaReport, StartFailure, Stream, Streams, TtySize, WireError,
+    validate,
 };
 use tonic::Status;
 
@@ -56,20 +57,39 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
+fn env_from_pb(env: Vec<pb::EnvVar>) -> Vec<EnvVar> {
+    env.into_iter()
+        .map(|v| EnvVar {
+            name: v.name,
+            value: v.value,
+        })
+        .collect()
+}
+
+/// A terminal size, checked.
+pub fn tty_size(size: Option<pb::TerminalSize>) -> Result<Option<TtySize>, Status> {
+    let Some(size) = size else {
+        return Ok(None);
+    };
+    let side = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    let t = TtySize {
+        rows: side(size.rows),
+        cols: side(size.cols),
+    };
+    validate::tty(Some(t)).map_err(|e| wire_to_status(&e))?;
+    Ok(Some(t))
+}
+
 /// The job specification of a start request, checked.
 pub fn job_spec(request: pb::StartJobRequest) -> Result<JobSpec, Status> {
     let limits = request.limits.map(limits_from_pb).unwrap_or_default();
     let spec = JobSpec {
         argv: request.argv,
-        env: request
-            .env
-            .into_iter()
-            .map(|v| EnvVar {
-                name: v.name,
-                value: v.value,
-            })
-            .collect(),
+        env: env_from_pb(request.env),
         limits,
+        workdir: request.workdir,
+        stdin: request.stdin,
+        tty: tty_size(request.tty)?,
     };
     validate::spec(&spec).map_err(|e: WireError| wire_to_status(&e))?;
     let l = &spec.limits;
@@ -85,6 +105,39 @@ pub fn job_spec(request: pb::StartJobRequest) -> Result<JobSpec, Status> {
         in_range("io write iops", io.write_iops, MAX_IO_RATE)?;
     }
     Ok(spec)
+}
+
+/// The job and the process of an exec, checked.
+pub fn exec_start(start: pb::ExecStart) -> Result<(JobId, ExecSpec), Status> {
+    let id = job_id(&start.id)?;
+    let spec = ExecSpec {
+        argv: start.argv,
+        env: env_from_pb(start.env),
+        workdir: start.workdir,
+        stdin: start.stdin,
+        tty: tty_size(start.tty)?,
+    };
+    validate::exec_spec(&spec).map_err(|e| wire_to_status(&e))?;
+    Ok((id, spec))
+}
+
+fn start_failure_to_pb(f: Option<StartFailure>) -> pb::StartFailure {
+    match f {
+        None => pb::StartFailure::Unspecified,
+        Some(StartFailure::NotFound) => pb::StartFailure::NotFound,
+        Some(StartFailure::NotExecutable) => pb::StartFailure::NotExecutable,
+        Some(StartFailure::Other) => pb::StartFailure::Other,
+    }
+}
+
+/// How an exec ended, for the client.
+pub fn exec_end(e: ExecEnd) -> pb::ExecEnded {
+    pb::ExecEnded {
+        exit_code: e.exit_code,
+        signal: e.signal,
+        start_failure: start_failure_to_pb(e.failure).into(),
+        error: e.error.unwrap_or_default(),
+    }
 }
 
 fn limits_from_pb(l: pb::Limits) -> Limits {
@@ -218,6 +271,7 @@ pub fn job_status(s: JobStatus) -> pb::JobStatus {
         output_bytes: s.output_bytes,
         output_truncated: s.output_truncated,
         uid: s.uid,
+        start_failure: start_failure_to_pb(s.start_failure).into(),
     }
 }
 
@@ -252,6 +306,7 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             limits,
+            ..Default::default()
         }
     }
 
@@ -281,8 +336,14 @@ mod tests {
                 tmp_bytes: Some(1 << 30),
                 timeout_ms: Some(90_000),
             }),
+            workdir: Some("/srv".into()),
+            stdin: true,
+            tty: Some(pb::TerminalSize { rows: 24, cols: 80 }),
         })
         .unwrap();
+        assert_eq!(spec.workdir.as_deref(), Some("/srv"));
+        assert!(spec.stdin);
+        assert_eq!(spec.tty, Some(TtySize { rows: 24, cols: 80 }));
         assert_eq!(spec.argv, ["echo", "hi"]);
         assert_eq!(spec.env[0].name, "A");
         assert_eq!(spec.limits.cpu_millis, Some(500));
@@ -321,6 +382,45 @@ mod tests {
             ..Default::default()
         };
         assert!(refused(start(&["true"], Some(bad_device))).contains("not a device path"));
+        let relative = pb::StartJobRequest {
+            workdir: Some("srv".into()),
+            ..start(&["true"], None)
+        };
+        assert!(refused(relative).starts_with("workdir:"));
+        for (rows, cols) in [(0, 80), (24, 0), (70_000, 80), (24, 10_001)] {
+            let tty = pb::StartJobRequest {
+                tty: Some(pb::TerminalSize { rows, cols }),
+                ..start(&["true"], None)
+            };
+            assert!(refused(tty).starts_with("terminal size:"), "{rows}x{cols}");
+        }
+    }
+
+    #[test]
+    fn execs_are_checked() {
+        let ok = pb::ExecStart {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            argv: vec!["ps".into()],
+            ..Default::default()
+        };
+        let (_, spec) = exec_start(ok.clone()).unwrap();
+        assert_eq!(spec.argv, ["ps"]);
+        let no_argv = pb::ExecStart {
+            argv: vec![],
+            ..ok.clone()
+        };
+        assert_eq!(
+            exec_start(no_argv).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let bad_id = pb::ExecStart {
+            id: "x".into(),
+            ..ok
+        };
+        assert_eq!(
+            exec_start(bad_id).unwrap_err().code(),
+            Code::InvalidArgument
+        );
     }
 
     #[test]

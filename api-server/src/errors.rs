@@ -24,6 +24,7 @@ pub const INTERNAL_MESSAGE: &str = "internal error";
 /// | `ResourceExhausted` | `RESOURCE_EXHAUSTED` |
 /// | `PermissionDenied` | `PERMISSION_DENIED` |
 /// | `FailedToStart` | `FAILED_PRECONDITION` (the message says why) |
+/// | `FailedPrecondition` | `FAILED_PRECONDITION` |
 /// | `Unavailable` | `UNAVAILABLE` ("executor unavailable") |
 /// | `VersionMismatch`, `Internal` | `INTERNAL` ("internal error") |
 pub fn to_status(kind: ErrorKind, message: &str) -> Status {
@@ -35,6 +36,7 @@ pub fn to_status(kind: ErrorKind, message: &str) -> Status {
         ErrorKind::FailedToStart => {
             Status::failed_precondition(format!("the job failed to start: {message}"))
         }
+        ErrorKind::FailedPrecondition => Status::failed_precondition(message),
         ErrorKind::Unavailable => Status::unavailable(UNAVAILABLE_MESSAGE),
         // A protocol version mismatch is a deployment fault: the caller can do nothing
         // about it, and the versions are in the server's log.

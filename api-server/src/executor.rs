@@ -86,6 +86,8 @@ fn response_name(r: &Response) -> &'static str {
         Response::End(_) => "end",
         Response::Pong => "pong",
         Response::Quotas(_) => "quotas",
+        Response::ExecStarted => "exec started",
+        Response::ExecEnded(_) => "exec ended",
         Response::Error(_) => "error",
     }
 }
@@ -231,6 +233,116 @@ impl ExecutorClient {
             client: self.clone(),
             done: false,
         })
+    }
+}
+
+impl ExecutorClient {
+    /// Opens an attached session (`Run` or `Exec`): its own connection, on which
+    /// `request` is sent, then frames both ways without a timeout.
+    pub async fn attach(&self, request: Request) -> Result<Session, ExecutorError> {
+        let what = request.name();
+        let result = async {
+            let mut transport = self.connect().await?;
+            match tokio::time::timeout(self.timeouts.request, transport.send(request)).await {
+                Err(_) => Err(ExecutorError::Timeout(self.timeouts.request)),
+                Ok(Err(e)) => Err(ExecutorError::Unreachable(e)),
+                Ok(Ok(())) => Ok(transport),
+            }
+        }
+        .await;
+        self.observe(what, &result);
+        let (tx, rx) = result?.into_inner().split();
+        Ok(Session {
+            tx: SessionSender { tx },
+            rx: SessionReceiver {
+                rx,
+                client: self.clone(),
+                done: false,
+            },
+        })
+    }
+}
+
+/// One frame of an attached session, from the executor.
+#[derive(Debug)]
+pub enum SessionFrame {
+    Started(jobworker_protocol::JobId),
+    Chunk(Stream, Bytes),
+    End(Box<JobStatus>),
+    ExecStarted,
+    ExecEnded(jobworker_protocol::ExecEnd),
+}
+
+impl SessionFrame {
+    /// The last frame of a session.
+    pub fn is_last(&self) -> bool {
+        matches!(self, SessionFrame::End(_) | SessionFrame::ExecEnded(_))
+    }
+}
+
+type Frames = tokio_util::codec::Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>;
+
+/// An attached session's connection, in its two directions.
+pub struct Session {
+    pub tx: SessionSender,
+    pub rx: SessionReceiver,
+}
+
+/// Sends the client's input to the executor.
+pub struct SessionSender {
+    tx: futures::stream::SplitSink<Frames, Bytes>,
+}
+
+impl SessionSender {
+    /// Sends `Input`, `InputEnd` or `Resize`; waits while the executor is not taking
+    /// input (the process is not reading it).
+    pub async fn send(&mut self, request: &Request) -> Result<(), ExecutorError> {
+        let frame =
+            jobworker_protocol::codec::encode(request).map_err(ExecutorError::Unreachable)?;
+        self.tx
+            .send(Bytes::from(frame))
+            .await
+            .map_err(ExecutorError::Unreachable)
+    }
+}
+
+/// Receives the session's frames.
+pub struct SessionReceiver {
+    rx: futures::stream::SplitStream<Frames>,
+    client: ExecutorClient,
+    done: bool,
+}
+
+impl SessionReceiver {
+    /// The next frame; `None` after the last one or an error.
+    pub async fn next(&mut self) -> Option<Result<SessionFrame, ExecutorError>> {
+        if self.done {
+            return None;
+        }
+        let frame = self.rx.next().await;
+        let result = match frame.map(|f| f.and_then(jobworker_protocol::decode_response)) {
+            None => Err(ExecutorError::Closed),
+            Some(Err(e)) => Err(ExecutorError::Unreachable(e)),
+            Some(Ok(Response::Started { id })) => Ok(SessionFrame::Started(id)),
+            Some(Ok(Response::Chunk(stream, bytes))) => Ok(SessionFrame::Chunk(stream, bytes)),
+            Some(Ok(Response::End(status))) => Ok(SessionFrame::End(status)),
+            Some(Ok(Response::ExecStarted)) => Ok(SessionFrame::ExecStarted),
+            Some(Ok(Response::ExecEnded(end))) => Ok(SessionFrame::ExecEnded(end)),
+            Some(Ok(Response::Error(e))) => Err(ExecutorError::Refused(e)),
+            Some(Ok(other)) => Err(ExecutorError::Unexpected(response_name(&other))),
+        };
+        match &result {
+            Ok(f) if f.is_last() => {
+                self.done = true;
+                self.client.health.executor_answered();
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.done = true;
+                self.client.observe("session", &result);
+            }
+        }
+        Some(result)
     }
 }
 

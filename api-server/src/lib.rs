@@ -22,6 +22,7 @@
 //! - [`server`]: assembling the above, serving, and graceful shutdown;
 //! - [`seccomp`]: the allow-list applied once the server is set up.
 
+pub mod attach;
 pub mod auth;
 pub mod config;
 pub mod convert;

@@ -16,8 +16,9 @@ use jobworker_protocol::{ErrorKind, Request as ExecRequest, Response as ExecResp
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::attach;
 use crate::auth::{Authorizer, Caller};
 use crate::convert;
 use crate::errors::{self, to_status};
@@ -59,6 +60,43 @@ impl JobWorkerService {
             .get::<ConnInfo>()
             .map(|info| self.auth.caller(&info.identity))
             .ok_or_else(errors::unauthenticated)
+    }
+
+    /// One of the slots that bound long calls (output streams, attached sessions, waits).
+    fn slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            to_status(
+                ErrorKind::ResourceExhausted,
+                "too many output streams are open; try again later",
+            )
+        })
+    }
+
+    /// Opens an executor session for `request`, waits for its first frame and hands the
+    /// rest to [`attach::pump`].
+    async fn attached<C: attach::ClientMessage, M: attach::ServerMessage>(
+        &self,
+        request: ExecRequest,
+        inbound: Streaming<C>,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Response<ReceiverStream<Result<M, Status>>>, Status> {
+        let mut session = self
+            .executor
+            .attach(request)
+            .await
+            .map_err(|e| e.to_status())?;
+        // Starting a job or an exec waits for its command: the stop timeout bounds it.
+        let first: M = attach::first(&mut session, self.stop_timeout).await?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let _ = tx.try_send(Ok(first));
+        tokio::spawn(attach::pump(
+            session,
+            inbound,
+            tx,
+            slot,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn call(
@@ -214,12 +252,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let id = convert::job_id(&r.id)?;
-        let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
-            to_status(
-                ErrorKind::ResourceExhausted,
-                "too many output streams are open; try again later",
-            )
-        })?;
+        let slot = self.slot()?;
         let (from, streams) = convert::output_selection(&r)?;
         let output = self
             .executor
@@ -235,6 +268,82 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(pump(output, tx, slot, self.shutdown.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type RunJobStream = ReceiverStream<Result<pb::RunJobResponse, Status>>;
+
+    async fn run_job(
+        &self,
+        request: Request<Streaming<pb::RunJobRequest>>,
+    ) -> Result<Response<Self::RunJobStream>, Status> {
+        let caller = self.caller(&request)?;
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await? {
+            Some(pb::RunJobRequest {
+                event: Some(pb::run_job_request::Event::Start(start)),
+            }) => start,
+            _ => return Err(errors::invalid("the first message of a run is its start")),
+        };
+        let spec = convert::job_spec(start)?;
+        let slot = self.slot()?;
+        let request = ExecRequest::Run {
+            owner: caller.identity.clone(),
+            spec,
+        };
+        let response = self.attached(request, inbound, slot).await?;
+        tracing::info!(owner = %caller.identity, "job run, attached");
+        Ok(response)
+    }
+
+    type ExecJobStream = ReceiverStream<Result<pb::ExecJobResponse, Status>>;
+
+    async fn exec_job(
+        &self,
+        request: Request<Streaming<pb::ExecJobRequest>>,
+    ) -> Result<Response<Self::ExecJobStream>, Status> {
+        let caller = self.caller(&request)?;
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await? {
+            Some(pb::ExecJobRequest {
+                event: Some(pb::exec_job_request::Event::Start(start)),
+            }) => start,
+            _ => return Err(errors::invalid("the first message of an exec is its start")),
+        };
+        let (id, spec) = convert::exec_start(start)?;
+        let slot = self.slot()?;
+        let request = ExecRequest::Exec {
+            scope: caller.scope(),
+            id,
+            caller: caller.identity.clone(),
+            spec,
+        };
+        let response = self.attached(request, inbound, slot).await?;
+        tracing::info!(caller = %caller.identity, job = %id, "exec attached");
+        Ok(response)
+    }
+
+    async fn wait_job(
+        &self,
+        request: Request<pb::WaitJobRequest>,
+    ) -> Result<Response<pb::WaitJobResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let id = convert::job_id(&request.get_ref().id)?;
+        let _slot = self.slot()?;
+        let wait = ExecRequest::Wait {
+            scope: caller.scope(),
+            id,
+        };
+        // No deadline: a job may run for days. The call ends with the client's.
+        let response = tokio::select! {
+            r = self.call(wait, Some(Duration::MAX)) => r?,
+            _ = self.shutdown.cancelled() => return Err(errors::shutting_down()),
+        };
+        match response {
+            ExecResponse::Status(status) => Ok(Response::new(pb::WaitJobResponse {
+                status: Some(convert::job_status(*status)),
+            })),
+            other => Err(unexpected("wait", &other)),
+        }
     }
 }
 

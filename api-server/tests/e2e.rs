@@ -359,6 +359,7 @@ async fn bad_input_is_invalid_argument_and_the_next_call_works() {
         argv: vec!["true".into()],
         env: vec![],
         limits: Some(l),
+        ..Default::default()
     };
     let cases = [
         ("empty argv", start(&[])),

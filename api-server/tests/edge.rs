@@ -27,6 +27,7 @@ fn start(argv: &[&str], limits: Option<pb::Limits>) -> pb::StartJobRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![],
         limits,
+        ..Default::default()
     }
 }
 

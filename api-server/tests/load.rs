@@ -76,6 +76,7 @@ async fn client(
                 argv: argv.to_vec(),
                 env: vec![],
                 limits: None,
+                ..Default::default()
             };
             async move { c.start_job(request).await }
         })

@@ -32,7 +32,9 @@ Exit status: 0 success; 1 other error; 2 bad usage or client configuration; 3 se
 unreachable or unavailable; 4 TLS handshake failed; 5 job not found; 6 invalid
 argument; 7 resource exhausted; 8 permission denied; 9 the job failed to start;
 141 stdout closed (e.g. `| head`). Each error prints one line starting with `jobctl:`
-on stderr. `run` exits with the job's own status instead: see `jobctl run --help`.";
+on stderr. `run`, `exec` and `wait` exit with the job's own status instead, and with
+125 (jobctl or server error), 126 (the command could not be executed) or 127 (command
+not found) when it did not run: see `jobctl run --help`.";
 
 const START_EXAMPLES: &str = "\
 Examples:
@@ -43,25 +45,58 @@ Examples:
 
 Prints only the new job's id (32 hexadecimal digits) on stdout.";
 
-const RUN_EXAMPLES: &str = "\
+const EXIT_STATUS: &str = "\
 Exit status: the job's own: its exit code when it exited, 128+N when a signal N killed
 it (137 for SIGKILL), with a line on stderr when the kernel's OOM killer did it. When
-jobctl itself fails it prints a `jobctl:` line on stderr and exits with one of the
-codes in `jobctl --help` (9: the command could not be started); a job's own exit
-prints nothing, so a script that must tell them apart can check stderr, or use
-`jobctl start`, `jobctl logs -f` and `jobctl status --output json`.
+it did not run, the codes docker uses: 125 jobctl or the server failed (unreachable,
+refused, ...), 126 the command could not be executed (permissions, its format, its
+working directory), 127 command not found; each with a `jobctl:` line on stderr.";
 
-Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the job (as `jobctl stop` does: SIGTERM to
-all its processes, SIGKILL after the server's grace period), prints its remaining
-output, and exits with its final status, usually 143 (128+SIGTERM). A second Ctrl-C
-exits at once with 130 without waiting. If stdout is closed (`| head`), the job is
-stopped too and jobctl exits with 141.
+const RUN_EXAMPLES: &str = "\
+What the job writes to its stdout goes to jobctl's stdout, what it writes to its
+stderr to jobctl's stderr. Its stdin is /dev/null unless -i streams jobctl's stdin to
+it (end of input closes it). -t gives it a terminal of its own (from a devpts instance
+of the job's, never the host's) of your terminal's size, kept in step when yours is
+resized; with -i too, your terminal is switched to raw mode, so Ctrl-C, Ctrl-Z and
+Ctrl-D are keys typed at the job's terminal, and restored on every exit.
+
+Without -t, Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the job (as `jobctl stop` does:
+SIGTERM to all its processes, SIGKILL after the server's grace period), prints its
+remaining output, and exits with its final status, usually 143 (128+SIGTERM). A second
+Ctrl-C exits at once with 130 without waiting. If stdout is closed (`| head`), the job
+is stopped too and jobctl exits with 141. If the connection is lost, jobctl exits with
+125 and the job runs on: `jobctl status ID` and `jobctl logs -f ID` still reach it.
 
 Examples:
   jobctl run -- uname -a
   jobctl run --memory 256M --pids 50 -- sh -c 'echo hello; exit 3'; echo $?
-  jobctl run --cpu 1.5 --env GREETING=hi -- sh -c 'echo $GREETING'
-  jobctl run -- cat /proc/self/status > status.txt";
+  jobctl run -- tar -C /srv -c www > www.tar      (warnings stay on stderr)
+  gzip -c big.log | jobctl run -i -- sh -c 'gunzip | wc -l'
+  jobctl run -it -- sh
+  jobctl run --workdir /srv/app --env GREETING=hi -- ./check.sh";
+
+const EXEC_EXAMPLES: &str = "\
+Runs another process in a running job, as `docker exec` and `kubectl exec` do: in the
+job's namespaces (it sees the job's processes and files), in its cgroup (under its
+limits), as its user, with no capabilities and the job's seccomp filter, with the
+job's environment rules (add variables with --env). Only the job's owner (or an
+administrator) may; anyone else is told there is no such job. Its output is not kept
+with the job's: it comes only to this command. -i and -t work as for `jobctl run`.
+If jobctl goes away, the process loses its stdin and output (or its terminal hangs
+up), as one whose ssh session dropped.
+
+Examples:
+  jobctl exec \"$id\" -- ps -ef
+  jobctl exec -it \"$id\" -- sh
+  jobctl exec -i \"$id\" -- sh -c 'cat > /tmp/input.csv' < input.csv";
+
+const WAIT_EXAMPLES: &str = "\
+Blocks until the job has ended (at once if it has) and exits with its status, as
+`jobctl run` does; prints nothing else. Interrupting jobctl does not touch the job.
+
+Examples:
+  jobctl wait \"$id\"; echo \"the job exited with $?\"
+  id=$(jobctl start -- make) && jobctl wait \"$id\" && jobctl logs \"$id\" | tail";
 
 const LOGS_EXAMPLES: &str = "\
 Examples:
@@ -210,9 +245,17 @@ pub enum Command {
     #[command(after_long_help = START_EXAMPLES)]
     Start(JobArgs),
 
-    /// Start a job, stream its output, and exit with its exit status
-    #[command(after_long_help = RUN_EXAMPLES)]
-    Run(JobArgs),
+    /// Start a job, stay attached to it (output, and -i input), exit with its status
+    #[command(after_long_help = format!("{RUN_EXAMPLES}\n\n{EXIT_STATUS}"))]
+    Run(RunArgs),
+
+    /// Run another process in a running job, attached, and exit with its status
+    #[command(after_long_help = format!("{EXEC_EXAMPLES}\n\n{EXIT_STATUS}"))]
+    Exec(ExecArgs),
+
+    /// Wait for a job to end and exit with its status
+    #[command(after_long_help = format!("{WAIT_EXAMPLES}\n\n{EXIT_STATUS}"))]
+    Wait(WaitArgs),
 
     /// Write a job's output, from its first byte
     #[command(after_long_help = LOGS_EXAMPLES)]
@@ -249,6 +292,10 @@ pub struct JobArgs {
     /// Add NAME=VALUE to the job's environment (repeatable)
     #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
     pub env: Vec<(String, String)>,
+
+    /// The command's working directory, an absolute path in the job [default: /tmp]
+    #[arg(short, long, value_name = "DIR", value_parser = parse::workdir)]
+    pub workdir: Option<String>,
 
     /// The command and its arguments, after `--`
     #[arg(value_name = "COMMAND", last = true, required = true, num_args = 1..)]
@@ -308,6 +355,58 @@ pub struct LimitArgs {
     /// [default: the server's]
     #[arg(long, value_name = "DURATION", value_parser = parse::timeout)]
     pub timeout: Option<std::time::Duration>,
+}
+
+/// A job to run attached.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// How a client attaches to a job or an exec.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct AttachArgs {
+    /// Stream jobctl's stdin to the command (without it, its stdin is /dev/null)
+    #[arg(short, long)]
+    pub interactive: bool,
+
+    /// Give the command a terminal; with -i, jobctl's terminal goes to raw mode
+    #[arg(short, long)]
+    pub tty: bool,
+}
+
+/// A process to run in a running job.
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+
+    /// Add NAME=VALUE to the process's environment (repeatable)
+    #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse::env_var)]
+    pub env: Vec<(String, String)>,
+
+    /// The process's working directory, an absolute path in the job [default: /tmp]
+    #[arg(short, long, value_name = "DIR", value_parser = parse::workdir)]
+    pub workdir: Option<String>,
+
+    /// The running job's id
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// The command and its arguments, after `--`
+    #[arg(value_name = "COMMAND", last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// The job's id
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -400,14 +499,33 @@ mod tests {
             "-c", "exit 7",
         ])
         .unwrap();
-        let Command::Run(job) = cli.command else {
+        let Command::Run(RunArgs { job, attach }) = cli.command else {
             panic!("not run")
         };
+        assert!(!attach.interactive && !attach.tty);
         assert_eq!(job.limits.cpu, Some(500));
         assert_eq!(job.limits.memory, Some(256 << 20));
         assert_eq!(job.limits.pids, Some(100));
         assert_eq!(job.env, vec![("A".to_string(), "1".to_string())]);
         assert_eq!(job.command, vec!["sh", "-c", "exit 7"]);
+    }
+
+    #[test]
+    fn run_and_exec_attach_as_docker_does() {
+        let cli = parse(&["run", "-it", "-w", "/srv", "--", "sh"]).unwrap();
+        let Command::Run(RunArgs { job, attach }) = cli.command else {
+            panic!("not run")
+        };
+        assert!(attach.interactive && attach.tty);
+        assert_eq!(job.workdir.as_deref(), Some("/srv"));
+        let cli = parse(&["exec", "-i", "abc", "--", "ps", "-ef"]).unwrap();
+        let Command::Exec(exec) = cli.command else {
+            panic!("not exec")
+        };
+        assert!(exec.attach.interactive && !exec.attach.tty);
+        assert_eq!((exec.id.as_str(), exec.command.len()), ("abc", 2));
+        assert!(parse(&["run", "-w", "srv", "--", "true"]).is_err());
+        assert!(parse(&["exec", "abc"]).is_err());
     }
 
     #[test]

@@ -4,9 +4,9 @@ use std::io::Write;
 
 use jobworker_proto::v1::{self as pb, JobState, stream_job_output_response::Event};
 use tokio::io::AsyncWriteExt;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
+use crate::attach;
 use crate::cli::{Command, IdArgs, JobArgs, ListArgs, LogStream, LogsArgs, Output, QuotaArgs};
 use crate::connect::{self, Client};
 use crate::error::{Class, CliError, exit};
@@ -18,7 +18,9 @@ pub async fn execute(command: Command, settings: Settings) -> Result<u8, CliErro
     let client = connect::connect(&settings).await?;
     match command {
         Command::Start(job) => start(&client, &job).await,
-        Command::Run(job) => run(&client, &job).await,
+        Command::Run(args) => attach::run(&client, &settings, &args).await,
+        Command::Exec(args) => attach::exec(&client, &args).await,
+        Command::Wait(args) => attach::wait(&client, &args.id).await,
         Command::Logs(args) => logs(&client, &args).await,
         Command::Status(args) => status(&client, &args).await,
         Command::List(args) => list(&client, &args).await,
@@ -34,19 +36,25 @@ pub fn settings(flags: &settings::Flags) -> Result<Settings, CliError> {
     settings::load(flags)
 }
 
+/// Environment variables as the API has them.
+pub fn env_to_pb(env: &[(String, String)]) -> Vec<pb::EnvVar> {
+    env.iter()
+        .map(|(name, value)| pb::EnvVar {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
 /// The StartJob request for a job's arguments.
 pub fn start_request(job: &JobArgs) -> pb::StartJobRequest {
     let l = &job.limits;
     pb::StartJobRequest {
         argv: job.command.clone(),
-        env: job
-            .env
-            .iter()
-            .map(|(name, value)| pb::EnvVar {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        env: env_to_pb(&job.env),
+        workdir: job.workdir.clone(),
+        stdin: false,
+        tty: None,
         limits: Some(pb::Limits {
             cpu_millis: l.cpu,
             memory_bytes: l.memory,
@@ -128,7 +136,13 @@ pub fn run_exit_code(s: &pb::JobStatus) -> Result<u8, CliError> {
             (None, None) => 255,
         }),
         Ok(JobState::FailedToStart) => Err(CliError::new(
-            Class::FailedToStart,
+            match pb::StartFailure::try_from(s.start_failure) {
+                Ok(pb::StartFailure::NotFound) => Class::CommandNotFound,
+                Ok(pb::StartFailure::NotExecutable | pb::StartFailure::Other) => {
+                    Class::NotExecutable
+                }
+                _ => Class::FailedToStart,
+            },
             format!("job {id} failed to start: {}", s.error),
         )),
         Ok(JobState::Lost) => Err(CliError::other(format!("job {id} was lost: {}", s.error))),
@@ -150,27 +164,51 @@ fn exit_byte(code: i32) -> u8 {
     (code & 0xff) as u8
 }
 
-/// Completes when SIGINT, SIGTERM or SIGHUP arrives.
-async fn any_signal(signals: &mut [Signal; 3]) {
-    let [int, term, hup] = signals;
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
-}
-
 type StopTask = JoinHandle<Result<tonic::Response<pb::StopJobResponse>, tonic::Status>>;
 
-/// Waits for the stop request, or forever when none was sent.
-async fn stop_done(client: &Client, task: &mut Option<StopTask>) -> Result<(), CliError> {
-    match task {
-        Some(handle) => match handle.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => Err(client.error(&status)),
-            Err(e) => Err(CliError::other(format!("stop request: {e}"))),
-        },
-        None => std::future::pending().await,
+/// `run`'s answer to SIGINT, SIGTERM and SIGHUP: the first stops the job (as `jobctl
+/// stop` does) and keeps following it to its end; the next one leaves at once.
+#[derive(Default)]
+pub struct Stopping {
+    task: Option<StopTask>,
+    sent: bool,
+}
+
+impl Stopping {
+    /// A signal arrived: sends the stop, or says (`true`) that jobctl should leave now.
+    pub fn interrupted(&mut self, client: &Client, id: &str) -> bool {
+        if self.sent {
+            return true;
+        }
+        note(&format!(
+            "stopping job {}; interrupt again to exit without waiting",
+            crate::error::one_line(id)
+        ));
+        self.task = Some(spawn_stop(client, id));
+        self.sent = true;
+        false
+    }
+
+    /// Stops the job and waits for the answer, unless a stop was already sent.
+    pub async fn stop_now(&mut self, client: &Client, id: &str) {
+        if !self.sent {
+            self.sent = true;
+            let _ = spawn_stop(client, id).await;
+        }
+    }
+
+    /// Completes when the stop request was answered (never, when none is pending).
+    pub async fn done(&mut self, client: &Client) -> Result<(), CliError> {
+        let result = match &mut self.task {
+            Some(handle) => match handle.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(client.error(&status)),
+                Err(e) => Err(CliError::other(format!("stop request: {e}"))),
+            },
+            None => std::future::pending().await,
+        };
+        self.task = None;
+        result
     }
 }
 
@@ -178,83 +216,6 @@ fn spawn_stop(client: &Client, id: &str) -> StopTask {
     let mut api = client.api.clone();
     let request = pb::StopJobRequest { id: id.to_string() };
     tokio::spawn(async move { api.stop_job(request).await })
-}
-
-async fn run(client: &Client, job: &JobArgs) -> Result<u8, CliError> {
-    // Taken over before the job exists, so an early Ctrl-C still stops it.
-    let handle = |kind: SignalKind| {
-        signal(kind).map_err(|e| CliError::other(format!("cannot handle signals: {e}")))
-    };
-    let mut signals = [
-        handle(SignalKind::interrupt())?,
-        handle(SignalKind::terminate())?,
-        handle(SignalKind::hangup())?,
-    ];
-
-    let id = start_job(client, job).await?;
-    let shown = crate::error::one_line(&id);
-    let mut stream = client
-        .api
-        .clone()
-        .stream_job_output(pb::StreamJobOutputRequest {
-            id: id.clone(),
-            offset: 0,
-            follow: true,
-            streams: vec![],
-            tail_lines: None,
-        })
-        .await
-        .map_err(|s| {
-            client
-                .error(&s)
-                .context(format!("job {shown} started, but its output"))
-        })?
-        .into_inner();
-
-    let mut out = Sink::new();
-    let mut stopping: Option<StopTask> = None;
-    let mut stop_sent = false;
-    let final_status = loop {
-        tokio::select! {
-            message = stream.message() => match message {
-                Ok(Some(pb::StreamJobOutputResponse { event: Some(Event::Data(bytes)), stream })) => {
-                    if let Err(error) = out.write(stream, &bytes).await {
-                        // Nobody reads the output any more: the job goes too.
-                        if !stop_sent {
-                            let _ = spawn_stop(client, &id).await;
-                        }
-                        return Err(error);
-                    }
-                }
-                Ok(Some(pb::StreamJobOutputResponse { event: Some(Event::Status(s)), .. })) => break s,
-                Ok(Some(pb::StreamJobOutputResponse { event: None, .. })) => {}
-                Ok(None) => {
-                    return Err(CliError::other(format!(
-                        "the server ended the output of job {shown} without its final status; \
-                         see `jobctl status {shown}`"
-                    )));
-                }
-                Err(status) => return Err(client.error(&status).context(format!("job {shown}"))),
-            },
-            () = any_signal(&mut signals) => {
-                if stop_sent {
-                    note(&format!("not waiting for job {shown} to stop"));
-                    return Ok(exit::INTERRUPTED);
-                }
-                note(&format!(
-                    "stopping job {shown}; interrupt again to exit without waiting"
-                ));
-                stopping = Some(spawn_stop(client, &id));
-                stop_sent = true;
-            }
-            result = stop_done(client, &mut stopping) => {
-                stopping = None;
-                // Stopped: the stream brings the rest of the output and the final status.
-                result.map_err(|e| e.context(format!("cannot stop job {shown}")))?;
-            }
-        }
-    };
-    run_exit_code(&final_status)
 }
 
 /// Where a job's output goes: each stream to jobctl's own descriptor of the same number.

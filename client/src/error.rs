@@ -47,6 +47,15 @@ pub mod exit {
     /// stdout was closed by its reader (`jobctl logs ID | head`): 128 + SIGPIPE, what a
     /// shell reports for a program killed by SIGPIPE. Nothing is printed.
     pub const BROKEN_PIPE: u8 = 141;
+
+    /// `run`, `exec` and `wait`, whose other codes are the job's own: jobctl or the
+    /// server failed (every code from 1 to 9 above becomes this one).
+    pub const ATTACHED_ERROR: u8 = 125;
+    /// `run`, `exec` and `wait`: the command could not be executed (permissions, its
+    /// format, its working directory).
+    pub const NOT_EXECUTABLE: u8 = 126;
+    /// `run`, `exec` and `wait`: the command was not found.
+    pub const NOT_FOUND_COMMAND: u8 = 127;
 }
 
 /// The class of a failure; each has its exit code.
@@ -61,6 +70,10 @@ pub enum Class {
     ResourceExhausted,
     PermissionDenied,
     FailedToStart,
+    /// `run`, `exec`, `wait`: the command could not be executed (126 there).
+    NotExecutable,
+    /// `run`, `exec`, `wait`: no such command (127 there).
+    CommandNotFound,
     Interrupted,
     /// stdout's reader went away: exit quietly.
     BrokenPipe,
@@ -77,7 +90,9 @@ impl Class {
             Class::InvalidArgument => exit::INVALID_ARGUMENT,
             Class::ResourceExhausted => exit::RESOURCE_EXHAUSTED,
             Class::PermissionDenied => exit::PERMISSION_DENIED,
-            Class::FailedToStart => exit::FAILED_TO_START,
+            Class::FailedToStart | Class::NotExecutable | Class::CommandNotFound => {
+                exit::FAILED_TO_START
+            }
             Class::Interrupted => exit::INTERRUPTED,
             Class::BrokenPipe => exit::BROKEN_PIPE,
         }
@@ -132,6 +147,18 @@ impl CliError {
 
     pub fn exit_code(&self) -> u8 {
         self.class.exit_code()
+    }
+
+    /// The exit code for `run`, `exec` and `wait`, whose other codes are the job's:
+    /// 126 and 127 as a shell's, 130 and 141 as today, 125 for every other failure.
+    pub fn attached_exit_code(&self) -> u8 {
+        match self.class {
+            Class::NotExecutable => exit::NOT_EXECUTABLE,
+            Class::CommandNotFound => exit::NOT_FOUND_COMMAND,
+            Class::Interrupted => exit::INTERRUPTED,
+            Class::BrokenPipe => exit::BROKEN_PIPE,
+            _ => exit::ATTACHED_ERROR,
+        }
     }
 
     /// Whether `main` prints this error (a broken pipe is quiet).

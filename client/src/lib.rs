@@ -10,11 +10,13 @@
 //!   loading of the CA, certificate and key;
 //! - [`connect`]: the gRPC channel over jobctl's own TLS connector;
 //! - [`commands`]: what each subcommand does;
+//! - [`attach`]: `run` and `exec`, attached: input, terminals, raw mode;
 //! - [`render`]: human-readable text and the stable JSON shape;
 //! - [`error`]: error classes, their exit codes, and one-line messages.
 //!
 //! [`devpki`] is the development PKI behind the separate `jobworker-dev-certs` binary.
 
+pub mod attach;
 pub mod cli;
 pub mod commands;
 pub mod connect;
@@ -46,13 +48,23 @@ where
         Ok(cli) => cli,
         Err(e) => return usage_error(&e, &args),
     };
+    // These exit with the job's own status, so their failures use codes a job's rarely
+    // are (see `exit::ATTACHED_ERROR`).
+    let attached = matches!(
+        cli.command,
+        Command::Run(_) | Command::Exec(_) | Command::Wait(_)
+    );
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             if !e.is_quiet() {
                 note(&e.to_string());
             }
-            e.exit_code()
+            if attached {
+                e.attached_exit_code()
+            } else {
+                e.exit_code()
+            }
         }
     }
 }
@@ -89,7 +101,21 @@ fn usage_error(e: &clap::Error, args: &[OsString]) -> u8 {
         _ => {}
     }
     note(&usage_line(e, args));
-    exit::USAGE
+    match subcommand(args).as_deref() {
+        Some("run" | "exec" | "wait") => exit::ATTACHED_ERROR,
+        _ => exit::USAGE,
+    }
+}
+
+/// The subcommand named on a command line, if any.
+fn subcommand(args: &[OsString]) -> Option<String> {
+    args.iter().skip(1).find_map(|a| {
+        let a = a.to_str()?;
+        Cli::command()
+            .get_subcommands()
+            .any(|s| s.get_name() == a)
+            .then(|| a.to_string())
+    })
 }
 
 /// clap's error as one line, with a pointer to the right help. `args` is the command
@@ -113,18 +139,12 @@ pub fn usage_line(e: &clap::Error, args: &[OsString]) -> String {
     if line.is_empty() {
         line = "invalid command line".to_string();
     }
-    let subcommand = args.iter().skip(1).find_map(|a| {
-        let a = a.to_str()?;
-        Cli::command()
-            .get_subcommands()
-            .any(|s| s.get_name() == a)
-            .then(|| a.to_string())
-    });
+    let subcommand = subcommand(args);
     let command = match &subcommand {
         Some(sub) => format!("jobctl {sub}"),
         None => "jobctl".to_string(),
     };
-    let takes_command = matches!(subcommand.as_deref(), Some("run" | "start"));
+    let takes_command = matches!(subcommand.as_deref(), Some("run" | "start" | "exec"));
     if e.kind() == ErrorKind::UnknownArgument && takes_command {
         line.push_str(&format!(
             "; the job's command goes after `--`, as in `{command} -- sh -c 'echo hi'`"

@@ -168,9 +168,28 @@ pub fn device(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// A working directory in the job: an absolute path without `.` or `..` components.
+pub fn workdir(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') || text.len() > 4096 || text.contains('\0') {
+        return Err("expected an absolute path in the job, like /srv/app".to_string());
+    }
+    if text.split('/').any(|c| c == "." || c == "..") {
+        return Err("expected a path without . or .. components".to_string());
+    }
+    Ok(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workdirs_are_absolute_and_plain() {
+        assert_eq!(workdir("/srv/app"), Ok("/srv/app".to_string()));
+        assert!(workdir("srv").is_err());
+        assert!(workdir("/srv/../etc").is_err());
+        assert!(workdir("/srv/./x").is_err());
+    }
 
     #[test]
     fn sizes_accept_binary_units_and_plain_bytes() {

@@ -562,6 +562,7 @@ mod tests {
             output_bytes: 42,
             output_truncated: false,
             uid: Some(600_123),
+            start_failure: 0,
         }
     }
 

@@ -50,14 +50,21 @@ fn bad_values_give_one_line_and_exit_2() {
     let out = offline(
         &pki,
         home.path(),
-        &["run", "--memory", "lots", "--", "true"],
+        &["start", "--memory", "lots", "--", "true"],
     );
     out.assert_error(
         2,
         "invalid value 'lots' for '--memory <SIZE>': expected a size like 512M, 2G or 1048576",
     );
+    // `run`, `exec` and `wait` exit with the job's own code: their own failures are 125.
     let out = offline(&pki, home.path(), &["run", "--cpu", "0.0001", "--", "true"]);
-    out.assert_error(2, "at most 3 decimals");
+    out.assert_error(125, "at most 3 decimals");
+    let out = offline(
+        &pki,
+        home.path(),
+        &["run", "--workdir", "srv", "--", "true"],
+    );
+    out.assert_error(125, "expected an absolute path in the job");
     let out = offline(
         &pki,
         home.path(),
@@ -71,10 +78,14 @@ fn bad_values_give_one_line_and_exit_2() {
 #[test]
 fn a_command_without_the_separator_gives_one_line_and_exit_2() {
     let (pki, home) = (Pki::dev_certs(), tempfile::tempdir().unwrap());
-    let out = offline(&pki, home.path(), &["run", "sh", "-c", "exit 7"]);
+    let out = offline(&pki, home.path(), &["start", "sh", "-c", "exit 7"]);
     out.assert_error(2, "the job's command goes after `--`");
-    let out = offline(&pki, home.path(), &["run", "--"]);
+    let out = offline(&pki, home.path(), &["start", "--"]);
     out.assert_error(2, "required arguments were not provided");
+    let out = offline(&pki, home.path(), &["run", "sh", "-c", "exit 7"]);
+    out.assert_error(125, "the job's command goes after `--`");
+    let out = offline(&pki, home.path(), &["exec", "0123", "ps"]);
+    out.assert_error(125, "the job's command goes after `--`");
 }
 
 #[test]
@@ -83,6 +94,14 @@ fn an_unreachable_server_exits_3() {
     let out = offline(&pki, home.path(), &["list"]);
     out.assert_error(3, "cannot reach the server");
     out.assert_error(3, "connection refused");
+    // For the commands that exit with the job's code, the same failure is 125.
+    for args in [
+        &["run", "--", "true"][..],
+        &["exec", "0123456789abcdef0123456789abcdef", "--", "true"],
+        &["wait", "0123456789abcdef0123456789abcdef"],
+    ] {
+        offline(&pki, home.path(), args).assert_error(125, "cannot reach the server");
+    }
 }
 
 #[test]

@@ -54,17 +54,40 @@ fn run_of_a_job_killed_by_sigkill_exits_137() {
 }
 
 #[test]
-fn run_of_a_missing_program_exits_9() {
-    if skip_unless_root("run_of_a_missing_program_exits_9") {
+fn run_exec_and_wait_exit_125_126_127_when_the_command_did_not_run() {
+    if skip_unless_root("run_exec_and_wait_exit_125_126_127_when_the_command_did_not_run") {
         return;
     }
     let stack = Stack::dev("missing");
-    let out = outcome(
-        stack
-            .jobctl("alice")
-            .args(["run", "--", "/nonexistent/program"]),
+    let jobctl = |args: &[&str]| outcome(stack.jobctl("alice").args(args));
+    jobctl(&["run", "--", "/nonexistent/program"]).assert_error(
+        127,
+        "failed to start: executing \"/nonexistent/program\": No such file or directory",
     );
-    out.assert_error(9, "failed to start");
+    jobctl(&["run", "--", "no-such-command-here"])
+        .assert_error(127, "command not found: \"no-such-command-here\"");
+    jobctl(&["run", "--", "/etc/passwd"])
+        .assert_error(126, "executing \"/etc/passwd\": Permission denied");
+    jobctl(&["run", "--workdir", "/nonexistent", "--", "true"]).assert_error(
+        126,
+        "changing directory to /nonexistent: No such file or directory",
+    );
+    // The server refuses: 125, whatever the refusal.
+    jobctl(&["run", "--timeout", "8d", "--", "true"]).assert_error(125, "invalid argument");
+    let missing = "0123456789abcdef0123456789abcdef";
+    jobctl(&["wait", missing]).assert_error(125, "not found");
+    jobctl(&["exec", missing, "--", "true"]).assert_error(125, "not found");
+    // `start` keeps its own table.
+    jobctl(&["start", "--", "/nonexistent/program"]).assert_error(9, "failed to start");
+
+    // `wait` exits with the job's own code, and with a failed start's.
+    let id = jobctl(&["start", "--", "sh", "-c", "sleep 0.2; exit 3"]).stdout;
+    let id = String::from_utf8(id).unwrap();
+    let id = id.trim();
+    assert_eq!(jobctl(&["wait", id]).code, 3);
+    assert_eq!(jobctl(&["wait", id]).code, 3, "again, once it has ended");
+    let id = String::from_utf8(jobctl(&["start", "--", "sh", "-c", "kill -9 $$"]).stdout).unwrap();
+    assert_eq!(jobctl(&["wait", id.trim()]).code, 137);
 }
 
 #[test]
@@ -260,13 +283,13 @@ fn bad_flags_a_wrong_ca_and_an_unreachable_server_each_give_one_line() {
     outcome(
         stack
             .jobctl("alice")
-            .args(["run", "--memory", "lots", "--", "true"]),
+            .args(["start", "--memory", "lots", "--", "true"]),
     )
     .assert_error(
         2,
         "invalid value 'lots' for '--memory <SIZE>': expected a size like 512M, 2G or 1048576",
     );
-    outcome(stack.jobctl("alice").args(["run", "uname", "-a"]))
+    outcome(stack.jobctl("alice").args(["start", "uname", "-a"]))
         .assert_error(2, "the job's command goes after `--`");
 
     let other = Pki::dev_certs();
@@ -331,7 +354,7 @@ fn a_timeout_stops_the_job_and_run_says_so() {
     let out = outcome(
         stack
             .jobctl("alice")
-            .args(["run", "--timeout", "8d", "--", "true"]),
+            .args(["start", "--timeout", "8d", "--", "true"]),
     );
     out.assert_error(
         6,
@@ -346,7 +369,7 @@ fn quota_shows_each_user_their_own_and_admins_everyone() {
     }
     let stack = Stack::dev_with("quota", &["--quota-running-jobs", "1"], "127.0.0.1:0");
     let id = start(&stack, "alice", &["sleep", "600"]);
-    let out = outcome(stack.jobctl("alice").args(["run", "--", "true"]));
+    let out = outcome(stack.jobctl("alice").args(["start", "--", "true"]));
     out.assert_error(
         7,
         "resource exhausted: alice: 1 of 1 running jobs (the quota of running jobs)",

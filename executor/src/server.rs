@@ -17,6 +17,10 @@
 //! | `List` | [`list`] | scope, page size |
 //! | `Output` | [`output`] | scope |
 //! | `Quota` | [`quota`] | scope |
+//! | `Run` | [`session::run`] | as `Start`; then an attached session |
+//! | `Exec` | [`session::exec`] | scope, caller, exec spec; then an attached session |
+//! | `Wait` | [`wait`] | scope |
+//! | `Input`, `InputEnd`, `Resize` | [`no_session`] | refused: nothing is attached |
 
 use std::io;
 use std::os::fd::AsFd;
@@ -36,6 +40,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::{Engine, check_start};
 use crate::output::OutputReader;
+
+mod session;
 
 /// Who may connect.
 #[derive(Debug, Clone)]
@@ -238,7 +244,40 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
             follow,
         } => output(conn, scope, id, from, streams, follow).await,
         Request::Quota { scope } => quota(conn, scope).await,
+        Request::Run { owner, spec } => session::run(conn, owner, spec).await,
+        Request::Exec {
+            scope,
+            id,
+            caller,
+            spec,
+        } => session::exec(conn, scope, id, caller, spec).await,
+        Request::Wait { scope, id } => wait(conn, scope, id).await,
+        Request::Input(_) | Request::InputEnd | Request::Resize(_) => no_session(conn).await,
     }
+}
+
+/// Input, its end or a terminal size outside a session: refused, and nothing changes.
+async fn no_session(conn: &mut Conn) -> Flow {
+    conn.reply(Response::Error(WireError::invalid(
+        "input, its end and terminal sizes belong to a run or an exec this connection is attached to",
+    )))
+    .await
+}
+
+/// Answers with the job's final status once it has ended.
+async fn wait(conn: &mut Conn, scope: Scope, id: JobId) -> Flow {
+    if let Err(e) = validate::scope(&scope) {
+        return conn.reply(Response::Error(e)).await;
+    }
+    let engine = conn.engine.clone();
+    let shutdown = conn.shutdown.clone();
+    let ended = tokio::select! {
+        r = engine.wait(&scope, &id) => r,
+        _ = conn.peer_gone() => return Flow::Close,
+        _ = shutdown.cancelled() => return Flow::Close,
+    };
+    conn.reply_with(ended, |s| Response::Status(Box::new(s)))
+        .await
 }
 
 /// The handshake took the connection's one `Hello`: another is refused, and ends it.

@@ -31,6 +31,7 @@ pub struct Spawner {
     lifeline_read: OwnedFd,
     /// Write end of the lifeline pipe: held, never written, until the executor exits.
     _lifeline_write: OwnedFd,
+    /// `/dev/null`: the stdin of a job or exec that reads none.
     devnull: File,
     /// The init template; one request at a time. `None` after it failed, until the next
     /// job starts a new one.
@@ -44,8 +45,18 @@ pub struct Spawned {
     /// Read ends of the pipes that are the job's stdout and stderr.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    /// Read end of the init's report pipe.
+    /// Write end of the job's stdin pipe, when it reads from its client.
+    pub stdin: Option<OwnedFd>,
+    /// The executor's end of the init's report socket (`SOCK_SEQPACKET`).
     pub report: OwnedFd,
+}
+
+/// Makes `uid` (and its group, of the same number) the owner of each pipe end of `fds`.
+pub fn give_to<const N: usize>(uid: u32, fds: [Option<BorrowedFd<'_>>; N]) -> io::Result<()> {
+    for fd in fds.into_iter().flatten() {
+        std::os::unix::fs::fchown(fd, Some(uid), Some(uid))?;
+    }
+    Ok(())
 }
 
 /// Where the job joins its cgroup.
@@ -79,7 +90,13 @@ impl Spawner {
     /// Clones the job init and hands it its spec. The returned pipes are close-on-exec
     /// in this process. Blocks for the template's answer; call it off the async runtime's
     /// worker threads.
-    pub fn spawn(&self, spec: &InitSpec, cgroup: CgroupJoin<'_>) -> io::Result<Spawned> {
+    pub fn spawn(
+        &self,
+        spec: &InitSpec,
+        cgroup: CgroupJoin<'_>,
+        stdin: bool,
+    ) -> io::Result<Spawned> {
+        let uid = spec.uid;
         let spec = spec.encode();
         let (spec_r, mut spec_w) = io::pipe()?;
         // Room for the whole spec, so writing it never waits for the init (a pipe holds
@@ -93,18 +110,32 @@ impl Spawner {
         let (err_r, err_w) = io::pipe()?;
         // Best effort: a smaller pipe only costs wake-ups.
         let _ = sys::set_pipe_size(out_r.as_fd(), OUTPUT_PIPE_SIZE);
-        let (rep_r, rep_w) = io::pipe()?;
+        let (report, init_report) = sys::seqpacket_pair()?;
+        let stdin = stdin.then(io::pipe).transpose()?;
+        // The job's ends belong to the job's user, so it may open them again by name
+        // (`/dev/stdout`, `/proc/self/fd/1`), as any process may its own pipes.
+        give_to(
+            uid,
+            [
+                Some(out_w.as_fd()),
+                Some(err_w.as_fd()),
+                stdin.as_ref().map(|(r, _)| r.as_fd()),
+            ],
+        )?;
 
         let (ns, cg) = match cgroup {
             CgroupJoin::CloneInto(fd) => (JOB_NAMESPACES | sys::CLONE_NEWCGROUP, Some(fd)),
             CgroupJoin::InitJoins => (JOB_NAMESPACES, None),
         };
         let fds = InitFds {
-            stdin: self.devnull.as_fd(),
+            stdin: match &stdin {
+                Some((r, _)) => r.as_fd(),
+                None => self.devnull.as_fd(),
+            },
             stdout: out_w.as_fd(),
             stderr: err_w.as_fd(),
             spec: spec_r.as_fd(),
-            report: rep_w.as_fd(),
+            report: init_report.as_fd(),
             lifeline: self.lifeline_read.as_fd(),
             cgroup: cg,
         };
@@ -115,15 +146,21 @@ impl Spawner {
             tracing::warn!(pid, "handing the job init its spec: {e}");
         }
         drop(spec_w);
-        // Our copies of the child's ends close here, so the pipes see EOF exactly when
-        // the job's processes (output) or its init (report) are gone.
+        // Our copies of the child's ends close here, so the pipes and the socket see EOF
+        // exactly when the job's processes (output) or its init (report) are gone.
         Ok(Spawned {
             pid,
             pidfd,
             stdout: out_r.into(),
             stderr: err_r.into(),
-            report: rep_r.into(),
+            stdin: stdin.map(|(_, w)| w.into()),
+            report,
         })
+    }
+
+    /// `/dev/null`, for an exec's stdin.
+    pub fn devnull(&self) -> BorrowedFd<'_> {
+        self.devnull.as_fd()
     }
 
     /// Asks the template for a clone. A template found gone before the request is

@@ -144,6 +144,7 @@ mod tests {
             output_bytes: 3,
             output_truncated: false,
             uid: Some(600_001),
+            start_failure: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn spec_with(argv: &[&str], l: Limits) -> JobSpec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![],
         limits: l,
+        ..Default::default()
     }
 }
 

@@ -11,6 +11,7 @@ fn spec_with(argv: &[&str], limits: Limits) -> JobSpec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![],
         limits,
+        ..Default::default()
     }
 }
 

@@ -41,7 +41,10 @@ fn main() {
                 read_iops: None,
                 write_iops: Some(100),
             }),
+            ..Default::default()
         },
+        workdir: Some("/srv".into()),
+        ..Default::default()
     };
     let requests: Vec<(&str, Vec<Request>)> = vec![
         ("hello", vec![hello.clone()]),
@@ -81,6 +84,44 @@ fn main() {
             ],
         ),
         (
+            "run-attached",
+            vec![
+                hello.clone(),
+                Request::Run {
+                    owner: "alice".into(),
+                    spec: JobSpec {
+                        argv: vec!["sh".into()],
+                        stdin: true,
+                        tty: Some(TtySize { rows: 24, cols: 80 }),
+                        ..Default::default()
+                    },
+                },
+                Request::Input(bytes::Bytes::from_static(b"ls\r")),
+                Request::Resize(TtySize { rows: 50, cols: 132 }),
+                Request::InputEnd,
+            ],
+        ),
+        (
+            "exec-wait",
+            vec![
+                hello.clone(),
+                Request::Exec {
+                    scope: alice.clone(),
+                    id,
+                    caller: "alice".into(),
+                    spec: ExecSpec {
+                        argv: vec!["ps".into(), "-ef".into()],
+                        stdin: true,
+                        ..Default::default()
+                    },
+                },
+                Request::Wait {
+                    scope: alice.clone(),
+                    id,
+                },
+            ],
+        ),
+        (
             "output-ping",
             vec![
                 hello,
@@ -110,6 +151,13 @@ fn main() {
         Response::Chunk(Stream::Stderr, bytes::Bytes::from_static(b"an error\n")),
         Response::Error(WireError::not_found("no job 0123")),
         Response::Pong,
+        Response::ExecStarted,
+        Response::ExecEnded(ExecEnd {
+            exit_code: None,
+            signal: None,
+            failure: Some(StartFailure::NotFound),
+            error: Some("command not found".into()),
+        }),
     ];
     std::fs::write(
         dir.join("responses"),

@@ -10,9 +10,11 @@
 #![no_main]
 
 use bytes::BytesMut;
-use jobworker_executor::config::Ceilings;
+use jobworker_executor::config::{Ceilings, Defaults};
 use jobworker_executor::engine::check_start;
-use jobworker_protocol::{MAX_FRAME_LEN, Request, Response, WireError, codec, validate};
+use jobworker_protocol::{
+    MAX_CHUNK_LEN, MAX_FRAME_LEN, Request, Response, WireError, codec, validate,
+};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
@@ -70,8 +72,8 @@ fn handle(frame: &[u8]) {
 fn dispatch(request: &Request) -> Result<(), WireError> {
     match request {
         Request::Hello { .. } | Request::Ping => Ok(()),
-        Request::Start { owner, spec } => {
-            let checked = check_start(owner.clone(), spec.clone(), &ceilings())?;
+        Request::Start { owner, spec } | Request::Run { owner, spec } => {
+            let checked = check_start(owner.clone(), spec.clone(), &ceilings(), &defaults())?;
             let (resolved, effective) = (checked.resolved, checked.effective);
             // A started job never runs above a ceiling, and every limit is filled in.
             let c = ceilings();
@@ -91,7 +93,24 @@ fn dispatch(request: &Request) -> Result<(), WireError> {
         }
         Request::Stop { scope, .. }
         | Request::Status { scope, .. }
+        | Request::Wait { scope, .. }
+        | Request::Quota { scope }
         | Request::Output { scope, .. } => validate::scope(scope),
+        Request::Exec {
+            scope,
+            caller,
+            spec,
+            ..
+        } => {
+            validate::scope(scope)?;
+            validate::owner(caller)?;
+            validate::exec_spec(spec)
+        }
+        // Outside a session: refused. Inside one: a terminal's size is checked, input
+        // is bounded.
+        Request::Input(b) if b.len() > MAX_CHUNK_LEN => Err(WireError::invalid("input")),
+        Request::Input(_) | Request::InputEnd => Ok(()),
+        Request::Resize(size) => validate::tty(Some(*size)),
         Request::List { scope, limit, .. } => {
             validate::scope(scope)?;
             validate::list_limit(*limit)
@@ -106,6 +125,15 @@ fn ceilings() -> Ceilings {
         pids: 1024,
         io_bps: Some(100 << 20),
         io_iops: None,
+        tmp_bytes: 1 << 30,
+        timeout: std::time::Duration::from_secs(86_400),
+    }
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        tmp_bytes: 64 << 20,
+        timeout: std::time::Duration::from_secs(3600),
     }
 }
 

@@ -1,22 +1,25 @@
-//! The init's report (`jobworker_executor::ipc::report`), as the executor decodes what a
-//! job's init wrote into its report pipe.
+//! The init's reports (`jobworker_executor::ipc::report`), as the executor decodes each
+//! message a job's init sent on its report socket, with the number of descriptors that
+//! came with it.
 //!
-//! Oracles: no panic; at most one message per three input bytes; messages that encode
-//! whole (failures within the atomic-write size) decode back to themselves.
+//! Oracles: no panic; a report decoded is at most `MAX_REPORT_LEN` bytes and carries
+//! exactly the descriptors its kind has; it encodes back to bytes that decode to
+//! itself (its message cut to fit, if it was longer).
 #![no_main]
 
-use jobworker_executor::ipc::report::{self, Report};
+use jobworker_executor::ipc::report::{MAX_REPORT_LEN, Report};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let reports = report::decode(data);
-    assert!(reports.len() <= data.len() / 3);
-    for r in reports {
-        if matches!(&r, Report::Failed(m) if m.len() > 3 * 1024) {
-            continue;
-        }
-        let mut buf = Vec::new();
-        report::write(&mut buf, &r).expect("writing to memory");
-        assert_eq!(report::decode(&buf), vec![r]);
+    let Some((&fds, bytes)) = data.split_first() else {
+        return;
+    };
+    let fds = usize::from(fds % 4);
+    if let Ok(r) = Report::decode(bytes, fds) {
+        assert!(bytes.len() <= MAX_REPORT_LEN);
+        let again = r.encode();
+        assert!(again.len() <= MAX_REPORT_LEN);
+        let back = Report::decode(&again, fds).expect("an encoded report decodes");
+        assert_eq!(back.encode(), again);
     }
 });

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Unavailable,
     /// A fault inside the executor; details are in its log.
     Internal,
+    /// The job is not in a state the request needs (an exec into a job that has ended).
+    FailedPrecondition,
 }
 
 impl ErrorKind {
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::VersionMismatch => "protocol version mismatch",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal error",
+            ErrorKind::FailedPrecondition => "failed precondition",
         }
     }
 }

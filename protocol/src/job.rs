@@ -133,6 +133,61 @@ pub struct JobSpec {
     /// Extra environment variables.
     pub env: Vec<EnvVar>,
     pub limits: Limits,
+    /// The command's working directory, absolute; `None`: `/tmp`.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The command reads its stdin from the client that runs it (`Request::Run` only);
+    /// otherwise its stdin is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// The command gets a terminal of this size (its stdin, stdout and stderr), from a
+    /// devpts instance of the job's own.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Another process to run inside a running job: in its namespaces and cgroup, as its
+/// user, under its seccomp filter, with the job's environment rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<EnvVar>,
+    /// Absolute; `None`: `/tmp`.
+    pub workdir: Option<String>,
+    /// The process reads its stdin from the client; otherwise `/dev/null`.
+    pub stdin: bool,
+    pub tty: Option<TtySize>,
+}
+
+/// How an exec ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecEnd {
+    /// Its exit code, when it exited by itself.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it (also when its job ended under it: the job's end kills
+    /// every process of the job).
+    pub signal: Option<i32>,
+    /// It could not be started: why.
+    pub failure: Option<StartFailure>,
+    pub error: Option<String>,
+}
+
+/// Why a command could not be started, as a shell tells it by its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartFailure {
+    /// No such program (in the job's `PATH`): a shell's 127.
+    NotFound,
+    /// The program exists but cannot be executed (permissions, format): a shell's 126.
+    NotExecutable,
+    /// Something else: the job's setup, its working directory, ...
+    Other,
 }
 
 /// The stream a job wrote bytes to. A job with a terminal has one stream, its
@@ -290,6 +345,9 @@ pub struct JobStatus {
     /// recorded before jobs had one.
     #[serde(default)]
     pub uid: Option<u32>,
+    /// Why the command could not be started, when it could not.
+    #[serde(default)]
+    pub start_failure: Option<StartFailure>,
 }
 
 /// One owner's use of their quotas and the quotas themselves.

@@ -26,8 +26,8 @@ pub use codec::{
 };
 pub use error::{ErrorKind, WireError};
 pub use job::{
-    EnvVar, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, QuotaAmounts, QuotaLimits,
-    QuotaReport, Scope, Stream, Streams,
+    EnvVar, ExecEnd, ExecSpec, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, QuotaAmounts,
+    QuotaLimits, QuotaReport, Scope, StartFailure, Stream, Streams, TtySize,
 };
 pub use message::{
     LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, MAX_QUOTA_REPORTS, OutputFrom, Request, Response,

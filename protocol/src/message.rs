@@ -10,7 +10,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::job::{JobId, JobSpec, JobStatus, QuotaReport, Scope, Stream, Streams};
+use crate::job::{
+    ExecEnd, ExecSpec, JobId, JobSpec, JobStatus, QuotaReport, Scope, Stream, Streams, TtySize,
+};
 
 /// Largest output chunk in one frame.
 pub const MAX_CHUNK_LEN: usize = 64 * 1024;
@@ -71,6 +73,28 @@ pub enum Request {
     /// Quota use and limits: of the owner of `Scope::Owner`, or of every owner with
     /// running jobs or quotas of their own (`Scope::Any`).
     Quota { scope: Scope },
+    /// Start a job and stay attached to it: answered with `Started`, then its output
+    /// (`Chunk`s of both streams, from its first byte) and `End`; meanwhile the client
+    /// may send `Input`, `InputEnd` and `Resize`. Leaving does not stop the job.
+    Run { owner: String, spec: JobSpec },
+    /// Run another process inside a running job (`scope` must see it), attached:
+    /// answered with `ExecStarted`, its output (`Chunk`s) and `ExecEnded`; meanwhile
+    /// `Input`, `InputEnd` and `Resize`. `caller` is who asks (for the record).
+    Exec {
+        scope: Scope,
+        id: JobId,
+        caller: String,
+        spec: ExecSpec,
+    },
+    /// Answered with `Status` once the job has ended.
+    Wait { scope: Scope, id: JobId },
+    /// Bytes for the stdin (or terminal) of the attached job or exec, at most
+    /// [`MAX_CHUNK_LEN`].
+    Input(Bytes),
+    /// The end of the attached process's stdin.
+    InputEnd,
+    /// The attached terminal's new size.
+    Resize(TtySize),
 }
 
 impl Request {
@@ -85,6 +109,12 @@ impl Request {
             Request::Output { .. } => "output",
             Request::Ping => "ping",
             Request::Quota { .. } => "quota",
+            Request::Run { .. } => "run",
+            Request::Exec { .. } => "exec",
+            Request::Wait { .. } => "wait",
+            Request::Input(_) => "input",
+            Request::InputEnd => "input end",
+            Request::Resize(_) => "resize",
         }
     }
 }
@@ -113,6 +143,10 @@ pub enum Response {
     Pong,
     /// Answer to `Quota`, sorted by owner, at most [`MAX_QUOTA_REPORTS`].
     Quotas(Vec<QuotaReport>),
+    /// The exec's process is running.
+    ExecStarted,
+    /// The exec's process has ended; the last frame of an exec.
+    ExecEnded(ExecEnd),
     /// The request failed.
     Error(WireError),
 }

@@ -5,7 +5,7 @@
 //! the executor's own configuration are checked on top of these, in the executor.
 
 use crate::error::WireError;
-use crate::job::{IoLimits, JobSpec, Limits, Scope};
+use crate::job::{ExecSpec, IoLimits, JobSpec, Limits, Scope, TtySize};
 use crate::message::MAX_LIST_PAGE;
 
 /// Most arguments in `argv`, including the program.
@@ -61,7 +61,57 @@ pub fn list_limit(limit: u32) -> Result<(), WireError> {
 pub fn spec(spec: &JobSpec) -> Result<(), WireError> {
     argv(&spec.argv)?;
     env(&spec.env)?;
-    limits(&spec.limits)
+    limits(&spec.limits)?;
+    workdir(spec.workdir.as_deref())?;
+    tty(spec.tty)
+}
+
+/// Checks the shape of an exec.
+pub fn exec_spec(spec: &ExecSpec) -> Result<(), WireError> {
+    argv(&spec.argv)?;
+    env(&spec.env)?;
+    workdir(spec.workdir.as_deref())?;
+    tty(spec.tty)
+}
+
+/// Longest working directory.
+pub const MAX_WORKDIR_LEN: usize = 4096;
+/// Largest terminal, in rows or columns.
+pub const MAX_TTY_SIDE: u16 = 10_000;
+
+/// An absolute path without NUL, `.` or `..` components, at most [`MAX_WORKDIR_LEN`].
+pub fn workdir(dir: Option<&str>) -> Result<(), WireError> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    if !dir.starts_with('/') {
+        return Err(WireError::invalid(format!(
+            "workdir: {dir:?} is not an absolute path"
+        )));
+    }
+    if dir.len() > MAX_WORKDIR_LEN || dir.contains('\0') {
+        return Err(WireError::invalid(format!(
+            "workdir: at most {MAX_WORKDIR_LEN} bytes, without NUL"
+        )));
+    }
+    if dir.split('/').any(|c| c == "." || c == "..") {
+        return Err(WireError::invalid(format!(
+            "workdir: {dir:?} has . or .. components"
+        )));
+    }
+    Ok(())
+}
+
+/// A terminal of 1 to [`MAX_TTY_SIDE`] rows and columns.
+pub fn tty(size: Option<TtySize>) -> Result<(), WireError> {
+    match size {
+        Some(s) if s.rows == 0 || s.cols == 0 || s.rows > MAX_TTY_SIDE || s.cols > MAX_TTY_SIDE => {
+            Err(WireError::invalid(format!(
+                "terminal size: rows and columns must be 1 to {MAX_TTY_SIDE}"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn argv(argv: &[String]) -> Result<(), WireError> {

@@ -38,6 +38,7 @@ fn status() -> JobStatus {
         output_bytes: 12,
         output_truncated: false,
         uid: Some(600_123),
+        start_failure: None,
     }
 }
 
@@ -74,6 +75,7 @@ fn every_request() -> Vec<Request> {
                     value: "bar".into(),
                 }],
                 limits: status().limits,
+                ..Default::default()
             },
         },
         Request::Stop {

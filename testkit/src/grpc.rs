@@ -115,6 +115,7 @@ pub fn start(argv: &[&str]) -> pb::StartJobRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![],
         limits: None,
+        ..Default::default()
     }
 }
 

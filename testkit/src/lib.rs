@@ -19,6 +19,8 @@
 //! - [`log`]: a daemon's output kept in a file, with waits on its lines;
 //! - [`process`]: signals, exits awaited on a pidfd, a [`Daemon`] stopped on drop;
 //! - [`procfs`]: `/proc` counters (fds, threads, RSS, CPU), sockets, process trees;
+//! - [`pty`]: a real pseudo-terminal to run a client in, as a person at a terminal;
+//! - [`noise`]: reproducible binary bytes, the same in a test and in the probe;
 //! - [`cgroup`]: a cgroup parent per test, removed from every hierarchy afterwards;
 //! - [`executor`]: the real `jobworker-executor` ([`Executor`]) and a client of its
 //!   socket ([`ExecClient`]).
@@ -38,6 +40,7 @@ pub mod executor;
 pub mod log;
 pub mod process;
 pub mod procfs;
+pub mod pty;
 pub mod scratch;
 
 #[cfg(feature = "api")]
@@ -67,3 +70,18 @@ pub use api::{Api, ApiOptions};
 pub use pki::Pki;
 #[cfg(feature = "api")]
 pub use stack::Stack;
+
+/// `len` bytes of reproducible noise from `seed` (xorshift64*): every byte value, no
+/// structure a stream's handling could lean on. The probe's `streams` writes these.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -17,6 +17,7 @@ pub fn start_request(argv: &[&str]) -> pb::StartJobRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![],
         limits: Some(job_limits()),
+        ..Default::default()
     }
 }
 

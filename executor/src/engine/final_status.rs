@@ -2,10 +2,10 @@
 //! init itself ended, whether a stop was asked for, and the cgroup's usage figures. Pure
 //! (no I/O, no clock), so every combination is a row of the table below.
 
-use jobworker_protocol::{JobState, JobStatus};
+use jobworker_protocol::{JobState, JobStatus, StartFailure};
 
 use crate::cgroup::Usage;
-use crate::ipc::report::Report;
+use crate::ipc::report::{Failure, Report};
 use crate::sys::Exit;
 
 /// What the supervisor knows once everything of a job has ended.
@@ -23,9 +23,9 @@ pub struct Ending {
 
 impl Ending {
     /// The first failure the init reported.
-    fn failure(&self) -> Option<&str> {
+    fn failure(&self) -> Option<&Failure> {
         self.reports.iter().find_map(|r| match r {
-            Report::Failed(why) => Some(why.as_str()),
+            Report::Failed(why) => Some(why),
             _ => None,
         })
     }
@@ -48,14 +48,14 @@ impl Ending {
 
 /// The answer a waiting `start` gets when the job ended before the init said whether the
 /// command started: `Ok` if it did, otherwise why not.
-pub fn start_result(end: &Ending) -> Result<(), String> {
+pub fn start_result(end: &Ending) -> Result<(), Failure> {
     if end.started() {
         return Ok(());
     }
     if let Some(why) = end.failure() {
-        return Err(why.to_string());
+        return Err(why.clone());
     }
-    Err(match end.init_exit {
+    let message = match end.init_exit {
         Some(Exit::Code(c)) => {
             format!("the job init exited with status {c} before starting the command")
         }
@@ -63,6 +63,10 @@ pub fn start_result(end: &Ending) -> Result<(), String> {
             format!("the job init was killed by signal {s} before starting the command")
         }
         None => "the job init could not be supervised".into(),
+    };
+    Err(Failure {
+        kind: StartFailure::Other,
+        message,
     })
 }
 
@@ -80,12 +84,14 @@ pub fn final_status(
     s.oom_killed = usage.oom_killed;
     if let Some(why) = end.failure() {
         s.state = JobState::FailedToStart;
-        s.error = Some(why.to_string());
+        s.error = Some(why.message.clone());
+        s.start_failure = Some(why.kind);
         return running;
     }
     if !end.started() {
         s.state = JobState::FailedToStart;
         s.error = Some("the job init ended before starting the command".into());
+        s.start_failure = Some(StartFailure::Other);
         return running;
     }
     let exit = end.command_exit();
@@ -126,6 +132,7 @@ mod tests {
             output_bytes: 5,
             output_truncated: false,
             uid: Some(600_001),
+            start_failure: None,
         }
     }
 
@@ -140,7 +147,19 @@ mod tests {
     }
 
     fn failed(why: &str) -> Report {
-        Report::Failed(why.into())
+        Report::Failed(failure(why))
+    }
+
+    fn failure(why: &str) -> Failure {
+        let kind = if why.starts_with("command not found") {
+            StartFailure::NotFound
+        } else {
+            StartFailure::Other
+        };
+        Failure {
+            kind,
+            message: why.into(),
+        }
     }
 
     /// (what, reports, init exit, stop requested, timed out) → (state, exit code, signal,
@@ -197,6 +216,8 @@ mod tests {
             );
             assert_eq!(s.ended_at_ms, Some(9), "{what}");
             assert_eq!(s.output_bytes, 5, "{what}: the running figures are kept");
+            let kind = error.map(|e| failure(e).kind);
+            assert_eq!(s.start_failure, kind, "{what}");
         }
     }
 
@@ -227,22 +248,26 @@ mod tests {
             (
                 vec![failed("mounting /proc: EPERM")],
                 Some(Exit::Code(127)),
-                Err("mounting /proc: EPERM".to_string()),
+                Err(failure("mounting /proc: EPERM")),
             ),
             (
                 vec![],
                 Some(Exit::Code(125)),
-                Err("the job init exited with status 125 before starting the command".into()),
+                Err(failure(
+                    "the job init exited with status 125 before starting the command",
+                )),
             ),
             (
                 vec![],
                 Some(Exit::Signal(9)),
-                Err("the job init was killed by signal 9 before starting the command".into()),
+                Err(failure(
+                    "the job init was killed by signal 9 before starting the command",
+                )),
             ),
             (
                 vec![],
                 None,
-                Err("the job init could not be supervised".into()),
+                Err(failure("the job init could not be supervised")),
             ),
         ];
         for (reports, init_exit, want) in cases {

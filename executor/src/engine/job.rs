@@ -1,13 +1,16 @@
 //! One job's shared state: what never changes after its start, and what its supervisor
 //! updates (its final status, its cgroup while it runs).
 
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use std::sync::Arc;
 
 use jobworker_protocol::{JobId, JobState, JobStatus, Limits};
-use std::sync::Arc;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
+use super::exec::ExecOrder;
 use super::lock;
 use crate::cgroup::{Cgroups, JobGroup};
 use crate::output::Progress;
@@ -26,6 +29,21 @@ pub(super) struct Job {
     /// Wakes the supervisor when a stop is asked for.
     pub stop: Notify,
     pub stop_requested: AtomicBool,
+    /// What a client attaches to: the job's terminal.
+    pub attach: Mutex<Attach>,
+    /// Exec requests, to the job's supervisor (`None` once it has ended, or for a job
+    /// loaded from the state directory).
+    pub exec_tx: Option<mpsc::Sender<ExecOrder>>,
+    /// Execs alive in the job.
+    pub execs: AtomicUsize,
+}
+
+/// The job's end a client attaches to.
+#[derive(Default)]
+pub(super) struct Attach {
+    /// The job's terminal (a duplicate of its master), from when its init opened it to
+    /// the job's end.
+    pub terminal: Option<Arc<OwnedFd>>,
 }
 
 pub(super) struct Live {
@@ -72,7 +90,13 @@ impl Live {
 
 impl Job {
     /// A job that is starting now, or that was recorded as ended (`final_status`).
-    pub fn new(info: JobInfo, seq: u64, progress: watch::Receiver<Progress>, live: Live) -> Self {
+    pub fn new(
+        info: JobInfo,
+        seq: u64,
+        progress: watch::Receiver<Progress>,
+        live: Live,
+        exec_tx: Option<mpsc::Sender<ExecOrder>>,
+    ) -> Self {
         Job {
             id: info.id,
             owner: info.owner,
@@ -85,6 +109,9 @@ impl Job {
             live: Mutex::new(live),
             stop: Notify::new(),
             stop_requested: AtomicBool::new(false),
+            attach: Mutex::new(Attach::default()),
+            exec_tx,
+            execs: AtomicUsize::new(0),
         }
     }
 
@@ -131,6 +158,7 @@ impl Job {
             output_bytes: p.len,
             output_truncated: p.truncated,
             uid: self.uid,
+            start_failure: None,
         }
     }
 }

@@ -45,7 +45,8 @@ impl Engine {
         };
         // The spawner blocks for the init template's answer (about a millisecond; up to
         // its timeout if the template hangs): this worker's other tasks move on meanwhile.
-        let spawned = tokio::task::block_in_place(|| self.spawner.spawn(&init, join));
+        let spawned =
+            tokio::task::block_in_place(|| self.spawner.spawn(&init, join, req.spec.stdin));
         match spawned {
             Ok(s) => Ok((s, group, writer)),
             Err(e) => {
@@ -75,14 +76,19 @@ fn init_spec(cfg: &Config, id: &JobId, req: &CheckedStart, uid: u32, group: &Job
         cgroup_join: group.join_files().to_vec(),
         unshare_cgroupns: v1,
         mount_cgroup2: group.clone_into_fd().is_some(),
-        cwd: "/tmp".into(),
+        cwd: req.spec.workdir.clone().unwrap_or_else(|| "/tmp".into()),
+        tty: req.spec.tty.map(|t| (t.rows, t.cols)),
         nofile: sys::job_nofile_limit(),
     }
 }
 
 /// The command's environment: a fixed base, the request's variables (which may replace
 /// any of the base), and the job's id last, which nothing replaces.
-fn environment(id: &JobId, user: &str, vars: &[jobworker_protocol::EnvVar]) -> Vec<String> {
+pub(super) fn environment(
+    id: &JobId,
+    user: &str,
+    vars: &[jobworker_protocol::EnvVar],
+) -> Vec<String> {
     let mut env = vec![
         format!("PATH={BASE_PATH}"),
         "HOME=/tmp".to_string(),

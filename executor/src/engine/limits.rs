@@ -175,6 +175,7 @@ mod tests {
             argv: vec!["true".into()],
             env: vec![],
             limits,
+            ..Default::default()
         }
     }
 

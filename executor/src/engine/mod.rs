@@ -1,7 +1,7 @@
 //! The job engine: the public operations on jobs, and the rooms they use.
 //!
-//! - this file: the [`Engine`] and its operations (start, stop, status, list, output),
-//!   each starting with its checks;
+//! - this file: the [`Engine`] and its operations (start, run, stop, wait, status, list,
+//!   output), each starting with its checks;
 //! - [`limits`]: a start request's limits against the ceilings (pure);
 //! - [`launch`]: creating a job's directory, output file and cgroup, cloning its init;
 //! - [`table`]: the job table in start order, recovery at start-up, eviction;
@@ -9,14 +9,19 @@
 //! - [`quota`]: per-owner quotas, a share taken at each start and given back at its end;
 //! - [`uids`]: the pool of job ids, one per live job;
 //! - [`supervisor`]: one task per running job, from its start to its record;
+//! - [`job_io`]: what the supervisor reads and writes while the job runs: its output,
+//!   its terminal, the init's reports and exec requests;
+//! - [`exec`]: another process in a running job, started by the job's init;
 //! - [`final_status`]: the rule that turns how a job ended into its final status (pure).
 //!
 //! Locks: the table lock and each job's `live` lock are plain mutexes held only for
 //! memory operations, never across an await, and never the table lock while holding a
 //! job lock.
 
+mod exec;
 mod final_status;
 mod job;
+mod job_io;
 mod launch;
 mod limits;
 mod quota;
@@ -25,7 +30,8 @@ mod table;
 mod uids;
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,14 +39,16 @@ use jobworker_protocol::{
     ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, OutputFrom, QuotaAmounts,
     QuotaReport, Scope, Streams, WireError, codec,
 };
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use exec::{ExecHandle, ExecOutput, MAX_EXECS_PER_JOB};
 pub use limits::{CheckedStart, check_start, human_duration, resolve_limits};
 
 use crate::cgroup::Cgroups;
 use crate::config::{Ceilings, Config, Defaults};
+use crate::ipc::report::Failure;
 use crate::output::{OutputReader, Progress, Start};
 use crate::spawn::Spawner;
 use crate::store::Store;
@@ -61,6 +69,20 @@ pub struct Engine {
     ids: Mutex<IdPool>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Number of the next exec, in any job.
+    next_exec: AtomicU32,
+}
+
+/// Execs queued for one job's supervisor at most.
+const EXEC_QUEUE: usize = 4;
+
+/// What the client that runs a job attaches to.
+#[derive(Default)]
+pub struct Attached {
+    /// The write end of the job's stdin pipe, when it reads from the client.
+    pub stdin: Option<OwnedFd>,
+    /// The job's terminal (its master), when it has one.
+    pub terminal: Option<Arc<OwnedFd>>,
 }
 
 fn now_ms() -> u64 {
@@ -112,6 +134,7 @@ impl Engine {
             table: Mutex::new(Table::default()),
             tasks: TaskTracker::new(),
             shutdown,
+            next_exec: AtomicU32::new(0),
         });
         engine.recover()?;
         Ok(engine)
@@ -154,8 +177,37 @@ impl Engine {
         &self.cfg.defaults
     }
 
-    /// Starts a job and returns once its command is running (or failed to start).
+    /// Starts a job and returns once its command is running (or failed to start). A
+    /// job that reads its stdin needs a client attached: see [`Engine::run`].
     pub async fn start(self: &Arc<Self>, req: CheckedStart) -> Result<JobId, WireError> {
+        if req.spec.stdin {
+            return Err(WireError::invalid(
+                "a job that reads its stdin needs a client attached: run it instead of starting it",
+            ));
+        }
+        let (id, started) = self.launch_job(req).await?;
+        started.map(|_| id).map_err(|why| {
+            WireError::new(
+                ErrorKind::FailedToStart,
+                format!("job {id}: {}", why.message),
+            )
+        })
+    }
+
+    /// Starts a job for a client that stays attached: returns once its command is
+    /// running, with the job's stdin and terminal, or once it failed to start (nothing
+    /// to attach to; its final status says why).
+    pub async fn run(self: &Arc<Self>, req: CheckedStart) -> Result<(JobId, Attached), WireError> {
+        let (id, started) = self.launch_job(req).await?;
+        Ok((id, started.unwrap_or_default()))
+    }
+
+    /// Launches a job and supervises it; returns its id once the init said whether the
+    /// command started.
+    async fn launch_job(
+        self: &Arc<Self>,
+        req: CheckedStart,
+    ) -> Result<(JobId, Result<Attached, Failure>), WireError> {
         if self.shutdown.is_cancelled() {
             return Err(WireError::new(
                 ErrorKind::Unavailable,
@@ -173,7 +225,7 @@ impl Engine {
             WireError::exhausted("every job id of this executor's range is in use")
         })?;
         let id = self.new_id()?;
-        let (spawned, group, writer) = self.launch(&id, &req, uid).inspect_err(|_| {
+        let (mut spawned, group, writer) = self.launch(&id, &req, uid).inspect_err(|_| {
             lock(&self.ids).give_back(uid);
             let _ = self.store.remove(&id);
         })?;
@@ -187,12 +239,16 @@ impl Engine {
             uid: Some(uid),
         };
         let live = Live::running(&group);
-        let job = lock(&self.table).insert(info, writer.sender().subscribe(), live);
+        let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
+        let job = lock(&self.table).insert(info, writer.sender().subscribe(), live, Some(exec_tx));
         // The record ends with an fsync: it is written on a blocking thread while the init
-        // sets the job up, and the supervisor waits for it before writing the final one.
-        let recorded = self.record(job.running_status(None));
+        // sets the job up. The start is answered once it is on disk, so a job anyone was
+        // told about is never missing after a crash; the supervisor also waits for it
+        // before writing the final one.
+        let recorded = self.record_start(job.running_status(None));
         tracing::info!(job = %id, owner = %job.owner, argv0 = %job.argv[0], pid = spawned.pid, uid, "job started");
 
+        let stdin = spawned.stdin.take();
         let (started_tx, started_rx) = oneshot::channel();
         let launched = Launched {
             spawned,
@@ -202,15 +258,19 @@ impl Engine {
             permit,
             share,
             deadline: tokio::time::Instant::now() + req.timeout,
-            recorded,
+            recorded: recorded.clone(),
+            exec_rx,
         };
-        self.tasks.spawn(self.clone().supervise(job, launched));
-        match started_rx.await {
-            Ok(Ok(())) => Ok(id),
-            Ok(Err(why)) => Err(WireError::new(
-                ErrorKind::FailedToStart,
-                format!("job {id}: {why}"),
-            )),
+        self.tasks
+            .spawn(self.clone().supervise(job.clone(), launched));
+        let started = started_rx.await;
+        recorded.await;
+        match started {
+            Ok(Ok(())) => {
+                let terminal = lock(&job.attach).terminal.clone();
+                Ok((id, Ok(Attached { stdin, terminal })))
+            }
+            Ok(Err(why)) => Ok((id, Err(why))),
             Err(_) => Err(WireError::internal(
                 "the job's supervisor ended unexpectedly",
             )),
@@ -241,6 +301,15 @@ impl Engine {
             // The supervisor publishes `finished` only after setting the final status.
             let _ = rx.wait_for(|p: &Progress| p.finished).await;
         }
+        Ok(job.status(&self.cgroups))
+    }
+
+    /// Waits for a job to end and returns its final status.
+    pub async fn wait(&self, scope: &Scope, id: &JobId) -> Result<JobStatus, WireError> {
+        let job = self.find(scope, id)?;
+        let mut rx = job.progress.clone();
+        // The supervisor publishes `finished` only after setting the final status.
+        let _ = rx.wait_for(|p: &Progress| p.finished).await;
         Ok(job.status(&self.cgroups))
     }
 

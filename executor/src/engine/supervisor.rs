@@ -1,7 +1,7 @@
 //! The supervisor: one task per running job that runs it to its end.
 //!
-//! It drains the job's output pipe into the output file, watches the init's report pipe
-//! and its pidfd, carries out stop requests and the job's deadline (SIGTERM to the whole
+//! It drains the job's output pipes (or its terminal) into the output store, reads the
+//! init's reports and hands it exec requests (see [`super::job_io`]), watches its pidfd, carries out stop requests and the job's deadline (SIGTERM to the whole
 //! namespace through the init, SIGKILL to the init and the cgroup after the grace
 //! period) and, when everything has ended, publishes the final status, gives back the
 //! job's running slot and quota share, removes the cgroup, gives back the job's id and
@@ -12,29 +12,25 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use jobworker_protocol::Stream;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tokio::io::unix::AsyncFd;
-use tokio::net::unix::pipe;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
+use super::exec::ExecOrder;
 use super::final_status::{Ending, final_status, start_result};
 use super::job::Job;
+use super::job_io::{JobIo, StartedTx};
 use super::quota::Share;
 use super::{Engine, lock, now_ms, table};
 use crate::cgroup::JobGroup;
-use crate::ipc::report::{self, MAX_REPORT_BYTES, Report};
 use crate::output::OutputWriter;
 use crate::spawn::Spawned;
 use crate::sys::{self, Exit};
 
-/// Bytes moved from the output pipe at a time.
-const PIPE_READ: usize = 256 * 1024;
-/// Moves from the output pipe per wake-up, so one chatty job cannot hold a worker.
-const MOVES_PER_WAKE: usize = 16;
-
-/// The answer a waiting `start` gets: the command runs, or why it does not.
-pub(super) type StartedTx = oneshot::Sender<Result<(), String>>;
+/// A record being written, which more than one task may wait for.
+pub(super) type Recorded = Shared<BoxFuture<'static, ()>>;
 
 /// What the supervisor of a job that was just cloned takes over.
 pub(super) struct Launched {
@@ -49,7 +45,9 @@ pub(super) struct Launched {
     /// When the job is stopped for running out of time.
     pub deadline: tokio::time::Instant,
     /// The job's first record, being written.
-    pub recorded: JoinHandle<()>,
+    pub recorded: Recorded,
+    /// Exec requests for the job's init.
+    pub exec_rx: mpsc::Receiver<ExecOrder>,
 }
 
 impl Engine {
@@ -64,17 +62,16 @@ impl Engine {
             share,
             deadline,
             recorded,
+            exec_rx,
         } = launched;
         let mut started_tx = Some(started_tx);
+        let run = Run {
+            group: &group,
+            deadline,
+            exec_rx,
+        };
         let mut end = match self
-            .run_job(
-                &job,
-                spawned,
-                &group,
-                &mut writer,
-                &mut started_tx,
-                deadline,
-            )
+            .run_job(&job, spawned, run, &mut writer, &mut started_tx)
             .await
         {
             Ok(end) => end,
@@ -95,6 +92,7 @@ impl Engine {
             live.group = None;
             live.final_status = Some(status.clone());
         }
+        *lock(&job.attach) = Default::default();
         // The running slot is freed and followers and stoppers learn that the job ended
         // before its group is removed: whoever saw the end may start another job at once,
         // and the removal is not part of the time to a final status.
@@ -110,7 +108,7 @@ impl Engine {
         self: &Arc<Self>,
         job: &Job,
         group: Arc<JobGroup>,
-        recorded: JoinHandle<()>,
+        recorded: Recorded,
         status: jobworker_protocol::JobStatus,
     ) {
         // Removal runs on a blocking thread: the group empties asynchronously right after
@@ -138,7 +136,7 @@ impl Engine {
         }
         // The final record is written after followers learn of the end, so its fsync is
         // not part of the time to a final status; it always follows the first record.
-        let _ = recorded.await;
+        recorded.await;
         let _ = self.record(status.clone()).await;
         tracing::info!(job = %id, state = status.state.as_str(), exit_code = ?status.exit_code, signal = ?status.signal, oom = status.oom_killed, "job ended");
 
@@ -150,6 +148,15 @@ impl Engine {
                 tokio::task::spawn_blocking(move || table::remove_evicted(&engine.store, evicted))
                     .await;
         }
+    }
+
+    /// Writes a job's first record (see [`Engine::record`]), for the supervisor and for
+    /// the start that waits for it.
+    pub(super) fn record_start(
+        self: &Arc<Self>,
+        status: jobworker_protocol::JobStatus,
+    ) -> Recorded {
+        self.record(status).map(drop).boxed().shared()
     }
 
     /// Writes a job's record on a blocking thread, since it ends with an fsync.
@@ -172,13 +179,17 @@ impl Engine {
         &self,
         job: &Job,
         spawned: Spawned,
-        group: &JobGroup,
+        run: Run<'_>,
         writer: &mut OutputWriter,
         started_tx: &mut Option<StartedTx>,
-        deadline: tokio::time::Instant,
     ) -> io::Result<Ending> {
+        let Run {
+            group,
+            deadline,
+            mut exec_rx,
+        } = run;
         let pidfd = sys::async_pidfd(spawned.pidfd)?;
-        let mut pipes = JobPipes::new(spawned.stdout, spawned.stderr, spawned.report)?;
+        let mut io = JobIo::new(spawned.stdout, spawned.stderr, spawned.report)?;
         let mut init_exit: Option<Exit> = None;
         let mut timed_out = false;
         let mut term_sent = false;
@@ -186,19 +197,26 @@ impl Engine {
         tokio::pin!(grace);
         let mut kill_armed = false;
 
-        while pipes.any_open() || init_exit.is_none() {
+        while io.any_open() || init_exit.is_none() {
             tokio::select! {
-                r = pipes.outputs[0].rx.readable(), if pipes.outputs[0].open => {
+                r = io.outputs[0].rx.readable(), if io.outputs[0].open => {
                     r?;
-                    pipes.drain_output(0, job, writer)?;
+                    io.drain_output(0, job, writer)?;
                 }
-                r = pipes.outputs[1].rx.readable(), if pipes.outputs[1].open => {
+                r = io.outputs[1].rx.readable(), if io.outputs[1].open => {
                     r?;
-                    pipes.drain_output(1, job, writer)?;
+                    io.drain_output(1, job, writer)?;
                 }
-                r = pipes.report.readable(), if pipes.report_open => {
+                r = readable(io.terminal.as_ref()), if io.terminal.is_some() => {
                     r?;
-                    pipes.read_report(started_tx)?;
+                    io.drain_terminal(writer)?;
+                }
+                r = io.report.readable(), if io.report_open => {
+                    drop(r?);
+                    io.read_reports(job, started_tx)?;
+                }
+                Some(order) = exec_rx.recv(), if io.report_open && init_exit.is_none() => {
+                    io.send_exec(order);
                 }
                 r = pidfd.readable(), if init_exit.is_none() => {
                     let mut guard = r?;
@@ -233,11 +251,27 @@ impl Engine {
             }
         }
         Ok(Ending {
-            reports: report::decode(&pipes.report_bytes),
+            reports: io.reports,
             init_exit,
             stop_requested: false,
             timed_out,
         })
+    }
+}
+
+/// What the event loop of a job watches besides the job's own descriptors.
+struct Run<'a> {
+    group: &'a JobGroup,
+    deadline: tokio::time::Instant,
+    exec_rx: mpsc::Receiver<ExecOrder>,
+}
+
+/// Waits for the terminal to be readable (never, without one; the branch is disabled
+/// then).
+async fn readable(t: Option<&AsyncFd<OwnedFd>>) -> io::Result<()> {
+    match t {
+        Some(t) => t.readable().await.map(drop),
+        None => std::future::pending().await,
     }
 }
 
@@ -248,115 +282,5 @@ fn terminate(job: &Job, pidfd: &AsyncFd<OwnedFd>, signal: libc::c_int) {
         && e.raw_os_error() != Some(libc::ESRCH)
     {
         tracing::error!(job = %job.id, "signal {signal} to the job init: {e}");
-    }
-}
-
-/// One output pipe of the job and the stream it is.
-struct Output {
-    stream: Stream,
-    rx: pipe::Receiver,
-    open: bool,
-    /// Moves bytes by `splice`, until a file system refuses it.
-    splice: bool,
-}
-
-/// The pipes a job's supervisor reads: the job's stdout and stderr, and the init's
-/// reports.
-struct JobPipes {
-    outputs: [Output; 2],
-    report: pipe::Receiver,
-    report_open: bool,
-    /// What the init reported so far, at most [`MAX_REPORT_BYTES`].
-    report_bytes: Vec<u8>,
-    /// Output past the cap (or from a file system that cannot splice) is read into this
-    /// buffer, allocated on first use.
-    discard: Option<Vec<u8>>,
-}
-
-impl JobPipes {
-    fn new(stdout: OwnedFd, stderr: OwnedFd, report: OwnedFd) -> io::Result<Self> {
-        let output = |stream, fd| -> io::Result<Output> {
-            Ok(Output {
-                stream,
-                rx: pipe::Receiver::from_owned_fd(fd)?,
-                open: true,
-                splice: true,
-            })
-        };
-        Ok(JobPipes {
-            outputs: [
-                output(Stream::Stdout, stdout)?,
-                output(Stream::Stderr, stderr)?,
-            ],
-            report: pipe::Receiver::from_owned_fd(report)?,
-            report_open: true,
-            report_bytes: Vec::new(),
-            discard: None,
-        })
-    }
-
-    fn any_open(&self) -> bool {
-        self.report_open || self.outputs.iter().any(|o| o.open)
-    }
-
-    /// Drains what is in output pipe `i`, a bounded number of moves per wake-up: into its
-    /// stream's file by `splice` while the cap leaves room, then read and dropped so the
-    /// job never blocks on a full pipe.
-    fn drain_output(&mut self, i: usize, job: &Job, writer: &mut OutputWriter) -> io::Result<()> {
-        let out = &mut self.outputs[i];
-        for _ in 0..MOVES_PER_WAKE {
-            let moved = if out.splice && writer.room(out.stream) > 0 {
-                out.rx
-                    .try_io(|| writer.splice_from(out.stream, out.rx.as_fd(), PIPE_READ))
-            } else {
-                let buf = self.discard.get_or_insert_with(|| vec![0u8; PIPE_READ]);
-                out.rx
-                    .try_read(buf)
-                    .and_then(|n| writer.append(out.stream, &buf[..n]).map(|()| n))
-            };
-            match moved {
-                Ok(0) => {
-                    out.open = false;
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A file system that cannot splice: copy instead.
-                Err(e) if out.splice && e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::warn!(job = %job.id, "splice refused, copying the output: {e}");
-                    out.splice = false;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads what the init reported; the first report answers a waiting `start`.
-    fn read_report(&mut self, started_tx: &mut Option<StartedTx>) -> io::Result<()> {
-        let mut chunk = [0u8; 1024];
-        match self.report.try_read(&mut chunk) {
-            Ok(0) => self.report_open = false,
-            Ok(n) => {
-                let room = MAX_REPORT_BYTES.saturating_sub(self.report_bytes.len());
-                self.report_bytes.extend_from_slice(&chunk[..n.min(room)]);
-                if let Some(tx) = started_tx.take() {
-                    match report::decode(&self.report_bytes).first() {
-                        Some(Report::Started) => {
-                            let _ = tx.send(Ok(()));
-                        }
-                        Some(Report::Failed(why)) => {
-                            let _ = tx.send(Err(why.clone()));
-                        }
-                        _ => *started_tx = Some(tx),
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-        Ok(())
     }
 }

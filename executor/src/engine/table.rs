@@ -10,8 +10,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use jobworker_protocol::{JobId, JobState, JobStatus, Scope, WireError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use super::exec::ExecOrder;
 use super::job::{Job, JobInfo, Live};
 use super::{lock, now_ms};
 use crate::output::{self, Progress};
@@ -33,11 +34,12 @@ impl Table {
         info: JobInfo,
         progress: watch::Receiver<Progress>,
         live: Live,
+        exec_tx: Option<mpsc::Sender<ExecOrder>>,
     ) -> Arc<Job> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let ended = live.final_status.is_some();
-        let job = Arc::new(Job::new(info, seq, progress, live));
+        let job = Arc::new(Job::new(info, seq, progress, live, exec_tx));
         self.order.insert(seq, job.id);
         self.jobs.insert(job.id, job.clone());
         if ended {
@@ -147,7 +149,7 @@ pub(super) fn recover(
             final_status: Some(status.clone()),
             group: None,
         };
-        table.insert(JobInfo::of(&status), tx.subscribe(), live);
+        table.insert(JobInfo::of(&status), tx.subscribe(), live, None);
     }
     Ok(())
 }

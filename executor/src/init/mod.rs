@@ -29,12 +29,17 @@
 //! the executor dies, the pipe hangs up and the init kills the job, so no job outlives
 //! its executor.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
+use jobworker_protocol::StartFailure;
+
+use crate::ipc::exec;
 use crate::ipc::fds::{FD_LIFELINE, FD_REPORT, FD_SPEC};
-use crate::ipc::report::{self, Report};
+use crate::ipc::report::{Failure, Report};
 use crate::ipc::spec::{InitSpec, MAX_SPEC_LEN};
 use crate::seccomp;
 
@@ -42,7 +47,7 @@ mod command;
 mod view;
 
 use crate::sys::{self, Exit};
-use command::start_command;
+use command::{Command, Stdio};
 
 /// Argument that selects the init template (argv[1]); argv[0] is [`INIT_ARGV0`]. Job
 /// inits are clones of the template, so `ps` shows them with the same command line.
@@ -74,21 +79,32 @@ pub fn main() -> ! {
     if sys::close_fds_from(FD_LIFELINE + 1).is_err() {
         sys::exit_now(125)
     }
-    let mut report = match sys::take_inherited_fd(FD_REPORT) {
-        Ok(fd) => File::from(fd),
+    let report = match sys::take_inherited_fd(FD_REPORT) {
+        Ok(fd) => fd,
         Err(_) => sys::exit_now(125),
     };
-    let code = match run(&mut report) {
+    let code = match run(&report) {
         Ok(code) => code,
         Err(Step { what, err }) => {
-            let _ = report::write(&mut report, &Report::Failed(format!("{what}: {err}")));
+            let failure = Failure {
+                kind: StartFailure::Other,
+                message: format!("{what}: {err}"),
+            };
+            send(&report, &Report::Failed(failure), None);
             127
         }
     };
     sys::exit_now(code)
 }
 
-fn run(report: &mut File) -> Result<i32, Step> {
+/// Sends one report, with `fd` attached. A report the executor cannot take (it is gone)
+/// changes nothing here: the lifeline says when it is gone.
+fn send(report: &OwnedFd, r: &Report, fd: Option<BorrowedFd<'_>>) {
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    let _ = sys::send_with_fds(report.as_fd(), &r.encode(), &fds);
+}
+
+fn run(report: &OwnedFd) -> Result<i32, Step> {
     sys::setsid().step(|| "job init: new session".into())?;
     let lifeline = sys::take_inherited_fd(FD_LIFELINE).step(|| "job init: lifeline".into())?;
     let spec = read_spec().step(|| "job init: reading the job spec".into())?;
@@ -110,11 +126,23 @@ fn run(report: &mut File) -> Result<i32, Step> {
     // memory map, which is its init template's. The command's execve makes the command
     // itself dumpable again.
     sys::set_non_dumpable().step(|| "job init: non-dumpable".into())?;
-    let child = match start_command(&spec)? {
+    let stdio = match spec.tty {
+        // The terminal comes from the job's own devpts, opened as the job's user, so its
+        // terminal is the job's; the executor gets the master.
+        Some(size) => Stdio::Terminal(open_terminal(report, size, &Report::Terminal)?),
+        None => Stdio::Inherit,
+    };
+    let command = Command {
+        argv: &spec.argv,
+        env: &spec.env,
+        cwd: &spec.cwd,
+        stdio,
+    };
+    let child = match command::launch(command)? {
         Ok(child) => child,
         Err((child, failure)) => {
             // The command never ran: report why and wait for the child to be gone.
-            let _ = report::write(report, &Report::Failed(failure));
+            send(report, &Report::Failed(failure), None);
             loop {
                 if let Ok(Some((pid, _))) = sys::reap_any() {
                     if pid == child {
@@ -126,12 +154,31 @@ fn run(report: &mut File) -> Result<i32, Step> {
             }
         }
     };
-    let _ = report::write(report, &Report::Started);
-
-    // The init keeps no handle on the job's output.
-    let _ = sys::redirect_to_devnull(&[1, 2]);
-
+    send(report, &Report::Started, None);
+    // The init keeps no handle on the job's stdio.
+    let _ = sys::redirect_to_devnull(&[0, 1, 2]);
     supervise(child, &signals, &lifeline, report)
+}
+
+/// Opens a terminal from the job's devpts and sizes it; sends its master to the
+/// executor with `report` (once the terminal is open, so the master never sees a
+/// terminal that nobody has opened yet) and returns the terminal.
+fn open_terminal(
+    sock: &OwnedFd,
+    (rows, cols): (u16, u16),
+    report: &Report,
+) -> Result<OwnedFd, Step> {
+    let (master, n) = sys::open_pty("/dev/ptmx").step(|| "opening a terminal".into())?;
+    sys::set_window_size(master.as_fd(), rows, cols).step(|| "sizing the terminal".into())?;
+    let path = format!("/dev/pts/{n}");
+    let tty = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&path)
+        .step(|| format!("opening {path}"))?;
+    send(sock, report, Some(master.as_fd()));
+    Ok(tty.into())
 }
 
 fn read_spec() -> io::Result<InitSpec> {
@@ -190,21 +237,30 @@ fn drop_privileges(spec: &InitSpec) -> Result<(), Step> {
     Ok(())
 }
 
-/// The init's main loop: reap, forward signals, report the command's exit.
+/// Most execs alive in one job at once; the executor has a lower cap of its own.
+const MAX_EXECS: usize = 64;
+
+/// The init's main loop: reap, forward signals, start the execs the executor asks for,
+/// report every exit.
 fn supervise(
     child: sys::pid_t,
     signals: &OwnedFd,
     lifeline: &OwnedFd,
-    report: &mut File,
+    report: &OwnedFd,
 ) -> Result<i32, Step> {
+    // Live execs by pid, and their numbers.
+    let mut execs: HashMap<sys::pid_t, u32> = HashMap::new();
     loop {
-        let [sig_ready, lifeline_ready] =
-            sys::poll_readable([signals.as_fd(), lifeline.as_fd()], None)
+        let [sig_ready, lifeline_ready, asked] =
+            sys::poll_readable([signals.as_fd(), lifeline.as_fd(), report.as_fd()], None)
                 .step(|| "job init: poll".into())?;
         if lifeline_ready {
             // The executor is gone: the job goes with it.
             let _ = sys::kill(-1, libc::SIGKILL);
             return Ok(128 + libc::SIGKILL);
+        }
+        if asked {
+            exec_asked(report, &mut execs);
         }
         if !sig_ready {
             continue;
@@ -213,11 +269,14 @@ fn supervise(
             libc::SIGCHLD => {
                 while let Some((pid, exit)) = sys::reap_any().step(|| "job init: wait".into())? {
                     if pid == child {
-                        let _ = report::write(report, &Report::Exited(exit));
+                        send(report, &Report::Exited(exit), None);
                         return Ok(match exit {
                             Exit::Code(c) => c,
                             Exit::Signal(s) => 128 + s,
                         });
+                    }
+                    if let Some(exec) = execs.remove(&pid) {
+                        send(report, &Report::ExecExited { exec, exit }, None);
                     }
                 }
             }
@@ -227,4 +286,109 @@ fn supervise(
             }
         }
     }
+}
+
+/// Takes one message from the report socket: an exec request, started if it is well
+/// formed. A message of the wrong shape is dropped (its descriptors closed).
+fn exec_asked(report: &OwnedFd, execs: &mut HashMap<sys::pid_t, u32>) {
+    let mut buf = [0u8; exec::REQUEST_LEN + 1];
+    let Ok((n, mut fds)) = sys::recv_with_fds(report.as_fd(), &mut buf) else {
+        return;
+    };
+    if n == 0 {
+        // The executor closed its end: it is going, and the lifeline will say so.
+        return;
+    }
+    let Ok(req) = exec::ExecRequest::decode(&buf[..n], fds.len()) else {
+        return;
+    };
+    let spec_fd = fds.remove(0);
+    let failed = |message: String| Report::ExecFailed {
+        exec: req.exec,
+        failure: Failure {
+            kind: StartFailure::Other,
+            message,
+        },
+    };
+    if execs.len() >= MAX_EXECS {
+        send(
+            report,
+            &failed(format!("the job already runs {MAX_EXECS} execs")),
+            None,
+        );
+        return;
+    }
+    let spec = match read_exec_spec(spec_fd) {
+        Ok(s) => s,
+        Err(e) => {
+            send(report, &failed(format!("reading the exec spec: {e}")), None);
+            return;
+        }
+    };
+    match start_exec(report, req, &spec, fds) {
+        Ok(Ok(pid)) => {
+            execs.insert(pid, req.exec);
+        }
+        // The child exits at once; it is reaped with the others, and reported as failed
+        // only, never as an exec that ended.
+        Ok(Err(failure)) => send(
+            report,
+            &Report::ExecFailed {
+                exec: req.exec,
+                failure,
+            },
+            None,
+        ),
+        Err(Step { what, err }) => send(report, &failed(format!("{what}: {err}")), None),
+    }
+}
+
+fn read_exec_spec(fd: OwnedFd) -> io::Result<exec::ExecSpec> {
+    let mut bytes = Vec::new();
+    File::from(fd)
+        .take(exec::MAX_EXEC_SPEC_LEN as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    exec::ExecSpec::decode(&bytes)
+}
+
+/// Starts one exec; reports `ExecStarted` (with its terminal's master) once it runs.
+fn start_exec(
+    report: &OwnedFd,
+    req: exec::ExecRequest,
+    spec: &exec::ExecSpec,
+    fds: Vec<OwnedFd>,
+) -> Result<Result<sys::pid_t, Failure>, Step> {
+    let stdio = match (req.tty, spec.tty) {
+        (true, Some(size)) => Stdio::Terminal(open_terminal(
+            report,
+            size,
+            &Report::ExecTerminal { exec: req.exec },
+        )?),
+        (false, _) => {
+            let [a, b, c]: [OwnedFd; 3] = fds
+                .try_into()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+                .step(|| "the exec's stdio".into())?;
+            Stdio::Fds([a, b, c])
+        }
+        (true, None) => {
+            return Err(Step {
+                what: "an exec with a terminal of no size".into(),
+                err: io::Error::from(io::ErrorKind::InvalidInput),
+            });
+        }
+    };
+    let command = Command {
+        argv: &spec.argv,
+        env: &spec.env,
+        cwd: &spec.cwd,
+        stdio,
+    };
+    Ok(match command::launch(command)? {
+        Ok(pid) => {
+            send(report, &Report::ExecStarted { exec: req.exec }, None);
+            Ok(pid)
+        }
+        Err((_, failure)) => Err(failure),
+    })
 }

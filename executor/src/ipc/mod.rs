@@ -9,7 +9,8 @@
 //! | control messages | executor ⇄ init template | `SOCK_SEQPACKET` pair | [`control`] |
 //! | the init's descriptors | executor → template → init | `SCM_RIGHTS` with a clone request | [`fds`] |
 //! | init spec | executor → job init | a pipe, written once | [`spec`] |
-//! | report | job init → executor | a pipe, one `write` per message | [`report`] |
+//! | report | job init → executor | a `SOCK_SEQPACKET` pair, one message per report, with a terminal's master attached | [`report`] |
+//! | exec request | executor → job init | the same socket, with the exec's spec pipe and stdio attached | [`exec`] |
 //! | exec status | command child → job init | a close-on-exec pipe | [`exec_status`] |
 //!
 //! Trust: the template trusts only the executor (the sole holder of the other end of its
@@ -18,6 +19,7 @@
 //! daemon); the init trusts its spec, which only the executor writes.
 
 pub mod control;
+pub mod exec;
 pub mod exec_status;
 pub mod fds;
 pub mod report;

@@ -36,6 +36,9 @@ pub struct InitSpec {
     pub mount_cgroup2: bool,
     /// Working directory of the command.
     pub cwd: String,
+    /// The command gets a terminal of this size `(rows, cols)` from the job's devpts.
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
     /// The open-file limit `(soft, hard)` the executor started with, which the job gets
     /// instead of the executor's raised one.
     #[serde(default)]
@@ -88,6 +91,7 @@ mod tests {
             unshare_cgroupns: true,
             mount_cgroup2: false,
             cwd: "/tmp".into(),
+            tty: Some((24, 80)),
             nofile: Some((1024, 4096)),
         }
     }

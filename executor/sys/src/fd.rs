@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::{check, check_long};
 
@@ -115,4 +115,51 @@ pub fn poll_readable<const N: usize>(
         }
     }
     Ok(p.map(|p| p.revents != 0))
+}
+
+/// Sets `O_NONBLOCK` on the open file behind `fd` (shared by every duplicate of it).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL only reads the file status flags of `fd`.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: F_SETFL sets the status flags of an open fd; touches no memory.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+}
+
+/// `read(2)` into `buf`, once.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, alive and writable
+    // for the call.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `write(2)` of `buf`, once; returns how much was written.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`, alive for the call.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Makes `fd` non-blocking and registers it with the async runtime, for reading and
+/// writing (a terminal's master, a socket).
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    use tokio::io::Interest;
+    set_nonblocking(fd.as_fd())?;
+    // SAFETY: an OwnedFd is open for its whole life and always returns the same raw fd,
+    // and the AsyncFd takes ownership of it, which is what `register` requires.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            fd,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+    .map_err(|e| e.into_parts().1)
 }

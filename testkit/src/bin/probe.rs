@@ -5,6 +5,9 @@
 //! - `pattern BYTES [GATE]`: writes BYTES bytes of the repeating pattern 0,1,...,255 to
 //!   stdout. With GATE (a FIFO), it first waits for a line on it, writes the first half,
 //!   waits for a second line, then writes the rest.
+//! - `streams BYTES [GATE]`: writes BYTES bytes of `noise(1)` to stdout and of
+//!   `noise(2)` to stderr, in alternating chunks of varying sizes; with GATE, it waits
+//!   for a line on it before starting and again halfway.
 //! - `inspect`: prints, as JSON, what the job sees of its isolation (namespaces, network,
 //!   host name, credentials, capabilities, seccomp, mounts, cgroup files).
 //! - `spin MILLIS [GATE]`: burns CPU for MILLIS of wall time, prints `spun`, then waits
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let rest = args.get(1..).unwrap_or(&[]);
     let r = match args.first().map(String::as_str) {
         Some("pattern") => pattern(rest),
+        Some("streams") => streams(rest),
         Some("inspect") => inspect(),
         Some("spin") => spin(rest),
         Some("hog") => hog(rest),
@@ -103,6 +107,39 @@ fn pattern(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+fn streams(args: &[String]) -> Result<(), String> {
+    let total: usize = arg(args, 0, "streams: BYTES")?;
+    let mut gate = open_gate(args.get(1))?;
+    let data = [
+        jobworker_testkit::noise(1, total),
+        jobworker_testkit::noise(2, total),
+    ];
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let mut done = [0usize; 2];
+    let mut size = 7usize;
+    wait_gate(&mut gate)?;
+    let mut gated = false;
+    while done[0] < total || done[1] < total {
+        for (i, d) in data.iter().enumerate() {
+            // Chunks from 1 byte to 32 KiB, different each time.
+            size = (size * 1103 + 12345) % (32 * 1024) + 1;
+            let n = size.min(total - done[i]);
+            let chunk = &d[done[i]..done[i] + n];
+            let w: &mut dyn Write = if i == 0 { &mut out } else { &mut err };
+            w.write_all(chunk)
+                .and_then(|()| w.flush())
+                .map_err(|e| e.to_string())?;
+            done[i] += n;
+        }
+        if !gated && done[0] >= total / 2 && done[1] >= total / 2 {
+            gated = true;
+            wait_gate(&mut gate)?;
+        }
+    }
+    Ok(())
+}
+
 fn status_field(status: &str, key: &str) -> String {
     status
         .lines()
@@ -127,6 +164,16 @@ fn inspect() -> Result<(), String> {
     let mut facts: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
     facts.insert("pid", std::process::id().into());
+    let ns: BTreeMap<String, serde_json::Value> = ["cgroup", "ipc", "mnt", "net", "pid", "uts"]
+        .iter()
+        .map(|n| {
+            let link = std::fs::read_link(format!("/proc/self/ns/{n}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            (n.to_string(), link.into())
+        })
+        .collect();
+    facts.insert("namespaces", serde_json::to_value(ns).unwrap_or_default());
     // Session id (field 6 of stat; fields after the command name start at ") ").
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let session: i64 = stat
