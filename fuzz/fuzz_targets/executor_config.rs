@@ -2,8 +2,10 @@
 //! against a fixed account database: exactly what `Config::load` does after reading
 //! the file.
 //!
-//! Oracles: no panic; an accepted configuration never runs jobs as root, has every cap
-//! above zero, absolute paths and a memory ceiling of at least 4 MiB.
+//! Oracles: no panic; an accepted configuration never runs jobs as root or as an account
+//! of the database, has every cap above zero, absolute paths, a memory ceiling of at
+//! least 4 MiB, a default tmp size and deadline within their ceilings, and an id for
+//! every job that may run at once.
 #![no_main]
 
 use std::path::Path;
@@ -34,12 +36,16 @@ fuzz_target!(|data: &[u8]| {
     };
     match Config::from_text(Path::new("/etc/jobworker/executor.toml"), text, flags, db()) {
         Ok(c) => {
-            assert_ne!(c.job_uid, 0);
-            assert_ne!(c.job_gid, 0);
+            assert!(c.job_ids.first > 0 && c.job_ids.first <= c.job_ids.last);
+            for account in [0, 990, 991, 65534] {
+                assert!(!(c.job_ids.first..=c.job_ids.last).contains(&account));
+            }
+            assert!(c.job_ids.count() >= c.max_running_jobs as u64);
             assert!(c.socket.is_absolute() && c.state_dir.is_absolute());
             assert!(c.max_running_jobs > 0 && c.max_connections > 0);
             assert!(c.max_output_bytes > 0 && c.max_finished_jobs > 0);
-            assert!(c.tmp_size_bytes > 0);
+            assert!(c.defaults.tmp_bytes > 0 && c.defaults.tmp_bytes <= c.ceilings.tmp_bytes);
+            assert!(c.defaults.timeout <= c.ceilings.timeout);
             assert!(c.ceilings.cpu_millis > 0 && c.ceilings.pids > 0);
             assert!(c.ceilings.memory_bytes >= 4 << 20);
             assert_ne!(c.ceilings.io_bps, Some(0));
