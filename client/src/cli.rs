@@ -19,13 +19,17 @@ Examples:
   jobctl stop \"$id\"
   jobctl list --output json
 
-Connection (each: flag, then environment variable, then the configuration file
-$XDG_CONFIG_HOME/jobworker/client.toml or ~/.config/jobworker/client.toml, then the
-default):
-  --server  JOBWORKER_SERVER  server = \"https://host:50051\"  default https://localhost:50051
-  --ca      JOBWORKER_CA      ca = \"ca.pem\"                  default <config dir>/ca.pem
-  --cert    JOBWORKER_CERT    cert = \"alice.pem\"             default <config dir>/client.pem
-  --key     JOBWORKER_KEY     key = \"alice.key\"              default <config dir>/client.key
+Connection: the context (a named server, CA, certificate and key in the configuration
+file $XDG_CONFIG_HOME/jobworker/client.toml or ~/.config/jobworker/client.toml) is the
+first of --context NAME, JOBWORKER_CONTEXT, `current_context` in the file, `default`
+(the file's top-level keys); see `jobctl context --help`. Each setting is then the first
+of: its flag, its environment variable, the context's key, the top-level key, the default.
+Flags, variables, keys in client.toml and defaults:
+  --context  JOBWORKER_CONTEXT  current_context = \"prod\"       default: none (`default`)
+  --server   JOBWORKER_SERVER   server = \"https://host:50051\"  default https://localhost:50051
+  --ca       JOBWORKER_CA       ca = \"ca.pem\"                  default <config dir>/ca.pem
+  --cert     JOBWORKER_CERT     cert = \"alice.pem\"             default <config dir>/client.pem
+  --key      JOBWORKER_KEY      key = \"alice.key\"              default <config dir>/client.key
 Relative paths in the file are relative to the file's directory.
 
 Exit status: 0 success; 1 other error; 2 bad usage or client configuration; 3 server
@@ -166,6 +170,11 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Connection")]
 pub struct ConnectionArgs {
+    /// The context: a named server, CA, certificate and key in client.toml (see `jobctl
+    /// context --help`) [env: JOBWORKER_CONTEXT] [default: the file's current_context]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
     /// The API server, https://HOST:PORT (the port defaults to 50051) [env:
     /// JOBWORKER_SERVER] [default: https://localhost:50051]
     #[arg(long, global = true, value_name = "URL", value_parser = parse_server)]
@@ -198,6 +207,7 @@ impl ConnectionArgs {
             ca: self.ca.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            context: self.context.clone(),
         }
     }
 }

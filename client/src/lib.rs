@@ -5,7 +5,8 @@
 //!
 //! - [`cli`]: the command line (clap derive), help texts and examples;
 //! - [`parse`]: value parsers for sizes, CPU shares, counts, environment variables;
-//! - [`settings`]: connection settings, flag > environment > config file > default;
+//! - [`settings`]: connection settings, flag > environment > the chosen context >
+//!   the config file's top level > default;
 //! - [`tls`]: the client's TLS policy (TLS 1.3 only, chosen suites and groups) and the
 //!   loading of the CA, certificate and key;
 //! - [`connect`]: the gRPC channel over jobctl's own TLS connector;
