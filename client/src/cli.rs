@@ -19,13 +19,17 @@ Examples:
   jobctl stop \"$id\"
   jobctl list --output json
 
-Connection (each: flag, then environment variable, then the configuration file
-$XDG_CONFIG_HOME/jobworker/client.toml or ~/.config/jobworker/client.toml, then the
-default):
-  --server  JOBWORKER_SERVER  server = \"https://host:50051\"  default https://localhost:50051
-  --ca      JOBWORKER_CA      ca = \"ca.pem\"                  default <config dir>/ca.pem
-  --cert    JOBWORKER_CERT    cert = \"alice.pem\"             default <config dir>/client.pem
-  --key     JOBWORKER_KEY     key = \"alice.key\"              default <config dir>/client.key
+Connection: the context (a named server, CA, certificate and key in the configuration
+file $XDG_CONFIG_HOME/jobworker/client.toml or ~/.config/jobworker/client.toml) is the
+first of --context NAME, JOBWORKER_CONTEXT, `current_context` in the file, `default`
+(the file's top-level keys); see `jobctl context --help`. Each setting is then the first
+of: its flag, its environment variable, the context's key, the top-level key, the default.
+Flags, variables, keys in client.toml and defaults:
+  --context  JOBWORKER_CONTEXT  current_context = \"prod\"       default: none (`default`)
+  --server   JOBWORKER_SERVER   server = \"https://host:50051\"  default https://localhost:50051
+  --ca       JOBWORKER_CA       ca = \"ca.pem\"                  default <config dir>/ca.pem
+  --cert     JOBWORKER_CERT     cert = \"alice.pem\"             default <config dir>/client.pem
+  --key      JOBWORKER_KEY      key = \"alice.key\"              default <config dir>/client.key
 Relative paths in the file are relative to the file's directory.
 
 Exit status: 0 success; 1 other error; 2 bad usage or client configuration; 3 server
@@ -178,6 +182,41 @@ pids limits of their running jobs are capped too (the server's configuration). A
 past a quota is refused (exit 7) with a line naming the quota and the use. A job gives
 its share back when it ends.";
 
+const CONTEXT_EXAMPLES: &str = "\
+A context is a named server, with the CA, certificate and key for it: a [contexts.NAME]
+table in the configuration file ($XDG_CONFIG_HOME/jobworker/client.toml, or
+~/.config/jobworker/client.toml). `default` is no context: the file's top-level keys.
+The context in use is the first of: --context NAME, $JOBWORKER_CONTEXT, `current_context`
+in the file, `default`. Each setting is then the first of: its flag (--server, --ca,
+--cert, --key), its environment variable (JOBWORKER_SERVER, ...), the context's key, the
+file's top-level key, the default. These commands need no server.
+
+client.toml:
+  current_context = \"prod\"
+
+  [contexts.prod]
+  server = \"https://jobs.example.com:50051\"
+  ca = \"prod/ca.pem\"        # relative paths are relative to the file's directory
+  cert = \"prod/alice.pem\"
+  key = \"prod/alice.key\"
+
+  [contexts.dev]
+  server = \"https://localhost:50051\"
+  ca = \"/home/alice/jobworker/dev-pki/ca.pem\"
+  cert = \"/home/alice/jobworker/dev-pki/alice.pem\"
+  key = \"/home/alice/jobworker/dev-pki/alice.key\"
+
+Examples:
+  jobctl context list
+  jobctl context use dev
+  jobctl --context prod list
+  JOBWORKER_CONTEXT=dev jobctl run -- uname -a
+  jobctl context show
+  jobctl context show prod --output json
+  jobctl context use default      # back to the top-level keys
+
+A context that does not exist is an error (exit 2) that lists those that do.";
+
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
   jobctl completions bash > /etc/bash_completion.d/jobctl
@@ -203,6 +242,11 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Connection")]
 pub struct ConnectionArgs {
+    /// The context: a named server, CA, certificate and key in client.toml (see `jobctl
+    /// context --help`) [env: JOBWORKER_CONTEXT] [default: the file's current_context]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
     /// The API server, https://HOST:PORT (the port defaults to 50051) [env:
     /// JOBWORKER_SERVER] [default: https://localhost:50051]
     #[arg(long, global = true, value_name = "URL", value_parser = parse_server)]
@@ -235,6 +279,7 @@ impl ConnectionArgs {
             ca: self.ca.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            context: self.context.clone(),
         }
     }
 }
@@ -276,6 +321,10 @@ pub enum Command {
     /// Show your quotas and what your running jobs hold of them
     #[command(after_long_help = QUOTA_EXAMPLES)]
     Quota(QuotaArgs),
+
+    /// List, choose and show contexts (named servers in client.toml)
+    #[command(after_long_help = CONTEXT_EXAMPLES)]
+    Context(ContextArgs),
 
     /// Print shell completions
     #[command(after_long_help = COMPLETIONS_EXAMPLES)]
@@ -476,6 +525,67 @@ pub struct LogsArgs {
     /// The job's id
     #[arg(value_name = "ID")]
     pub id: String,
+}
+
+const CONTEXT_LIST_HELP: &str = "\
+Lists `default` (the top-level keys), then the file's contexts by name, with the server
+each gives by itself (no flags or environment variables). With --output json:
+  {\"current\": \"prod\", \"contexts\": [{\"name\": \"default\", \"current\": false,
+   \"server\": \"https://localhost:50051\", \"ca\": PATH, \"cert\": PATH, \"key\": PATH}, ...]}
+(a path is null when it has no default: no configuration directory).";
+
+const CONTEXT_USE_HELP: &str = "\
+Sets `current_context` in the configuration file, keeping the rest of the file as it is
+(comments included), and replaces the file in one step (a new file renamed over it).
+`jobctl context use default` sets it to `default`: the top-level keys apply again.
+--context and $JOBWORKER_CONTEXT still win over the file; a note says so when one is set.";
+
+const CONTEXT_SHOW_HELP: &str = "\
+Each setting with its source: `flag --server`, `environment JOBWORKER_SERVER`, `context
+NAME`, `file` (a top-level key) or `default`. With NAME, as if --context NAME were given.
+With --output json:
+  {\"file\": PATH or null,
+   \"context\": {\"value\": \"prod\", \"source\": \"file\", \"from\": \"current_context\"},
+   \"server\": {\"value\": \"https://jobs.example.com:50051\", \"source\": \"context\", \"from\": \"prod\"},
+   \"ca\": {...}, \"cert\": {...}, \"key\": {...}}
+where source is flag, environment, context, file or default, and from names the flag,
+the variable, the context or the file's key (null for a default).";
+
+#[derive(Debug, Clone, Args)]
+pub struct ContextArgs {
+    #[command(subcommand)]
+    pub command: ContextCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ContextCommand {
+    /// List the contexts; `*` marks the one in use
+    #[command(after_long_help = CONTEXT_LIST_HELP)]
+    List {
+        /// Output format: human or json
+        #[arg(short, long, value_enum, default_value_t = Output::Human, hide_possible_values = true)]
+        output: Output,
+    },
+
+    /// Make NAME the current context (rewrites `current_context` in client.toml)
+    #[command(after_long_help = CONTEXT_USE_HELP)]
+    Use {
+        /// The context's name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Show the settings a command would use, and where each comes from
+    #[command(after_long_help = CONTEXT_SHOW_HELP)]
+    Show {
+        /// Output format: human or json
+        #[arg(short, long, value_enum, default_value_t = Output::Human, hide_possible_values = true)]
+        output: Output,
+
+        /// The context to show [default: the one in use]
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub async fn execute(command: Command, settings: Settings) -> Result<u8, CliErro
         Command::Quota(args) => quota(&client, &args).await,
         // Handled before connecting; see `crate::main_with_args`.
         Command::Completions { .. } => Ok(exit::OK),
+        // Handled without a server; see `crate::context`.
+        Command::Context(_) => Ok(exit::OK),
     }
 }
 

@@ -5,7 +5,9 @@
 //!
 //! - [`cli`]: the command line (clap derive), help texts and examples;
 //! - [`parse`]: value parsers for sizes, CPU shares, counts, environment variables;
-//! - [`settings`]: connection settings, flag > environment > config file > default;
+//! - [`settings`]: connection settings, flag > environment > the chosen context >
+//!   the config file's top level > default;
+//! - [`context`]: `jobctl context list|use|show`, which need no server;
 //! - [`tls`]: the client's TLS policy (TLS 1.3 only, chosen suites and groups) and the
 //!   loading of the CA, certificate and key;
 //! - [`connect`]: the gRPC channel over jobctl's own TLS connector;
@@ -20,6 +22,7 @@ pub mod attach;
 pub mod cli;
 pub mod commands;
 pub mod connect;
+pub mod context;
 pub mod devpki;
 pub mod error;
 pub mod parse;
@@ -75,6 +78,9 @@ fn run(cli: Cli) -> Result<u8, CliError> {
         clap_complete::generate(shell, &mut Cli::command(), "jobctl", &mut script);
         commands::print(&String::from_utf8_lossy(&script))?;
         return Ok(exit::OK);
+    }
+    if let Command::Context(args) = &cli.command {
+        return context::run(args, &cli.connection.flags());
     }
     let settings = commands::settings(&cli.connection.flags())?;
     let runtime = tokio::runtime::Builder::new_current_thread()

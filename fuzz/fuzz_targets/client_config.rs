@@ -2,7 +2,8 @@
 //! environment: exactly what `settings::load` does after reading the file.
 //!
 //! Oracles: no panic; an accepted file gives a server with a usable name and port and
-//! absolute certificate paths.
+//! absolute certificate paths; and `jobctl context use`'s rewrite of an accepted file
+//! reads back as the same file with only `current_context` changed.
 #![no_main]
 
 use std::ffi::OsString;
@@ -17,6 +18,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let env = |name: &str| (name == "HOME").then(|| OsString::from("/home/u"));
     let path = Path::new("/home/u/.config/jobworker/client.toml");
+    if let Ok(config) = settings::Config::parse(path, text) {
+        let rewritten = jobctl::context::set_current_context(text, "fuzz")
+            .expect("toml_edit reads what toml accepted");
+        let again = settings::Config::parse(path, &rewritten).expect("the rewrite parses");
+        assert_eq!(again.current_context.as_deref(), Some("fuzz"));
+        assert_eq!((&again.top, &again.contexts), (&config.top, &config.contexts));
+    }
     match settings::resolve(&Flags::default(), &env, Some((path, text))) {
         Ok(s) => {
             assert!(s.server.value.port > 0);

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use crate::bins;
@@ -20,6 +20,21 @@ pub fn jobctl(home: &Path) -> Command {
         .env("PATH", "/usr/bin:/bin")
         .stdin(Stdio::null());
     cmd
+}
+
+/// The configuration file jobctl reads with the home of [`jobctl`]:
+/// `HOME/config/jobworker/client.toml`.
+pub fn config_file(home: &Path) -> PathBuf {
+    home.join("config").join("jobworker").join("client.toml")
+}
+
+/// Writes jobctl's configuration file for `home` (see [`config_file`]); returns its path.
+pub fn write_config(home: &Path, text: &str) -> PathBuf {
+    let path = config_file(home);
+    let dir = path.parent().expect("the configuration directory");
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
 }
 
 /// jobctl as `user` of `pki`, talking to `server`.

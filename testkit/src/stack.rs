@@ -77,6 +77,17 @@ impl Stack {
         crate::jobctl::jobctl_as(&self.home(), &self.pki, user, &self.api.url())
     }
 
+    /// A `[contexts.NAME]` table of jobctl's configuration file for this stack's server,
+    /// as `user`.
+    pub fn context_table(&self, name: &str, user: &str) -> String {
+        let (cert, key) = self.pki.client(user);
+        format!(
+            "[contexts.{name:?}]\nserver = {:?}\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            self.api.url(),
+            self.pki.ca(),
+        )
+    }
+
     /// A gRPC client as `who`, on a connection of its own.
     #[cfg(feature = "grpc")]
     pub async fn client(
