@@ -12,7 +12,6 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::util::MapResponseLayer;
 
 use crate::auth::Authorizer;
 use crate::config::Config;
@@ -79,7 +78,7 @@ impl Prepared {
             },
             Health::new(),
         );
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (reporter, health_service) = health::service();
         health::init(&reporter).await;
         let health_task = tokio::spawn(health::run(
             reporter,
@@ -118,7 +117,7 @@ impl Prepared {
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .max_concurrent_streams(Some(config.max_streams_per_connection))
-            .layer(MapResponseLayer::new(errors::oversized_request))
+            .layer(errors::StatusLayer)
             .layer(TrackCallsLayer)
             .add_service(health_service)
             .add_service(reflection)

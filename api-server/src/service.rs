@@ -53,7 +53,10 @@ impl JobWorkerService {
         }
     }
 
+    /// The caller of a request; also marks the request as having reached its handler
+    /// (see [`errors::reached`]). Every handler calls it first.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        errors::reached(request);
         request
             .extensions()
             .get::<ConnInfo>()
