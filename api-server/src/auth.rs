@@ -46,6 +46,31 @@ pub fn identity_from_certificate(der: &[u8]) -> Result<String, IdentityError> {
     Ok(name.to_owned())
 }
 
+/// An identity as logs and messages show it: as it is when it consists only of ASCII
+/// letters, digits, `.`, `-`, `_` and `@`; otherwise in double quotes, with every
+/// character but printable ASCII written `\u{...}` (and `"` and `\\` escaped), so that
+/// no two identities look alike and nothing in one can change how text around it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a>(pub &'a str);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = |c: char| c.is_ascii_alphanumeric() || ".-_@".contains(c);
+        if !self.0.is_empty() && self.0.chars().all(plain) {
+            return f.write_str(self.0);
+        }
+        f.write_str("\"")?;
+        for c in self.0.chars() {
+            match c {
+                '"' | '\\' => write!(f, "\\{c}")?,
+                ' '..='~' => write!(f, "{c}")?,
+                c => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
 /// A caller as the service sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -154,6 +179,19 @@ mod tests {
             identity_from_certificate(b"not a certificate"),
             Err(IdentityError::Unparsable)
         );
+    }
+
+    #[test]
+    fn identities_are_shown_unambiguously() {
+        assert_eq!(Shown("alice").to_string(), "alice");
+        assert_eq!(Shown("ci-runner.eu_1@x").to_string(), "ci-runner.eu_1@x");
+        assert_eq!(Shown("ops team").to_string(), "\"ops team\"");
+        assert_eq!(Shown("José").to_string(), "\"Jos\\u{e9}\"");
+        assert_eq!(Shown("adm\u{456}n").to_string(), "\"adm\\u{456}n\"");
+        assert_eq!(Shown("admin\u{200b}").to_string(), "\"admin\\u{200b}\"");
+        assert_eq!(Shown("\u{202e}nimda").to_string(), "\"\\u{202e}nimda\"");
+        assert_eq!(Shown("a\"b\\c").to_string(), "\"a\\\"b\\\\c\"");
+        assert_eq!(Shown("").to_string(), "\"\"");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //!   then X25519, then secp256r1 for clients limited to NIST curves.
 //! - ALPN: `h2` only (gRPC).
 //! - Client certificates: required, verified against the configured client CA, checked
-//!   against the optional CRL, and refused at the handshake (alert `access_denied`) when
-//!   their subject has no usable common name, which is the caller's identity.
+//!   against the optional CRL, refused at the handshake (alert `unsupported_certificate`)
+//!   unless an extended key usage extension lists clientAuth, and refused (alert
+//!   `access_denied`) when their subject has no usable common name, which is the
+//!   caller's identity.
 //! - The private key file must not be readable by group or others.
 
 use std::fs::File;
@@ -33,7 +35,9 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 
-use crate::auth::identity_from_certificate;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::auth::{Shown, identity_from_certificate};
 use crate::config::TlsPaths;
 
 pub use jobworker_proto::tls::{ALPN_H2, PROTOCOL_VERSIONS, provider};
@@ -258,6 +262,15 @@ impl ClientCertVerifier for IdentityVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
+        if let Err(why) = client_auth_usage(end_entity) {
+            tracing::info!(
+                "client certificate refused: {why} (subject CN {})",
+                common_name(end_entity)
+            );
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            ));
+        }
         if let Err(e) = identity_from_certificate(end_entity) {
             tracing::info!("client certificate refused: {e}");
             return Err(rustls::Error::InvalidCertificate(
@@ -288,6 +301,35 @@ impl ClientCertVerifier for IdentityVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Whether a client certificate is meant for TLS client authentication: it must carry
+/// an extended key usage extension that lists clientAuth. WebPKI only refuses a
+/// certificate whose extension lists other usages; one without the extension at all
+/// would pass as good for anything.
+fn client_auth_usage(der: &[u8]) -> Result<(), &'static str> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| "it cannot be parsed")?;
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) if eku.value.client_auth => Ok(()),
+        Ok(Some(_)) => Err("its extended key usage does not include clientAuth"),
+        Ok(None) => Err("it has no extended key usage extension (clientAuth is required)"),
+        Err(_) => Err("its extended key usage extension cannot be parsed"),
+    }
+}
+
+/// The subject common name of a certificate, for logs: shown unambiguously, or a note
+/// saying there is none.
+fn common_name(der: &[u8]) -> String {
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, cert)| {
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(|cn| Shown(cn).to_string())
+        })
+        .unwrap_or_else(|| "(none)".into())
 }
 
 #[cfg(test)]
@@ -339,6 +381,32 @@ mod tests {
                 rustls::NamedGroup::secp256r1,
             ]
         );
+    }
+
+    #[test]
+    fn only_certificates_for_client_authentication_pass() {
+        use rcgen::ExtendedKeyUsagePurpose as Eku;
+        let cert = |usages: Vec<Eku>| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.extended_key_usages = usages;
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        assert_eq!(client_auth_usage(&cert(vec![Eku::ClientAuth])), Ok(()));
+        assert_eq!(
+            client_auth_usage(&cert(vec![Eku::ServerAuth, Eku::ClientAuth])),
+            Ok(())
+        );
+        assert_eq!(
+            client_auth_usage(&cert(vec![])),
+            Err("it has no extended key usage extension (clientAuth is required)")
+        );
+        for usages in [vec![Eku::ServerAuth], vec![Eku::Any]] {
+            assert_eq!(
+                client_auth_usage(&cert(usages)),
+                Err("its extended key usage does not include clientAuth")
+            );
+        }
     }
 
     #[test]

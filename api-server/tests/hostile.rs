@@ -82,3 +82,46 @@ async fn malformed_request_messages_are_invalid_arguments_and_change_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().starts_with("job id:"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_the_client_auth_usage_is_refused_whatever_its_name() {
+    if skip_unless_root("a_certificate_without_the_client_auth_usage_is_refused_whatever_its_name")
+    {
+        return;
+    }
+    let w = Stack::generated("eku", ApiOptions::default().health_ms(600_000));
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["true"]).await;
+
+    // CN=admin, signed by the right CA, current: without clientAuth it is refused in
+    // the handshake, before any role is looked at.
+    for who in ["no-eku", "server-eku"] {
+        let e = refusal(w.api.addr, w.pki.client_config(who)).await;
+        assert!(e.contains("UnsupportedCertificate"), "{who}: {e}");
+    }
+    // jobctl says what is wrong with the certificate.
+    let out = jobctl::outcome(w.jobctl("no-eku").args(["list", "--all"]));
+    out.assert_error(4, "it needs the clientAuth extended key usage");
+    assert!(out.stdout.is_empty(), "{}", out.stdout_text());
+
+    // The real admin's certificate has the usage, and the admin role.
+    let mut admin = w.client("admin").await;
+    let all = admin
+        .list_jobs(pb::ListJobsRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(all.iter().map(|j| &j.id).collect::<Vec<_>>(), [&id]);
+    let log = w.api.log();
+    assert!(
+        log.contains(
+            "client certificate refused: it has no extended key usage extension \
+             (clientAuth is required) (subject CN admin)"
+        ),
+        "{log}"
+    );
+}

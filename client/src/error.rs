@@ -340,7 +340,11 @@ pub fn describe_tls(e: &rustls::Error, ctx: &Context) -> String {
 fn alert_text(alert: AlertDescription) -> String {
     match alert {
         AlertDescription::BadCertificate => "bad certificate".into(),
-        AlertDescription::UnsupportedCertificate => "unsupported certificate".into(),
+        AlertDescription::UnsupportedCertificate => {
+            "not a certificate for client authentication: it needs the clientAuth extended key \
+             usage"
+                .into()
+        }
         AlertDescription::CertificateRevoked => "certificate revoked".into(),
         AlertDescription::CertificateExpired => "certificate expired".into(),
         AlertDescription::CertificateUnknown => "certificate unknown".into(),
