@@ -213,7 +213,11 @@ async fn handshake(
             return None;
         }
         Ok(Err(e)) => {
-            tracing::info!(%remote, "TLS handshake failed: {e}");
+            tracing::info!(
+                %remote,
+                "TLS handshake failed: {}",
+                crate::tls::describe_handshake_error(&e)
+            );
             return None;
         }
         Ok(Ok(io)) => io,

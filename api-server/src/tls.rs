@@ -35,7 +35,7 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
 
 use crate::auth::{Shown, identity_from_certificate};
 use crate::config::TlsPaths;
@@ -300,6 +300,49 @@ impl ClientCertVerifier for IdentityVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// A failed handshake as the server logs it: what was wrong with the client's
+/// certificate, in words, when that is the reason; the TLS error otherwise.
+pub fn describe_handshake_error(e: &std::io::Error) -> String {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e.to_string();
+    };
+    let date = |t: &UnixTime| {
+        i64::try_from(t.as_secs())
+            .ok()
+            .and_then(|secs| ASN1Time::from_timestamp(secs).ok())
+            .map_or_else(|| format!("{} (UNIX)", t.as_secs()), |t| t.to_string())
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+            time,
+            not_before,
+        }) => format!(
+            "the client certificate is not valid yet: it is valid from {}, and this host's \
+             clock says {}; check the certificate's dates and both hosts' clocks",
+            date(not_before),
+            date(time)
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYet) => {
+            "the client certificate is not valid yet; check its dates and both hosts' clocks".into()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => {
+            format!(
+                "the client certificate has expired: it was valid until {}, and this host's \
+             clock says {}",
+                date(not_after),
+                date(time)
+            )
+        }
+        rustls::Error::InvalidCertificate(CertificateError::Expired) => {
+            "the client certificate has expired".into()
+        }
+        other => other.to_string(),
     }
 }
 

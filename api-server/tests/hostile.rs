@@ -125,3 +125,47 @@ async fn a_certificate_without_the_client_auth_usage_is_refused_whatever_its_nam
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_not_yet_valid_is_not_reported_as_expired() {
+    if skip_unless_root("a_certificate_not_yet_valid_is_not_reported_as_expired") {
+        return;
+    }
+    let w = Stack::generated("notyet", ApiOptions::default().health_ms(600_000));
+    let e = refusal(w.api.addr, w.pki.client_config("not-yet-valid")).await;
+    // TLS has one alert for both (RFC 8446: "expired or not currently valid").
+    assert!(e.contains("CertificateExpired"), "{e}");
+    let out = jobctl::outcome(w.jobctl("not-yet-valid").arg("list"));
+    out.assert_error(
+        4,
+        "the server rejected our certificate (certificate expired or not yet valid: check \
+         its dates and the clocks)",
+    );
+    // An expired one, for comparison.
+    let out = jobctl::outcome(w.jobctl("expired").arg("list"));
+    out.assert_error(4, "(certificate expired or not yet valid");
+
+    // The server's log says which: not valid yet, from when. It logs a refusal once
+    // the alert is sent, so it is read once the server has exited.
+    let mut w = w;
+    assert!(w.api.terminate(LIMIT).success());
+    let log = w.api.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{log}");
+    for line in &refusals[..2] {
+        assert!(
+            line.contains("the client certificate is not valid yet: it is valid from ")
+                && line.contains("check the certificate's dates and both hosts' clocks")
+                && !line.contains("expired"),
+            "{line}"
+        );
+    }
+    assert!(
+        refusals[2].contains("the client certificate has expired: it was valid until "),
+        "{}",
+        refusals[2]
+    );
+}

@@ -346,7 +346,10 @@ fn alert_text(alert: AlertDescription) -> String {
                 .into()
         }
         AlertDescription::CertificateRevoked => "certificate revoked".into(),
-        AlertDescription::CertificateExpired => "certificate expired".into(),
+        // The alert means "expired or not currently valid" (RFC 8446, 6.2).
+        AlertDescription::CertificateExpired => {
+            "certificate expired or not yet valid: check its dates and the clocks".into()
+        }
         AlertDescription::CertificateUnknown => "certificate unknown".into(),
         AlertDescription::UnknownCA => "issued by a CA it does not trust".into(),
         AlertDescription::AccessDenied => "access denied: no usable identity".into(),
@@ -440,8 +443,9 @@ mod tests {
         let e = classify_cause(&io, &ctx()).unwrap();
         assert_eq!(e.class, Class::Tls);
         assert!(
-            e.to_string()
-                .contains("the server rejected our certificate (certificate expired)"),
+            e.to_string().contains(
+                "the server rejected our certificate (certificate expired or not yet valid"
+            ),
             "{e}"
         );
         let unknown = io::Error::new(

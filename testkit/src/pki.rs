@@ -9,7 +9,8 @@
 //! (carol, expired yesterday), `revoked` (mallory, on the CRL), `no-cn` (no common
 //! name), `other-ca` (alice, signed by an unrelated CA), and `no-eku` and `server-eku`
 //! (CN admin, without the clientAuth usage: no extended key usage extension, and
-//! serverAuth only). ECDSA P-256 throughout.
+//! serverAuth only), and `not-yet-valid` (dave, valid from tomorrow). ECDSA P-256
+//! throughout.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -253,6 +254,10 @@ mod generate {
                 week_from_now,
                 server_only,
             );
+            // Valid from tomorrow.
+            let tomorrow = (now + Duration::days(1), week);
+            let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            client_with("not-yet-valid", Some("dave"), 9, &issuer, tomorrow, usages);
             let other = Issuer::new(ca_params("some other CA"), key());
             client("other-ca", Some("alice"), 1, &other, week);
 
