@@ -30,6 +30,10 @@
 //! keepalive_timeout_ms = 10000
 //! idle_timeout_ms = 300000
 //! shutdown_grace_ms = 10000
+//!
+//! [identity]
+//! extra_chars = ".-_@"     # besides ASCII letters and digits; ASCII punctuation or space
+//! unicode_letters = false  # also letters and digits of other scripts
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +42,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+
+use crate::auth::{DEFAULT_EXTRA_CHARS, IdentityRules, Shown};
 
 /// Default listen address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 50051);
@@ -114,6 +120,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     http2: FileHttp2,
+    #[serde(default)]
+    identity: FileIdentity,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +161,13 @@ struct FileHttp2 {
     shutdown_grace_ms: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    extra_chars: Option<String>,
+    unicode_letters: Option<bool>,
+}
+
 /// Paths of the TLS material.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
@@ -184,6 +199,8 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Which certificate common names are identities (`[identity]`).
+    pub identity: IdentityRules,
 }
 
 /// A configuration error; the message names the key.
@@ -282,9 +299,21 @@ impl Config {
         } else {
             flags.admins.clone()
         };
+        let identity = IdentityRules::new(
+            file.identity
+                .extra_chars
+                .as_deref()
+                .unwrap_or(DEFAULT_EXTRA_CHARS),
+            file.identity.unicode_letters.unwrap_or(false),
+        )
+        .map_err(|e| invalid("identity.extra_chars", e))?;
         for admin in &admins {
-            jobworker_protocol::validate::owner(admin)
-                .map_err(|e| invalid("admins", format!("{admin:?}: {}", e.message)))?;
+            identity.check(admin).map_err(|e| {
+                invalid(
+                    "admins",
+                    format!("{} is not an identity: {e}", Shown(admin)),
+                )
+            })?;
         }
 
         let ms = |value: Option<u64>, default: u64, key: &'static str, min: u64, max: u64| {
@@ -396,6 +425,7 @@ impl Config {
                 0,
                 HOUR,
             )?,
+            identity,
         })
     }
 }
@@ -462,6 +492,20 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_set_is_conservative_unless_widened() {
+        let c = parse(MINIMAL, &Flags::default()).unwrap();
+        assert_eq!(c.identity, IdentityRules::default());
+        assert!(c.identity.check("ops team").is_err());
+        let text = format!(
+            "admins = [\"ops team\", \"José\"]\n{MINIMAL}\n[identity]\n\
+             extra_chars = \".-_@ \"\nunicode_letters = true\n"
+        );
+        let c = parse(&text, &Flags::default()).unwrap();
+        assert_eq!(c.admins, ["ops team", "José"]);
+        assert!(c.identity.check("admin\u{200b}").is_err());
+    }
+
+    #[test]
     fn flags_alone_are_enough() {
         let flags = Flags {
             tls_cert: Some("/c".into()),
@@ -482,7 +526,20 @@ mod tests {
         let e = error(&format!("{MINIMAL}\nhandshake_timeout_ms = 0"));
         assert!(e.starts_with("tls.handshake_timeout_ms: must be 1"), "{e}");
         let e = error(&format!("admins = [\"\"]\n{MINIMAL}"));
-        assert!(e.starts_with("admins: \"\""), "{e}");
+        assert!(e.starts_with("admins: \"\" is not an identity"), "{e}");
+        let e = error(&format!("admins = [\"adm\\u0456n\"]\n{MINIMAL}"));
+        assert_eq!(
+            e,
+            "admins: \"adm\\u{456}n\" is not an identity: U+0456 (at byte 3) is not allowed \
+             in an identity"
+        );
+        let e = error(&format!(
+            "{MINIMAL}\n[identity]\nextra_chars = \"+\\u200b\""
+        ));
+        assert_eq!(
+            e,
+            "identity.extra_chars: U+200B is not ASCII punctuation or a space"
+        );
     }
 
     #[test]

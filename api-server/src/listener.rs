@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::auth::identity_from_certificate;
+use crate::auth::{IdentityRules, Shown, identity_from_certificate};
 use crate::idle::Activity;
 
 /// What handlers learn about the connection a request came on.
@@ -124,12 +124,14 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Settings of the accept loop.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AcceptSettings {
     pub max_connections: u32,
     pub handshake_timeout: Duration,
     /// A connection without an open call for this long is closed.
     pub idle_timeout: Duration,
+    /// Which common names are identities (the TLS verifier has checked already).
+    pub identity: Arc<IdentityRules>,
 }
 
 /// Starts the accept loop. Returns the stream of authenticated connections to give to
@@ -186,6 +188,7 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let settings = settings.clone();
         // The handshake task ends by the timeout at the latest.
         tokio::spawn(async move {
             if let Some(conn) = handshake(acceptor, tcp, remote, settings, slot).await {
@@ -229,7 +232,7 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .map(|leaf| identity_from_certificate(leaf))
+        .map(|leaf| identity_from_certificate(leaf, &settings.identity))
     {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
@@ -241,7 +244,7 @@ async fn handshake(
             return None;
         }
     };
-    tracing::debug!(%remote, %identity, "client authenticated");
+    tracing::debug!(%remote, identity = %Shown(&identity), "client authenticated");
     Some(TlsConn {
         io,
         info: ConnInfo {

@@ -32,7 +32,7 @@ pub struct Prepared {
 
 /// Loads the TLS material and binds the listener.
 pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let tls = tls::server_config(&config.tls)?;
+    let tls = tls::server_config(&config.tls, &config.identity)?;
     let listener =
         bind(config.listen).with_context(|| format!("listen: cannot bind {}", config.listen))?;
     Ok(Prepared {
@@ -109,6 +109,7 @@ impl Prepared {
                 max_connections: config.max_connections,
                 handshake_timeout: config.handshake_timeout,
                 idle_timeout: config.idle_timeout,
+                identity: Arc::new(config.identity.clone()),
             },
             shutdown.clone(),
         );

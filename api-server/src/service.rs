@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Authorizer, Caller};
+use crate::auth::{Authorizer, Caller, Shown};
 use crate::convert;
 use crate::errors::{self, to_status};
 use crate::executor::{ExecutorClient, ExecutorError, OutputFrame, OutputStream};
@@ -64,16 +64,29 @@ impl JobWorkerService {
             .ok_or_else(errors::unauthenticated)
     }
 
+    /// One executor request for `caller`.
     async fn call(
         &self,
+        caller: &Caller,
         request: ExecRequest,
         timeout: Option<Duration>,
     ) -> Result<ExecResponse, Status> {
         self.executor
             .call(request, timeout)
             .await
-            .map_err(|e| e.to_status())
+            .map_err(|e| shown_in(e.to_status(), &caller.identity))
     }
+}
+
+/// An executor's refusal as the caller sees it. The executor names owners as they are
+/// (a quota refusal begins with the owner); an identity outside the plain set is shown
+/// the way [`Shown`] renders it, as everywhere else.
+fn shown_in(status: Status, identity: &str) -> Status {
+    let shown = Shown(identity).to_string();
+    if shown == identity || !status.message().contains(identity) {
+        return status;
+    }
+    Status::new(status.code(), status.message().replace(identity, &shown))
 }
 
 fn unexpected(what: &'static str, response: &ExecResponse) -> Status {
@@ -91,6 +104,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let spec = convert::job_spec(request.into_inner())?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::Start {
                     owner: caller.identity.clone(),
                     spec,
@@ -100,7 +114,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .await?;
         match response {
             ExecResponse::Started { id } => {
-                tracing::info!(owner = %caller.identity, job = %id, "job started");
+                tracing::info!(owner = %Shown(&caller.identity), job = %id, "job started");
                 Ok(Response::new(pb::StartJobResponse { id: id.to_string() }))
             }
             other => Err(unexpected("start", &other)),
@@ -115,6 +129,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let id = convert::job_id(&request.get_ref().id)?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::Stop {
                     scope: caller.scope(),
                     id,
@@ -124,7 +139,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .await?;
         match response {
             ExecResponse::Status(status) => {
-                tracing::info!(caller = %caller.identity, job = %id, "job stopped");
+                tracing::info!(caller = %Shown(&caller.identity), job = %id, "job stopped");
                 Ok(Response::new(pb::StopJobResponse {
                     status: Some(convert::job_status(*status)),
                 }))
@@ -141,6 +156,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let id = convert::job_id(&request.get_ref().id)?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::Status {
                     scope: caller.scope(),
                     id,
@@ -172,6 +188,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let after = convert::page_token(&r.page_token)?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::List {
                     scope,
                     after,
@@ -200,7 +217,10 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
                 "everyone's quotas need the admin role",
             )
         })?;
-        match self.call(ExecRequest::Quota { scope }, None).await? {
+        match self
+            .call(&caller, ExecRequest::Quota { scope }, None)
+            .await?
+        {
             ExecResponse::Quotas(quotas) => Ok(Response::new(pb::GetQuotaResponse {
                 quotas: quotas.into_iter().map(convert::quota).collect(),
             })),
@@ -232,7 +252,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
                 follow: r.follow,
             })
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| shown_in(e.to_status(), &caller.identity))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(pump(output, tx, slot, self.shutdown.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -302,4 +322,24 @@ fn event(e: Event) -> pb::StreamJobOutputResponse {
 
 fn stream_error(e: &ExecutorError) -> Status {
     e.to_status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executor_messages_show_identities_as_everywhere_else() {
+        let quota = Status::resource_exhausted("José: 1 of 1 running jobs (the quota)");
+        let s = shown_in(quota, "José");
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            r#""Jos\u{e9}": 1 of 1 running jobs (the quota)"#
+        );
+        let plain = shown_in(Status::resource_exhausted("alice: 1 of 1"), "alice");
+        assert_eq!(plain.message(), "alice: 1 of 1");
+        let unrelated = shown_in(Status::not_found("no job 00"), "José");
+        assert_eq!(unrelated.message(), "no job 00");
+    }
 }

@@ -37,7 +37,7 @@ use rustls::{
 
 use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
 
-use crate::auth::{Shown, identity_from_certificate};
+use crate::auth::{IdentityRules, Shown, identity_from_certificate};
 use crate::config::TlsPaths;
 
 pub use jobworker_proto::tls::{ALPN_H2, PROTOCOL_VERSIONS, provider};
@@ -174,8 +174,12 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     Ok(crls)
 }
 
-/// Builds the server's TLS configuration from the configured files.
-pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+/// Builds the server's TLS configuration from the configured files; client
+/// certificates must name an identity under `identity`.
+pub fn server_config(
+    paths: &TlsPaths,
+    identity: &IdentityRules,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let chain = load_certs("tls.cert", &paths.cert)?;
     let key = load_private_key("tls.key", &paths.key)?;
@@ -199,7 +203,10 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(TlsError::Protocol)?
-        .with_client_cert_verifier(Arc::new(IdentityVerifier { inner: verifier }))
+        .with_client_cert_verifier(Arc::new(IdentityVerifier {
+            inner: verifier,
+            rules: identity.clone(),
+        }))
         .with_single_cert(chain, key)
         .map_err(TlsError::ServerCert)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -238,6 +245,7 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
 #[derive(Debug)]
 struct IdentityVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    rules: IdentityRules,
 }
 
 impl ClientCertVerifier for IdentityVerifier {
@@ -271,7 +279,7 @@ impl ClientCertVerifier for IdentityVerifier {
                 CertificateError::InvalidPurpose,
             ));
         }
-        if let Err(e) = identity_from_certificate(end_entity) {
+        if let Err(e) = identity_from_certificate(end_entity, &self.rules) {
             tracing::info!("client certificate refused: {e}");
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
@@ -403,7 +411,7 @@ mod tests {
     #[test]
     fn builds_a_tls13_only_config_with_h2() {
         let dir = tempfile::tempdir().unwrap();
-        let config = server_config(&paths(dir.path(), 0o600)).unwrap();
+        let config = server_config(&paths(dir.path(), 0o600), &IdentityRules::default()).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
         let provider = config.crypto_provider();
         let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
@@ -456,13 +464,13 @@ mod tests {
     fn a_key_readable_by_others_is_refused_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         for mode in [0o644, 0o640, 0o604] {
-            let e = server_config(&paths(dir.path(), mode))
+            let e = server_config(&paths(dir.path(), mode), &IdentityRules::default())
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("readable by group or others"), "{e}");
             assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
         }
-        server_config(&paths(dir.path(), 0o400)).unwrap();
+        server_config(&paths(dir.path(), 0o400), &IdentityRules::default()).unwrap();
     }
 
     #[test]
@@ -470,14 +478,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = paths(dir.path(), 0o600);
         p.client_ca = dir.path().join("missing.pem");
-        let e = server_config(&p).unwrap_err().to_string();
+        let e = server_config(&p, &IdentityRules::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("tls.client_ca "), "{e}");
         p.client_ca = write(dir.path(), "empty.pem", "", 0o644);
-        let e = server_config(&p).unwrap_err().to_string();
+        let e = server_config(&p, &IdentityRules::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("contains no certificate"), "{e}");
         p.client_ca = p.cert.clone();
         p.crl = Some(write(dir.path(), "crl.pem", "garbage", 0o644));
-        let e = server_config(&p).unwrap_err().to_string();
+        let e = server_config(&p, &IdentityRules::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("tls.crl "), "{e}");
     }
 }

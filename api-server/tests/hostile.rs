@@ -169,3 +169,115 @@ async fn a_certificate_not_yet_valid_is_not_reported_as_expired() {
         refusals[2]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookalike_identities_are_refused_and_widened_ones_are_shown_escaped() {
+    if skip_unless_root("lookalike_identities_are_refused_and_widened_ones_are_shown_escaped") {
+        return;
+    }
+    // The default set: ASCII letters, digits, ".-_@".
+    let w = Stack::generated("lookalike", ApiOptions::default().health_ms(600_000));
+    let mut alice = w.client("alice").await;
+    let id = start_job(&mut alice, &["true"]).await;
+    for (who, shown, why) in [
+        ("zwsp-admin", r#""admin\u{200b}""#, "U+200B (at byte 5)"),
+        ("rlo-admin", r#""\u{202e}nimda""#, "it begins with U+202E"),
+        ("cyrillic-admin", r#""adm\u{456}n""#, "U+0456 (at byte 3)"),
+        ("jose", r#""Jos\u{e9}""#, "U+00E9 (at byte 3)"),
+    ] {
+        let e = refusal(w.api.addr, w.pki.client_config(who)).await;
+        assert!(e.contains("AccessDenied"), "{who}: {e}");
+        // Logged before the alert is sent, naming the name unambiguously.
+        let log = w.api.log();
+        let line = format!(
+            "client certificate refused: the certificate's common name {shown} is not a \
+             usable identity: {why}"
+        );
+        assert!(log.contains(&line), "{line}\n{log}");
+    }
+    // The admin's list shows only real owners.
+    let mut admin = w.client("admin").await;
+    let all = admin
+        .list_jobs(pb::ListJobsRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(
+        all.iter()
+            .map(|j| (j.id.as_str(), j.owner.as_str()))
+            .collect::<Vec<_>>(),
+        [(id.as_str(), "alice")]
+    );
+    drop(w);
+
+    // Widened for other scripts: José and the Cyrillic name get in, shown escaped in the
+    // server's logs and messages; invisible and direction-changing characters still do
+    // not.
+    let w = Stack::start(
+        "widened",
+        Pki::generate(),
+        ExecutorOptions::behind_api().flags(&["--quota-running-jobs", "1"]),
+        ApiOptions::default()
+            .health_ms(600_000)
+            .toml("[identity]\nunicode_letters = true\n"),
+    );
+    for who in ["zwsp-admin", "rlo-admin"] {
+        let e = refusal(w.api.addr, w.pki.client_config(who)).await;
+        assert!(e.contains("AccessDenied"), "{who}: {e}");
+    }
+    let mut gate = Gate::new();
+    let mut jose = w.client("jose").await;
+    let script = format!("read x < {}", gate.path.display());
+    let running = start_job(&mut jose, &["sh", "-c", &script]).await;
+    // A refusal that names the owner names it escaped.
+    let e = jose.start_job(start(&["true"])).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with(r#""Jos\u{e9}": 1 of 1 running jobs"#),
+        "{e:?}"
+    );
+    let mut lookalike = w.client("cyrillic-admin").await;
+    let other = start_job(&mut lookalike, &["true"]).await;
+    // Not the admin: the Cyrillic name is an identity of its own, without the role.
+    let e = lookalike
+        .list_jobs(pb::ListJobsRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // The API keeps owners as they are (data); the server's log shows them escaped.
+    let mut admin = w.client("admin").await;
+    let mut owners: Vec<(String, String)> = admin
+        .list_jobs(pb::ListJobsRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| (j.id, j.owner))
+        .collect();
+    owners.sort();
+    let mut want = vec![
+        (running.clone(), "Jos\u{e9}".to_string()),
+        (other.clone(), "adm\u{456}n".to_string()),
+    ];
+    want.sort();
+    assert_eq!(owners, want);
+    let log = w.api.log();
+    for (owner, job) in [(r#""Jos\u{e9}""#, &running), (r#""adm\u{456}n""#, &other)] {
+        let line = format!("owner={owner} job={job}");
+        assert!(log.contains(&line), "{line}\n{log}");
+    }
+    assert!(!log.contains('\u{e9}') && !log.contains('\u{456}'), "{log}");
+    gate.open();
+}

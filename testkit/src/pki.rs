@@ -9,8 +9,10 @@
 //! (carol, expired yesterday), `revoked` (mallory, on the CRL), `no-cn` (no common
 //! name), `other-ca` (alice, signed by an unrelated CA), and `no-eku` and `server-eku`
 //! (CN admin, without the clientAuth usage: no extended key usage extension, and
-//! serverAuth only), and `not-yet-valid` (dave, valid from tomorrow). ECDSA P-256
-//! throughout.
+//! serverAuth only), `not-yet-valid` (dave, valid from tomorrow), lookalikes of admin
+//! (`zwsp-admin`: "admin" and a zero-width space; `rlo-admin`: a right-to-left override
+//! and "nimda"; `cyrillic-admin`: "adm", a Cyrillic "i", "n"), and `jose` ("José"),
+//! which only a widened identity set accepts. ECDSA P-256 throughout.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -254,6 +256,11 @@ mod generate {
                 week_from_now,
                 server_only,
             );
+            // Names that display as another's, or need a wider identity set.
+            client("zwsp-admin", Some("admin\u{200b}"), 10, &issuer, week);
+            client("rlo-admin", Some("\u{202e}nimda"), 11, &issuer, week);
+            client("cyrillic-admin", Some("adm\u{456}n"), 12, &issuer, week);
+            client("jose", Some("Jos\u{e9}"), 13, &issuer, week);
             // Valid from tomorrow.
             let tomorrow = (now + Duration::days(1), week);
             let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
