@@ -11,7 +11,7 @@
 //! key = "/etc/jobworker/server.key"       # its private key (PEM, mode 0600 or 0400)
 //! client_ca = "/etc/jobworker/ca.pem"     # CA that signs client certificates
 //! crl = "/etc/jobworker/ca.crl.pem"       # optional revocation list of that CA
-//! handshake_timeout_ms = 10000
+//! handshake_timeout_ms = 2000
 //!
 //! [executor]
 //! socket = "/run/jobworker/executor.sock"
@@ -21,14 +21,20 @@
 //! health_interval_ms = 5000
 //!
 //! [limits]
-//! max_connections = 256
-//! max_streams = 1024
+//! max_connections = 256               # authenticated, all identities
+//! max_connections_per_identity = 32
+//! max_handshakes = 128                # not yet authenticated, all sources
+//! max_handshakes_per_source = 16      # per IPv4 address or IPv6 /64
+//! max_calls = 256                     # calls in flight (not streams), all identities
+//! max_calls_per_identity = 32
+//! max_streams = 1024                  # output streams, all identities
+//! max_streams_per_identity = 64       # open streams of any kind
 //! max_streams_per_connection = 64
 //!
 //! [http2]
 //! keepalive_interval_ms = 30000
 //! keepalive_timeout_ms = 10000
-//! idle_timeout_ms = 300000
+//! idle_timeout_ms = 30000
 //! shutdown_grace_ms = 10000
 //!
 //! [identity]
@@ -87,7 +93,8 @@ pub struct Flags {
     /// replaces `admins` from the file.
     #[arg(long = "admin", value_name = "NAME")]
     pub admins: Vec<String>,
-    /// Most concurrent client connections (`limits.max_connections`).
+    /// Most concurrent authenticated connections, all identities together
+    /// (`limits.max_connections`).
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u32>,
     /// Most concurrent output streams, all clients together (`limits.max_streams`).
@@ -148,7 +155,13 @@ struct FileExecutor {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_connections: Option<u32>,
+    max_connections_per_identity: Option<u32>,
+    max_handshakes: Option<u32>,
+    max_handshakes_per_source: Option<u32>,
+    max_calls: Option<u32>,
+    max_calls_per_identity: Option<u32>,
     max_streams: Option<u32>,
+    max_streams_per_identity: Option<u32>,
     max_streams_per_connection: Option<u32>,
 }
 
@@ -192,8 +205,22 @@ pub struct Config {
     pub stop_timeout: Duration,
     pub health_interval: Duration,
     pub handshake_timeout: Duration,
+    /// Authenticated connections, all identities.
     pub max_connections: u32,
+    /// Authenticated connections of one identity.
+    pub max_connections_per_identity: u32,
+    /// Connections in their TLS handshake, all sources.
+    pub max_handshakes: u32,
+    /// Connections in their TLS handshake from one address (IPv6: one /64).
+    pub max_handshakes_per_source: u32,
+    /// Calls in flight (all but streams), all identities.
+    pub max_calls: u32,
+    /// Calls in flight (all but streams) of one identity.
+    pub max_calls_per_identity: u32,
+    /// Output streams, all identities.
     pub max_streams: u32,
+    /// Open streams (output, health watches, reflection) of one identity.
+    pub max_streams_per_identity: u32,
     pub max_streams_per_connection: u32,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
@@ -374,7 +401,7 @@ impl Config {
             )?,
             handshake_timeout: ms(
                 file.tls.handshake_timeout_ms,
-                10_000,
+                2_000,
                 "tls.handshake_timeout_ms",
                 1,
                 HOUR,
@@ -385,10 +412,41 @@ impl Config {
                 "limits.max_connections",
                 1_000_000,
             )?,
+            max_connections_per_identity: count(
+                file.limits.max_connections_per_identity,
+                32,
+                "limits.max_connections_per_identity",
+                1_000_000,
+            )?,
+            max_handshakes: count(
+                file.limits.max_handshakes,
+                128,
+                "limits.max_handshakes",
+                1_000_000,
+            )?,
+            max_handshakes_per_source: count(
+                file.limits.max_handshakes_per_source,
+                16,
+                "limits.max_handshakes_per_source",
+                1_000_000,
+            )?,
+            max_calls: count(file.limits.max_calls, 256, "limits.max_calls", 1_000_000)?,
+            max_calls_per_identity: count(
+                file.limits.max_calls_per_identity,
+                32,
+                "limits.max_calls_per_identity",
+                1_000_000,
+            )?,
             max_streams: count(
                 flags.max_streams.or(file.limits.max_streams),
                 1024,
                 "limits.max_streams",
+                1_000_000,
+            )?,
+            max_streams_per_identity: count(
+                file.limits.max_streams_per_identity,
+                64,
+                "limits.max_streams_per_identity",
                 1_000_000,
             )?,
             max_streams_per_connection: count(
@@ -413,7 +471,7 @@ impl Config {
             )?,
             idle_timeout: ms(
                 file.http2.idle_timeout_ms,
-                300_000,
+                30_000,
                 "http2.idle_timeout_ms",
                 100,
                 24 * HOUR,
@@ -461,7 +519,17 @@ mod tests {
         assert!(c.seccomp);
         assert!(c.admins.is_empty());
         assert_eq!(c.max_connections, 256);
-        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections_per_identity, 32);
+        assert_eq!(c.max_handshakes, 128);
+        assert_eq!(c.max_handshakes_per_source, 16);
+        assert_eq!(c.max_calls, 256);
+        assert_eq!(c.max_calls_per_identity, 32);
+        assert_eq!(c.max_streams, 1024);
+        assert_eq!(c.max_streams_per_identity, 64);
+        // Short enough that a silent connection soon gives its place back, and that an
+        // idle authenticated one does not sit on a slot for minutes.
+        assert_eq!(c.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
     }
 
     #[test]

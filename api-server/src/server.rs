@@ -19,6 +19,7 @@ use crate::errors::{self, MAX_REQUEST_BYTES};
 use crate::executor::{ExecutorClient, Timeouts};
 use crate::health::{self, Health};
 use crate::idle::TrackCallsLayer;
+use crate::limits::{CallLimitsLayer, Caps};
 use crate::listener::{self, AcceptSettings};
 use crate::service::JobWorkerService;
 use crate::tls;
@@ -106,10 +107,18 @@ impl Prepared {
             self.listener,
             TlsAcceptor::from(self.tls),
             AcceptSettings {
-                max_connections: config.max_connections,
+                max_handshakes: config.max_handshakes,
+                max_handshakes_per_source: config.max_handshakes_per_source,
                 handshake_timeout: config.handshake_timeout,
                 idle_timeout: config.idle_timeout,
                 identity: Arc::new(config.identity.clone()),
+                caps: Caps {
+                    max_connections: config.max_connections as usize,
+                    connections_per_identity: config.max_connections_per_identity as usize,
+                    max_calls: config.max_calls as usize,
+                    calls_per_identity: config.max_calls_per_identity as usize,
+                    streams_per_identity: config.max_streams_per_identity as usize,
+                },
             },
             shutdown.clone(),
         );
@@ -120,6 +129,7 @@ impl Prepared {
             .max_concurrent_streams(Some(config.max_streams_per_connection))
             .layer(errors::StatusLayer)
             .layer(TrackCallsLayer)
+            .layer(CallLimitsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)

@@ -32,6 +32,7 @@ pub struct JobWorkerService {
     executor: ExecutorClient,
     auth: Authorizer,
     streams: Arc<Semaphore>,
+    max_streams: u32,
     stop_timeout: Duration,
     shutdown: CancellationToken,
 }
@@ -48,6 +49,7 @@ impl JobWorkerService {
             executor,
             auth,
             streams: Arc::new(Semaphore::new(max_streams as usize)),
+            max_streams,
             stop_timeout,
             shutdown,
         }
@@ -240,7 +242,11 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
             to_status(
                 ErrorKind::ResourceExhausted,
-                "too many output streams are open; try again later",
+                &format!(
+                    "too many output streams open on this server: at most {} at once \
+                     (limits.max_streams); try again later",
+                    self.max_streams
+                ),
             )
         })?;
         let output = self

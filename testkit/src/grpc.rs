@@ -1,7 +1,7 @@
 //! gRPC clients of the API server over its own strict TLS client configuration (what
 //! jobctl uses), and helpers for the jobs API.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use jobworker_proto::v1::job_worker_client::JobWorkerClient;
 use jobworker_proto::v1::stream_job_output_response::Event;
 use rustls::ClientConfig;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 use tonic::Streaming;
@@ -32,11 +32,35 @@ pub struct Negotiated {
     pub connections: usize,
 }
 
+/// A TCP connection to `addr`, from `source` when given (on Linux every address of
+/// 127.0.0.0/8 is loopback's, so tests can play clients of different addresses).
+pub async fn tcp_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
 /// A gRPC channel to `addr` over our own TLS connector (server name `localhost`,
 /// `TCP_NODELAY` as jobctl sets it); records what each handshake negotiated.
 pub async fn channel(
     addr: SocketAddr,
     config: ClientConfig,
+) -> Result<(Channel, Arc<Mutex<Option<Negotiated>>>), tonic::transport::Error> {
+    channel_from(addr, config, None).await
+}
+
+/// [`channel`], its connections made from `source` ([`tcp_from`]).
+pub async fn channel_from(
+    addr: SocketAddr,
+    config: ClientConfig,
+    source: Option<IpAddr>,
 ) -> Result<(Channel, Arc<Mutex<Option<Negotiated>>>), tonic::transport::Error> {
     let negotiated = Arc::new(Mutex::new(None));
     let seen = negotiated.clone();
@@ -47,7 +71,7 @@ pub async fn channel(
             let connector = connector.clone();
             let seen = seen.clone();
             async move {
-                let tcp = TcpStream::connect(addr).await?;
+                let tcp = tcp_from(addr, source).await?;
                 tcp.set_nodelay(true)?;
                 let name = rustls::pki_types::ServerName::try_from("localhost")
                     .map_err(std::io::Error::other)?;
@@ -163,6 +187,26 @@ pub async fn raw_call(
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     grpc.unary(
         tonic::Request::new(message),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// A call of `path` whose request message never comes: the client sends the call's
+/// headers and then nothing, so the call stays in flight on the server until the server
+/// answers it or this future is dropped.
+pub async fn call_without_message(
+    channel: Channel,
+    path: &'static str,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.client_streaming(
+        tonic::Request::new(futures::stream::pending::<Vec<u8>>()),
         tonic::codegen::http::uri::PathAndQuery::from_static(path),
         RawCodec,
     )
