@@ -605,6 +605,8 @@ async fn one_identity_cannot_deny_service_to_another() {
         JobWorkerClient::new(extra).get_quota(pb::GetQuotaRequest::default()),
     )
     .await;
+    // jobctl, as alice, says so too.
+    let jobctl_past_cap = jobctl::outcome(w.jobctl("alice").arg("list"));
     held_idle.extend(
         tokio::time::timeout(TOO_LONG, idle(IDLE - CHANNELS - 1, 8))
             .await
@@ -660,6 +662,11 @@ async fn one_identity_cannot_deny_service_to_another() {
         e.message(),
         "too many connections for alice: at most 32 at once \
          (limits.max_connections_per_identity)"
+    );
+    jobctl_past_cap.assert_error(
+        7,
+        "resource exhausted: too many connections for alice: at most 32 at once \
+         (limits.max_connections_per_identity)",
     );
     // Her held streams still flow, and end with her job.
     drop((held_idle, in_flight));
