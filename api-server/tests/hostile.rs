@@ -352,12 +352,13 @@ async fn lookalike_identities_are_refused_and_widened_ones_are_shown_escaped() {
 }
 
 /// What an anonymous flood did.
-#[derive(Default)]
 struct Flood {
     /// Connections made.
     connections: AtomicUsize,
     /// Connections the server closed before the client did.
     closed_by_server: AtomicUsize,
+    /// Told the number of connections made, for the test to wait on.
+    made: tokio::sync::watch::Sender<usize>,
 }
 
 /// One flooding client: connects from `source`, sends nothing, and as soon as the
@@ -374,7 +375,8 @@ async fn flood(
         let Ok(mut tcp) = tcp_from(addr, Some(source)).await else {
             continue;
         };
-        f.connections.fetch_add(1, Ordering::Relaxed);
+        let made = f.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        f.made.send_replace(made);
         tokio::select! {
             _ = stop.cancelled() => return,
             read = tcp.read(&mut buf) => {
@@ -402,7 +404,12 @@ async fn connections_that_never_authenticate_do_not_delay_anyone_else() {
 
     // The flood runs on a runtime of its own, as an attacker's machine would.
     let stop = CancellationToken::new();
-    let f = Arc::new(Flood::default());
+    let (made, mut connected) = tokio::sync::watch::channel(0);
+    let f = Arc::new(Flood {
+        connections: AtomicUsize::new(0),
+        closed_by_server: AtomicUsize::new(0),
+        made,
+    });
     let attacker = {
         let (addr, stop, f) = (w.api.addr, stop.clone(), f.clone());
         std::thread::spawn(move || {
@@ -426,10 +433,10 @@ async fn connections_that_never_authenticate_do_not_delay_anyone_else() {
     };
     // The flood is up once every one of its clients has connected.
     let all = SOURCES as usize * PER_SOURCE;
-    assert!(
-        process::poll_until(LIMIT, || f.connections.load(Ordering::Relaxed) >= all),
-        "the flood did not connect"
-    );
+    tokio::time::timeout(LIMIT, connected.wait_for(|&n| n >= all))
+        .await
+        .expect("the flood connects")
+        .unwrap();
     let before = f.connections.load(Ordering::Relaxed);
     let times = bob_rounds(w.api.addr, &w.pki, &job).await;
     let during = f.connections.load(Ordering::Relaxed) - before;
