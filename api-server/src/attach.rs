@@ -163,7 +163,11 @@ async fn forward_input<C: ClientMessage>(
             Ok(Some(m)) => m,
             // The client ended its half, or went away: the output side notices the
             // latter.
-            Ok(None) | Err(_) => return Ok(()),
+            Ok(None) => return Ok(()),
+            Err(s) if matches!(s.code(), tonic::Code::Internal | tonic::Code::OutOfRange) => {
+                return Err(errors::inbound(s));
+            }
+            Err(_) => return Ok(()),
         };
         let request = match msg.input() {
             Input::Data(b) if b.len() > MAX_CHUNK_LEN => {

@@ -11,7 +11,7 @@
 //! key = "/etc/jobworker/server.key"       # its private key (PEM, mode 0600 or 0400)
 //! client_ca = "/etc/jobworker/ca.pem"     # CA that signs client certificates
 //! crl = "/etc/jobworker/ca.crl.pem"       # optional revocation list of that CA
-//! handshake_timeout_ms = 10000
+//! handshake_timeout_ms = 2000
 //!
 //! [executor]
 //! socket = "/run/jobworker/executor.sock"
@@ -21,15 +21,25 @@
 //! health_interval_ms = 5000
 //!
 //! [limits]
-//! max_connections = 256
-//! max_streams = 1024
+//! max_connections = 256               # authenticated, all identities
+//! max_connections_per_identity = 32
+//! max_handshakes = 128                # not yet authenticated, all sources
+//! max_handshakes_per_source = 16      # per IPv4 address or IPv6 /64
+//! max_calls = 256                     # calls in flight (not streams), all identities
+//! max_calls_per_identity = 32
+//! max_streams = 1024                  # output streams, all identities
+//! max_streams_per_identity = 64       # open streams of any kind
 //! max_streams_per_connection = 64
 //!
 //! [http2]
 //! keepalive_interval_ms = 30000
 //! keepalive_timeout_ms = 10000
-//! idle_timeout_ms = 300000
+//! idle_timeout_ms = 30000
 //! shutdown_grace_ms = 10000
+//!
+//! [identity]
+//! extra_chars = ".-_@"     # besides ASCII letters and digits; ASCII punctuation or space
+//! unicode_letters = false  # also letters and digits of other scripts
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +48,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+
+use crate::auth::{DEFAULT_EXTRA_CHARS, IdentityRules, Shown};
 
 /// Default listen address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 50051);
@@ -81,7 +93,8 @@ pub struct Flags {
     /// replaces `admins` from the file.
     #[arg(long = "admin", value_name = "NAME")]
     pub admins: Vec<String>,
-    /// Most concurrent client connections (`limits.max_connections`).
+    /// Most concurrent authenticated connections, all identities together
+    /// (`limits.max_connections`).
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u32>,
     /// Most concurrent output streams, all clients together (`limits.max_streams`).
@@ -114,6 +127,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     http2: FileHttp2,
+    #[serde(default)]
+    identity: FileIdentity,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,7 +155,13 @@ struct FileExecutor {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_connections: Option<u32>,
+    max_connections_per_identity: Option<u32>,
+    max_handshakes: Option<u32>,
+    max_handshakes_per_source: Option<u32>,
+    max_calls: Option<u32>,
+    max_calls_per_identity: Option<u32>,
     max_streams: Option<u32>,
+    max_streams_per_identity: Option<u32>,
     max_streams_per_connection: Option<u32>,
 }
 
@@ -151,6 +172,13 @@ struct FileHttp2 {
     keepalive_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    extra_chars: Option<String>,
+    unicode_letters: Option<bool>,
 }
 
 /// Paths of the TLS material.
@@ -177,13 +205,29 @@ pub struct Config {
     pub stop_timeout: Duration,
     pub health_interval: Duration,
     pub handshake_timeout: Duration,
+    /// Authenticated connections, all identities.
     pub max_connections: u32,
+    /// Authenticated connections of one identity.
+    pub max_connections_per_identity: u32,
+    /// Connections in their TLS handshake, all sources.
+    pub max_handshakes: u32,
+    /// Connections in their TLS handshake from one address (IPv6: one /64).
+    pub max_handshakes_per_source: u32,
+    /// Calls in flight (all but streams), all identities.
+    pub max_calls: u32,
+    /// Calls in flight (all but streams) of one identity.
+    pub max_calls_per_identity: u32,
+    /// Output streams, all identities.
     pub max_streams: u32,
+    /// Open streams (output, health watches, reflection) of one identity.
+    pub max_streams_per_identity: u32,
     pub max_streams_per_connection: u32,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Which certificate common names are identities (`[identity]`).
+    pub identity: IdentityRules,
 }
 
 /// A configuration error; the message names the key.
@@ -282,9 +326,21 @@ impl Config {
         } else {
             flags.admins.clone()
         };
+        let identity = IdentityRules::new(
+            file.identity
+                .extra_chars
+                .as_deref()
+                .unwrap_or(DEFAULT_EXTRA_CHARS),
+            file.identity.unicode_letters.unwrap_or(false),
+        )
+        .map_err(|e| invalid("identity.extra_chars", e))?;
         for admin in &admins {
-            jobworker_protocol::validate::owner(admin)
-                .map_err(|e| invalid("admins", format!("{admin:?}: {}", e.message)))?;
+            identity.check(admin).map_err(|e| {
+                invalid(
+                    "admins",
+                    format!("{} is not an identity: {e}", Shown(admin)),
+                )
+            })?;
         }
 
         let ms = |value: Option<u64>, default: u64, key: &'static str, min: u64, max: u64| {
@@ -345,7 +401,7 @@ impl Config {
             )?,
             handshake_timeout: ms(
                 file.tls.handshake_timeout_ms,
-                10_000,
+                2_000,
                 "tls.handshake_timeout_ms",
                 1,
                 HOUR,
@@ -356,10 +412,41 @@ impl Config {
                 "limits.max_connections",
                 1_000_000,
             )?,
+            max_connections_per_identity: count(
+                file.limits.max_connections_per_identity,
+                32,
+                "limits.max_connections_per_identity",
+                1_000_000,
+            )?,
+            max_handshakes: count(
+                file.limits.max_handshakes,
+                128,
+                "limits.max_handshakes",
+                1_000_000,
+            )?,
+            max_handshakes_per_source: count(
+                file.limits.max_handshakes_per_source,
+                16,
+                "limits.max_handshakes_per_source",
+                1_000_000,
+            )?,
+            max_calls: count(file.limits.max_calls, 256, "limits.max_calls", 1_000_000)?,
+            max_calls_per_identity: count(
+                file.limits.max_calls_per_identity,
+                32,
+                "limits.max_calls_per_identity",
+                1_000_000,
+            )?,
             max_streams: count(
                 flags.max_streams.or(file.limits.max_streams),
                 1024,
                 "limits.max_streams",
+                1_000_000,
+            )?,
+            max_streams_per_identity: count(
+                file.limits.max_streams_per_identity,
+                64,
+                "limits.max_streams_per_identity",
                 1_000_000,
             )?,
             max_streams_per_connection: count(
@@ -384,7 +471,7 @@ impl Config {
             )?,
             idle_timeout: ms(
                 file.http2.idle_timeout_ms,
-                300_000,
+                30_000,
                 "http2.idle_timeout_ms",
                 100,
                 24 * HOUR,
@@ -396,6 +483,7 @@ impl Config {
                 0,
                 HOUR,
             )?,
+            identity,
         })
     }
 }
@@ -431,7 +519,17 @@ mod tests {
         assert!(c.seccomp);
         assert!(c.admins.is_empty());
         assert_eq!(c.max_connections, 256);
-        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections_per_identity, 32);
+        assert_eq!(c.max_handshakes, 128);
+        assert_eq!(c.max_handshakes_per_source, 16);
+        assert_eq!(c.max_calls, 256);
+        assert_eq!(c.max_calls_per_identity, 32);
+        assert_eq!(c.max_streams, 1024);
+        assert_eq!(c.max_streams_per_identity, 64);
+        // Short enough that a silent connection soon gives its place back, and that an
+        // idle authenticated one does not sit on a slot for minutes.
+        assert_eq!(c.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -462,6 +560,20 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_set_is_conservative_unless_widened() {
+        let c = parse(MINIMAL, &Flags::default()).unwrap();
+        assert_eq!(c.identity, IdentityRules::default());
+        assert!(c.identity.check("ops team").is_err());
+        let text = format!(
+            "admins = [\"ops team\", \"José\"]\n{MINIMAL}\n[identity]\n\
+             extra_chars = \".-_@ \"\nunicode_letters = true\n"
+        );
+        let c = parse(&text, &Flags::default()).unwrap();
+        assert_eq!(c.admins, ["ops team", "José"]);
+        assert!(c.identity.check("admin\u{200b}").is_err());
+    }
+
+    #[test]
     fn flags_alone_are_enough() {
         let flags = Flags {
             tls_cert: Some("/c".into()),
@@ -482,7 +594,20 @@ mod tests {
         let e = error(&format!("{MINIMAL}\nhandshake_timeout_ms = 0"));
         assert!(e.starts_with("tls.handshake_timeout_ms: must be 1"), "{e}");
         let e = error(&format!("admins = [\"\"]\n{MINIMAL}"));
-        assert!(e.starts_with("admins: \"\""), "{e}");
+        assert!(e.starts_with("admins: \"\" is not an identity"), "{e}");
+        let e = error(&format!("admins = [\"adm\\u0456n\"]\n{MINIMAL}"));
+        assert_eq!(
+            e,
+            "admins: \"adm\\u{456}n\" is not an identity: U+0456 (at byte 3) is not allowed \
+             in an identity"
+        );
+        let e = error(&format!(
+            "{MINIMAL}\n[identity]\nextra_chars = \"+\\u200b\""
+        ));
+        assert_eq!(
+            e,
+            "identity.extra_chars: U+200B is not ASCII punctuation or a space"
+        );
     }
 
     #[test]

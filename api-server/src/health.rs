@@ -14,10 +14,48 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::{Health as HealthApi, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService, WatchStream};
 
+use crate::errors;
 use crate::executor::ExecutorClient;
+
+/// The health service and its reporter.
+pub fn service() -> (HealthReporter, HealthServer<Checked>) {
+    let reporter = HealthReporter::new();
+    let service = Checked(HealthService::from_health_reporter(reporter.clone()));
+    (reporter, HealthServer::new(service))
+}
+
+/// tonic-health's service, with each request marked as having reached its handler, so
+/// that a request that never decodes is answered INVALID_ARGUMENT (see
+/// [`errors::StatusLayer`]) as for the jobs service.
+#[derive(Debug)]
+pub struct Checked(HealthService);
+
+#[tonic::async_trait]
+impl HealthApi for Checked {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        errors::reached(&request);
+        self.0.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        errors::reached(&request);
+        self.0.watch(request).await
+    }
+}
 
 /// Whether the executor is answering. Cheap to clone; updates are synchronous.
 #[derive(Debug, Clone)]

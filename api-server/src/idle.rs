@@ -124,25 +124,30 @@ where
         Box::pin(async move {
             let response = response.await?;
             Ok(match guard {
-                Some(guard) => response.map(|body| {
-                    Body::new(GuardedBody {
-                        inner: body,
-                        _guard: guard,
-                    })
-                }),
+                Some(guard) => response.map(|body| Body::new(GuardedBody::new(body, guard))),
                 None => response,
             })
         })
     }
 }
 
-/// A response body that keeps its call counted as open until it is done or dropped.
-struct GuardedBody {
+/// A response body that holds `G` (a call's place in a count) until it is done or
+/// dropped.
+pub struct GuardedBody<G> {
     inner: Body,
-    _guard: CallGuard,
+    _guard: G,
 }
 
-impl HttpBody for GuardedBody {
+impl<G> GuardedBody<G> {
+    pub fn new(inner: Body, guard: G) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin> HttpBody for GuardedBody<G> {
     type Data = Bytes;
     type Error = Status;
 

@@ -1,11 +1,21 @@
 //! Our own accept loop in front of tonic.
 //!
-//! For each connection: a slot of the connection cap is taken *before* the TCP accept
-//! (so a flood of half-open handshakes cannot exceed the cap), the TLS handshake runs
-//! under a timeout in its own task, the caller's identity is read from the verified
-//! certificate, and only then is the stream handed to tonic. The slot is released when
-//! tonic drops the connection. The identity reaches handlers through tonic's
-//! [`Connected`] mechanism: it is in every request's extensions as [`ConnInfo`].
+//! Every connection is accepted at once, so that the kernel's accept queue never holds
+//! a well-behaved client behind a flood. Then, in two stages with budgets of their own:
+//!
+//! 1. Before authentication, the connection takes a place in the handshake budget
+//!    ([`crate::admission`]: per source and in total, the oldest handshake giving way
+//!    when a budget is full), and its TLS handshake runs in its own task under the
+//!    handshake deadline.
+//! 2. Once the certificate is verified, its identity is admitted against the
+//!    connection caps ([`crate::limits`]: per identity and in total). A connection past
+//!    a cap is still handed to tonic, marked refused, so that its calls are answered
+//!    RESOURCE_EXHAUSTED naming the cap; it is closed at the handshake deadline.
+//!
+//! The identity reaches handlers through tonic's [`Connected`] mechanism: it is in
+//! every request's extensions as [`ConnInfo`]. A connection's place is given back
+//! before the client can see the connection end: when the server starts to close it,
+//! or when it is dropped.
 
 use std::future::Future;
 use std::io;
@@ -17,7 +27,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
@@ -26,8 +36,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::auth::identity_from_certificate;
+use crate::admission::{Displaced, HandshakeBudget, HandshakeSlot, Source};
+use crate::auth::{IdentityRules, Shown, identity_from_certificate};
 use crate::idle::Activity;
+use crate::limits::{Admission, Caps, ConnSlot, Limits, Usage};
 
 /// What handlers learn about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -37,31 +49,56 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Open calls on this connection, for the idle timeout.
     pub activity: Arc<Activity>,
+    /// Whether the connection was admitted, and if so its identity's usage.
+    pub access: Access,
 }
 
-/// An authenticated TLS connection, holding its slot of the connection cap. Its reader
-/// reports end-of-stream once no call has been open for the idle timeout, which makes
-/// the HTTP/2 server close the connection.
+/// A connection's standing against the connection caps.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Admitted: its calls count against its identity's usage.
+    Admitted(Arc<Usage>),
+    /// Past a cap: every call is answered RESOURCE_EXHAUSTED with this message.
+    Refused(Arc<str>),
+}
+
+/// When the server ends a connection by itself.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// After this long without an open call.
+    Idle(Duration),
+    /// At the timer's deadline, whatever its calls (a refused connection).
+    Deadline,
+}
+
+/// An authenticated TLS connection, holding its place among the connections. Its
+/// reader reports end-of-stream once the server is done with it (idle long enough, or
+/// a refused connection's deadline), which makes the HTTP/2 server close it.
 pub struct TlsConn {
+    // Dropped first: whoever sees the connection closed finds its place free.
+    slot: Option<ConnSlot>,
     io: TlsStream<TcpStream>,
     info: ConnInfo,
-    idle_timeout: Duration,
-    idle_timer: Pin<Box<Sleep>>,
-    idled_out: bool,
-    _slot: OwnedSemaphorePermit,
+    ending: Ending,
+    timer: Pin<Box<Sleep>>,
+    ended: bool,
 }
 
 impl TlsConn {
-    /// Polls the idle timer; true once the connection has been idle long enough.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.idle_timer.as_mut().poll(cx).is_ready() {
+    /// Polls the timer; true once the server is done with the connection.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let idle_timeout = match self.ending {
+                Ending::Deadline => return true,
+                Ending::Idle(timeout) => timeout,
+            };
             let wait = match self.info.activity.idle_for() {
-                Some(idle) if idle >= self.idle_timeout => return true,
-                Some(idle) => self.idle_timeout - idle,
-                None => self.idle_timeout,
+                Some(idle) if idle >= idle_timeout => return true,
+                Some(idle) => idle_timeout - idle,
+                None => idle_timeout,
             };
             // Re-armed; the loop polls it once more to register the waker.
-            self.idle_timer.as_mut().reset(Instant::now() + wait);
+            self.timer.as_mut().reset(Instant::now() + wait);
         }
         false
     }
@@ -81,10 +118,17 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.idled_out || self.poll_idle(cx) {
-            if !self.idled_out {
-                tracing::debug!(remote = %self.info.remote, "closing an idle connection");
-                self.idled_out = true;
+        if self.ended || self.poll_end(cx) {
+            if !self.ended {
+                match self.ending {
+                    Ending::Idle(_) => {
+                        tracing::debug!(remote = %self.info.remote, "closing an idle connection");
+                    }
+                    Ending::Deadline => {
+                        tracing::debug!(remote = %self.info.remote, "closing a refused connection");
+                    }
+                }
+                self.ended = true;
             }
             // End of stream: the HTTP/2 server closes the connection.
             return Poll::Ready(Ok(()));
@@ -119,17 +163,27 @@ impl AsyncWrite for TlsConn {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection is ending: its place is free before the peer can see the end.
+        self.slot = None;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 /// Settings of the accept loop.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AcceptSettings {
-    pub max_connections: u32,
+    /// Connections in their TLS handshake, all sources.
+    pub max_handshakes: u32,
+    /// Connections in their TLS handshake from one source.
+    pub max_handshakes_per_source: u32,
+    /// Time allowed for the handshake; also how long a refused connection stays open.
     pub handshake_timeout: Duration,
     /// A connection without an open call for this long is closed.
     pub idle_timeout: Duration,
+    /// Which common names are identities (the TLS verifier has checked already).
+    pub identity: Arc<IdentityRules>,
+    /// The caps of authenticated connections and their calls.
+    pub caps: Caps,
 }
 
 /// Starts the accept loop. Returns the stream of authenticated connections to give to
@@ -143,9 +197,13 @@ pub fn incoming(
 ) -> (ReceiverStream<io::Result<TlsConn>>, JoinHandle<()>) {
     // Connections wait here only while tonic takes them; a handful is plenty.
     let (tx, rx) = mpsc::channel(16);
-    let slots = Arc::new(Semaphore::new(settings.max_connections as usize));
+    let budget = HandshakeBudget::new(
+        settings.max_handshakes as usize,
+        settings.max_handshakes_per_source as usize,
+    );
+    let limits = Limits::new(settings.caps);
     let task = tokio::spawn(accept_loop(
-        listener, acceptor, settings, slots, tx, shutdown,
+        listener, acceptor, settings, budget, limits, tx, shutdown,
     ));
     (ReceiverStream::new(rx), task)
 }
@@ -154,18 +212,16 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     settings: AcceptSettings,
-    slots: Arc<Semaphore>,
+    budget: Arc<HandshakeBudget>,
+    limits: Arc<Limits>,
     tx: mpsc::Sender<io::Result<TlsConn>>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let slot = tokio::select! {
+        let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tx.closed() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
+            permit = budget.socket() => permit,
         };
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -176,7 +232,6 @@ async fn accept_loop(
                     // Out of file descriptors and the like: the error is transient,
                     // and retrying at once would spin. Back off briefly.
                     tracing::warn!("accept failed: {e}");
-                    drop(slot);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -184,11 +239,31 @@ async fn accept_loop(
                 }
             },
         };
+        let source = Source::of(remote.ip());
+        let (slot, displaced) = budget.admit(source);
+        match displaced {
+            None => {}
+            Some(Displaced::SameSource) => tracing::debug!(
+                %remote,
+                "{source} has {} handshakes in progress: its oldest gives way",
+                settings.max_handshakes_per_source
+            ),
+            Some(Displaced::Total) => tracing::debug!(
+                %remote,
+                "{} handshakes in progress: the oldest gives way",
+                settings.max_handshakes
+            ),
+        }
         let acceptor = acceptor.clone();
         let tx = tx.clone();
-        // The handshake task ends by the timeout at the latest.
+        let settings = settings.clone();
+        let limits = limits.clone();
+        // The handshake task ends by the deadline at the latest, or sooner if displaced.
         tokio::spawn(async move {
-            if let Some(conn) = handshake(acceptor, tcp, remote, settings, slot).await {
+            let conn = handshake(acceptor, tcp, remote, &settings, slot, &limits).await;
+            // From here on the connection is counted among the authenticated ones.
+            drop(permit);
+            if let Some(conn) = conn {
                 // Fails only when tonic stopped taking connections (shutdown).
                 let _ = tx.send(Ok(conn)).await;
             }
@@ -200,20 +275,34 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-    settings: AcceptSettings,
-    slot: OwnedSemaphorePermit,
+    settings: &AcceptSettings,
+    slot: HandshakeSlot,
+    limits: &Arc<Limits>,
 ) -> Option<TlsConn> {
     let timeout = settings.handshake_timeout;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(%remote, "TCP_NODELAY: {e}");
     }
-    let io = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    let accepted = tokio::select! {
+        biased;
+        _ = slot.displaced() => {
+            tracing::debug!(%remote, "TLS handshake dropped for a newer connection");
+            return None;
+        }
+        accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)) => accepted,
+    };
+    drop(slot);
+    let io = match accepted {
         Err(_) => {
             tracing::info!(%remote, "TLS handshake timed out");
             return None;
         }
         Ok(Err(e)) => {
-            tracing::info!(%remote, "TLS handshake failed: {e}");
+            tracing::info!(
+                %remote,
+                "TLS handshake failed: {}",
+                crate::tls::describe_handshake_error(&e)
+            );
             return None;
         }
         Ok(Ok(io)) => io,
@@ -225,7 +314,7 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .map(|leaf| identity_from_certificate(leaf))
+        .map(|leaf| identity_from_certificate(leaf, &settings.identity))
     {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
@@ -237,17 +326,39 @@ async fn handshake(
             return None;
         }
     };
-    tracing::debug!(%remote, %identity, "client authenticated");
+    let shown = Shown(&identity);
+    let (slot, access, ending) = match limits.admit(&identity) {
+        Admission::Admitted(slot) => {
+            tracing::debug!(%remote, identity = %shown, "client authenticated");
+            let access = Access::Admitted(slot.usage().clone());
+            (slot, access, Ending::Idle(settings.idle_timeout))
+        }
+        Admission::Refused(slot, message) => {
+            tracing::info!(%remote, identity = %shown, "connection refused: {message}");
+            (slot, Access::Refused(message.into()), Ending::Deadline)
+        }
+        Admission::Closed(message) => {
+            tracing::info!(%remote, identity = %shown, "connection closed: {message}");
+            return None;
+        }
+    };
+    // A refused connection stays open for one more handshake timeout: long enough to
+    // answer the call its client makes at once.
+    let timer = match ending {
+        Ending::Idle(idle) => tokio::time::sleep(idle),
+        Ending::Deadline => tokio::time::sleep(timeout),
+    };
     Some(TlsConn {
+        slot: Some(slot),
         io,
         info: ConnInfo {
             identity: identity.into(),
             remote,
             activity: Arc::new(Activity::new()),
+            access,
         },
-        idle_timeout: settings.idle_timeout,
-        idle_timer: Box::pin(tokio::time::sleep(settings.idle_timeout)),
-        idled_out: false,
-        _slot: slot,
+        ending,
+        timer: Box::pin(timer),
+        ended: false,
     })
 }

@@ -12,7 +12,6 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::util::MapResponseLayer;
 
 use crate::auth::Authorizer;
 use crate::config::Config;
@@ -20,6 +19,7 @@ use crate::errors::{self, MAX_REQUEST_BYTES};
 use crate::executor::{ExecutorClient, Timeouts};
 use crate::health::{self, Health};
 use crate::idle::TrackCallsLayer;
+use crate::limits::{CallLimitsLayer, Caps};
 use crate::listener::{self, AcceptSettings};
 use crate::service::JobWorkerService;
 use crate::tls;
@@ -33,7 +33,7 @@ pub struct Prepared {
 
 /// Loads the TLS material and binds the listener.
 pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let tls = tls::server_config(&config.tls)?;
+    let tls = tls::server_config(&config.tls, &config.identity)?;
     let listener =
         bind(config.listen).with_context(|| format!("listen: cannot bind {}", config.listen))?;
     Ok(Prepared {
@@ -79,7 +79,7 @@ impl Prepared {
             },
             Health::new(),
         );
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (reporter, health_service) = health::service();
         health::init(&reporter).await;
         let health_task = tokio::spawn(health::run(
             reporter,
@@ -107,9 +107,18 @@ impl Prepared {
             self.listener,
             TlsAcceptor::from(self.tls),
             AcceptSettings {
-                max_connections: config.max_connections,
+                max_handshakes: config.max_handshakes,
+                max_handshakes_per_source: config.max_handshakes_per_source,
                 handshake_timeout: config.handshake_timeout,
                 idle_timeout: config.idle_timeout,
+                identity: Arc::new(config.identity.clone()),
+                caps: Caps {
+                    max_connections: config.max_connections as usize,
+                    connections_per_identity: config.max_connections_per_identity as usize,
+                    max_calls: config.max_calls as usize,
+                    calls_per_identity: config.max_calls_per_identity as usize,
+                    streams_per_identity: config.max_streams_per_identity as usize,
+                },
             },
             shutdown.clone(),
         );
@@ -118,8 +127,9 @@ impl Prepared {
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .max_concurrent_streams(Some(config.max_streams_per_connection))
-            .layer(MapResponseLayer::new(errors::oversized_request))
+            .layer(errors::StatusLayer)
             .layer(TrackCallsLayer)
+            .layer(CallLimitsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)

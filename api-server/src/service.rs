@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::attach;
-use crate::auth::{Authorizer, Caller};
+use crate::auth::{Authorizer, Caller, Shown};
 use crate::convert;
 use crate::errors::{self, to_status};
 use crate::executor::{ExecutorClient, ExecutorError, OutputFrame, OutputStream};
@@ -33,6 +33,7 @@ pub struct JobWorkerService {
     executor: ExecutorClient,
     auth: Authorizer,
     streams: Arc<Semaphore>,
+    max_streams: u32,
     stop_timeout: Duration,
     shutdown: CancellationToken,
 }
@@ -49,12 +50,16 @@ impl JobWorkerService {
             executor,
             auth,
             streams: Arc::new(Semaphore::new(max_streams as usize)),
+            max_streams,
             stop_timeout,
             shutdown,
         }
     }
 
+    /// The caller of a request; also marks the request as having reached its handler
+    /// (see [`errors::reached`]). Every handler calls it first.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        errors::reached(request);
         request
             .extensions()
             .get::<ConnInfo>()
@@ -67,7 +72,11 @@ impl JobWorkerService {
         self.streams.clone().try_acquire_owned().map_err(|_| {
             to_status(
                 ErrorKind::ResourceExhausted,
-                "too many output streams are open; try again later",
+                &format!(
+                    "too many output streams open on this server: at most {} at once \
+                     (limits.max_streams); try again later",
+                    self.max_streams
+                ),
             )
         })
     }
@@ -76,17 +85,21 @@ impl JobWorkerService {
     /// rest to [`attach::pump`].
     async fn attached<C: attach::ClientMessage, M: attach::ServerMessage>(
         &self,
+        caller: &Caller,
         request: ExecRequest,
         inbound: Streaming<C>,
         slot: OwnedSemaphorePermit,
     ) -> Result<Response<ReceiverStream<Result<M, Status>>>, Status> {
+        let shown = |s: Status| shown_in(s, &caller.identity);
         let mut session = self
             .executor
             .attach(request)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| shown(e.to_status()))?;
         // Starting a job or an exec waits for its command: the stop timeout bounds it.
-        let first: M = attach::first(&mut session, self.stop_timeout).await?;
+        let first: M = attach::first(&mut session, self.stop_timeout)
+            .await
+            .map_err(shown)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let _ = tx.try_send(Ok(first));
         tokio::spawn(attach::pump(
@@ -99,16 +112,29 @@ impl JobWorkerService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    /// One executor request for `caller`.
     async fn call(
         &self,
+        caller: &Caller,
         request: ExecRequest,
         timeout: Option<Duration>,
     ) -> Result<ExecResponse, Status> {
         self.executor
             .call(request, timeout)
             .await
-            .map_err(|e| e.to_status())
+            .map_err(|e| shown_in(e.to_status(), &caller.identity))
     }
+}
+
+/// An executor's refusal as the caller sees it. The executor names owners as they are
+/// (a quota refusal begins with the owner); an identity outside the plain set is shown
+/// the way [`Shown`] renders it, as everywhere else.
+fn shown_in(status: Status, identity: &str) -> Status {
+    let shown = Shown(identity).to_string();
+    if shown == identity || !status.message().contains(identity) {
+        return status;
+    }
+    Status::new(status.code(), status.message().replace(identity, &shown))
 }
 
 fn unexpected(what: &'static str, response: &ExecResponse) -> Status {
@@ -126,6 +152,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let spec = convert::job_spec(request.into_inner())?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::Start {
                     owner: caller.identity.clone(),
                     spec,
@@ -135,7 +162,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .await?;
         match response {
             ExecResponse::Started { id } => {
-                tracing::info!(owner = %caller.identity, job = %id, "job started");
+                tracing::info!(owner = %Shown(&caller.identity), job = %id, "job started");
                 Ok(Response::new(pb::StartJobResponse { id: id.to_string() }))
             }
             other => Err(unexpected("start", &other)),
@@ -150,6 +177,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let id = convert::job_id(&request.get_ref().id)?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::Stop {
                     scope: caller.scope(),
                     id,
@@ -159,7 +187,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .await?;
         match response {
             ExecResponse::Status(status) => {
-                tracing::info!(caller = %caller.identity, job = %id, "job stopped");
+                tracing::info!(caller = %Shown(&caller.identity), job = %id, "job stopped");
                 Ok(Response::new(pb::StopJobResponse {
                     status: Some(convert::job_status(*status)),
                 }))
@@ -176,6 +204,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let id = convert::job_id(&request.get_ref().id)?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::Status {
                     scope: caller.scope(),
                     id,
@@ -207,6 +236,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let after = convert::page_token(&r.page_token)?;
         let response = self
             .call(
+                &caller,
                 ExecRequest::List {
                     scope,
                     after,
@@ -235,7 +265,10 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
                 "everyone's quotas need the admin role",
             )
         })?;
-        match self.call(ExecRequest::Quota { scope }, None).await? {
+        match self
+            .call(&caller, ExecRequest::Quota { scope }, None)
+            .await?
+        {
             ExecResponse::Quotas(quotas) => Ok(Response::new(pb::GetQuotaResponse {
                 quotas: quotas.into_iter().map(convert::quota).collect(),
             })),
@@ -264,7 +297,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
                 follow: r.follow,
             })
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| shown_in(e.to_status(), &caller.identity))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(pump(output, tx, slot, self.shutdown.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -278,7 +311,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
     ) -> Result<Response<Self::RunJobStream>, Status> {
         let caller = self.caller(&request)?;
         let mut inbound = request.into_inner();
-        let start = match inbound.message().await? {
+        let start = match inbound.message().await.map_err(errors::inbound)? {
             Some(pb::RunJobRequest {
                 event: Some(pb::run_job_request::Event::Start(start)),
             }) => start,
@@ -290,8 +323,8 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             owner: caller.identity.clone(),
             spec,
         };
-        let response = self.attached(request, inbound, slot).await?;
-        tracing::info!(owner = %caller.identity, "job run, attached");
+        let response = self.attached(&caller, request, inbound, slot).await?;
+        tracing::info!(owner = %Shown(&caller.identity), "job run, attached");
         Ok(response)
     }
 
@@ -303,7 +336,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
     ) -> Result<Response<Self::ExecJobStream>, Status> {
         let caller = self.caller(&request)?;
         let mut inbound = request.into_inner();
-        let start = match inbound.message().await? {
+        let start = match inbound.message().await.map_err(errors::inbound)? {
             Some(pb::ExecJobRequest {
                 event: Some(pb::exec_job_request::Event::Start(start)),
             }) => start,
@@ -317,8 +350,8 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             caller: caller.identity.clone(),
             spec,
         };
-        let response = self.attached(request, inbound, slot).await?;
-        tracing::info!(caller = %caller.identity, job = %id, "exec attached");
+        let response = self.attached(&caller, request, inbound, slot).await?;
+        tracing::info!(caller = %Shown(&caller.identity), job = %id, "exec attached");
         Ok(response)
     }
 
@@ -335,7 +368,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         };
         // No deadline: a job may run for days. The call ends with the client's.
         let response = tokio::select! {
-            r = self.call(wait, Some(Duration::MAX)) => r?,
+            r = self.call(&caller, wait, Some(Duration::MAX)) => r?,
             _ = self.shutdown.cancelled() => return Err(errors::shutting_down()),
         };
         match response {
@@ -420,4 +453,24 @@ fn chunk(stream: jobworker_protocol::Stream, data: bytes::Bytes) -> pb::StreamJo
 
 fn stream_error(e: &ExecutorError) -> Status {
     e.to_status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executor_messages_show_identities_as_everywhere_else() {
+        let quota = Status::resource_exhausted("José: 1 of 1 running jobs (the quota)");
+        let s = shown_in(quota, "José");
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            r#""Jos\u{e9}": 1 of 1 running jobs (the quota)"#
+        );
+        let plain = shown_in(Status::resource_exhausted("alice: 1 of 1"), "alice");
+        assert_eq!(plain.message(), "alice: 1 of 1");
+        let unrelated = shown_in(Status::not_found("no job 00"), "José");
+        assert_eq!(unrelated.message(), "no job 00");
+    }
 }

@@ -11,8 +11,10 @@
 //!   then X25519, then secp256r1 for clients limited to NIST curves.
 //! - ALPN: `h2` only (gRPC).
 //! - Client certificates: required, verified against the configured client CA, checked
-//!   against the optional CRL, and refused at the handshake (alert `access_denied`) when
-//!   their subject has no usable common name, which is the caller's identity.
+//!   against the optional CRL, refused at the handshake (alert `unsupported_certificate`)
+//!   unless an extended key usage extension lists clientAuth, and refused (alert
+//!   `access_denied`) when their subject has no usable common name, which is the
+//!   caller's identity.
 //! - The private key file must not be readable by group or others.
 
 use std::fs::File;
@@ -33,7 +35,9 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 
-use crate::auth::identity_from_certificate;
+use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
+
+use crate::auth::{IdentityRules, Shown, identity_from_certificate};
 use crate::config::TlsPaths;
 
 pub use jobworker_proto::tls::{ALPN_H2, PROTOCOL_VERSIONS, provider};
@@ -170,8 +174,12 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     Ok(crls)
 }
 
-/// Builds the server's TLS configuration from the configured files.
-pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+/// Builds the server's TLS configuration from the configured files; client
+/// certificates must name an identity under `identity`.
+pub fn server_config(
+    paths: &TlsPaths,
+    identity: &IdentityRules,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let chain = load_certs("tls.cert", &paths.cert)?;
     let key = load_private_key("tls.key", &paths.key)?;
@@ -195,7 +203,10 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(TlsError::Protocol)?
-        .with_client_cert_verifier(Arc::new(IdentityVerifier { inner: verifier }))
+        .with_client_cert_verifier(Arc::new(IdentityVerifier {
+            inner: verifier,
+            rules: identity.clone(),
+        }))
         .with_single_cert(chain, key)
         .map_err(TlsError::ServerCert)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -234,6 +245,7 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
 #[derive(Debug)]
 struct IdentityVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    rules: IdentityRules,
 }
 
 impl ClientCertVerifier for IdentityVerifier {
@@ -258,7 +270,16 @@ impl ClientCertVerifier for IdentityVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if let Err(e) = identity_from_certificate(end_entity) {
+        if let Err(why) = client_auth_usage(end_entity) {
+            tracing::info!(
+                "client certificate refused: {why} (subject CN {})",
+                common_name(end_entity)
+            );
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            ));
+        }
+        if let Err(e) = identity_from_certificate(end_entity, &self.rules) {
             tracing::info!("client certificate refused: {e}");
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
@@ -290,6 +311,78 @@ impl ClientCertVerifier for IdentityVerifier {
     }
 }
 
+/// A failed handshake as the server logs it: what was wrong with the client's
+/// certificate, in words, when that is the reason; the TLS error otherwise.
+pub fn describe_handshake_error(e: &std::io::Error) -> String {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e.to_string();
+    };
+    let date = |t: &UnixTime| {
+        i64::try_from(t.as_secs())
+            .ok()
+            .and_then(|secs| ASN1Time::from_timestamp(secs).ok())
+            .map_or_else(|| format!("{} (UNIX)", t.as_secs()), |t| t.to_string())
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+            time,
+            not_before,
+        }) => format!(
+            "the client certificate is not valid yet: it is valid from {}, and this host's \
+             clock says {}; check the certificate's dates and both hosts' clocks",
+            date(not_before),
+            date(time)
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYet) => {
+            "the client certificate is not valid yet; check its dates and both hosts' clocks".into()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => {
+            format!(
+                "the client certificate has expired: it was valid until {}, and this host's \
+             clock says {}",
+                date(not_after),
+                date(time)
+            )
+        }
+        rustls::Error::InvalidCertificate(CertificateError::Expired) => {
+            "the client certificate has expired".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Whether a client certificate is meant for TLS client authentication: it must carry
+/// an extended key usage extension that lists clientAuth. WebPKI only refuses a
+/// certificate whose extension lists other usages; one without the extension at all
+/// would pass as good for anything.
+fn client_auth_usage(der: &[u8]) -> Result<(), &'static str> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| "it cannot be parsed")?;
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) if eku.value.client_auth => Ok(()),
+        Ok(Some(_)) => Err("its extended key usage does not include clientAuth"),
+        Ok(None) => Err("it has no extended key usage extension (clientAuth is required)"),
+        Err(_) => Err("its extended key usage extension cannot be parsed"),
+    }
+}
+
+/// The subject common name of a certificate, for logs: shown unambiguously, or a note
+/// saying there is none.
+fn common_name(der: &[u8]) -> String {
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, cert)| {
+            cert.subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(|cn| Shown(cn).to_string())
+        })
+        .unwrap_or_else(|| "(none)".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +411,7 @@ mod tests {
     #[test]
     fn builds_a_tls13_only_config_with_h2() {
         let dir = tempfile::tempdir().unwrap();
-        let config = server_config(&paths(dir.path(), 0o600)).unwrap();
+        let config = server_config(&paths(dir.path(), 0o600), &IdentityRules::default()).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
         let provider = config.crypto_provider();
         let suites: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
@@ -342,16 +435,42 @@ mod tests {
     }
 
     #[test]
+    fn only_certificates_for_client_authentication_pass() {
+        use rcgen::ExtendedKeyUsagePurpose as Eku;
+        let cert = |usages: Vec<Eku>| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.extended_key_usages = usages;
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        assert_eq!(client_auth_usage(&cert(vec![Eku::ClientAuth])), Ok(()));
+        assert_eq!(
+            client_auth_usage(&cert(vec![Eku::ServerAuth, Eku::ClientAuth])),
+            Ok(())
+        );
+        assert_eq!(
+            client_auth_usage(&cert(vec![])),
+            Err("it has no extended key usage extension (clientAuth is required)")
+        );
+        for usages in [vec![Eku::ServerAuth], vec![Eku::Any]] {
+            assert_eq!(
+                client_auth_usage(&cert(usages)),
+                Err("its extended key usage does not include clientAuth")
+            );
+        }
+    }
+
+    #[test]
     fn a_key_readable_by_others_is_refused_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         for mode in [0o644, 0o640, 0o604] {
-            let e = server_config(&paths(dir.path(), mode))
+            let e = server_config(&paths(dir.path(), mode), &IdentityRules::default())
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("readable by group or others"), "{e}");
             assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
         }
-        server_config(&paths(dir.path(), 0o400)).unwrap();
+        server_config(&paths(dir.path(), 0o400), &IdentityRules::default()).unwrap();
     }
 
     #[test]
@@ -359,14 +478,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = paths(dir.path(), 0o600);
         p.client_ca = dir.path().join("missing.pem");
-        let e = server_config(&p).unwrap_err().to_string();
+        let e = server_config(&p, &IdentityRules::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("tls.client_ca "), "{e}");
         p.client_ca = write(dir.path(), "empty.pem", "", 0o644);
-        let e = server_config(&p).unwrap_err().to_string();
+        let e = server_config(&p, &IdentityRules::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("contains no certificate"), "{e}");
         p.client_ca = p.cert.clone();
         p.crl = Some(write(dir.path(), "crl.pem", "garbage", 0o644));
-        let e = server_config(&p).unwrap_err().to_string();
+        let e = server_config(&p, &IdentityRules::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("tls.crl "), "{e}");
     }
 }

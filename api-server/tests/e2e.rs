@@ -38,11 +38,14 @@ async fn valid_client_starts_a_job_gets_its_status_and_streams_its_output() {
     )
     .await;
     assert_eq!(id.len(), 32);
-    let (data, end) = finished_output(&mut alice, &id).await;
-    assert_eq!(data, b"hello\nto stderr\n");
+    let (out, err, end) = finished_streams(&mut alice, &id).await;
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"hello\n"[..], &b"to stderr\n"[..])
+    );
     assert_eq!(end.state(), pb::JobState::Exited);
     assert_eq!(end.exit_code, Some(3));
-    assert_eq!(end.output_bytes, data.len() as u64);
+    assert_eq!(end.output_bytes, (out.len() + err.len()) as u64);
 
     let status = alice
         .get_job_status(pb::GetJobStatusRequest { id: id.clone() })

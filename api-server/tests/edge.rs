@@ -340,49 +340,66 @@ async fn idle_connections_are_closed_but_open_calls_keep_theirs() {
     assert_eq!(negotiated.lock().unwrap().as_ref().unwrap().connections, 1);
 }
 
+/// A health check on `channel`: `Ok` or the status the server answered.
+async fn health_check(channel: Channel) -> Result<(), tonic::Status> {
+    HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .map(drop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_cap_wait_for_a_free_slot() {
+async fn connections_past_the_caps_are_told_which_cap_and_a_freed_place_is_taken_again() {
+    use tokio::io::AsyncReadExt;
     let pki = Pki::generate();
     let api = Api::spawn(
         &pki,
         &ApiOptions {
-            extra_toml: "[limits]\nmax_connections = 1\n".into(),
+            extra_toml: "[limits]\nmax_connections = 2\nmax_connections_per_identity = 1\n\
+                         [http2]\nidle_timeout_ms = 1000\n"
+                .into(),
             ..ApiOptions::no_executor()
         },
     );
-    let (channel, _) = channel(api.addr, pki.client_config("alice")).await.unwrap();
-    let mut first = HealthClient::new(channel);
-    first
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .unwrap();
-
-    // A second connection: the server does not even accept it while the first holds
-    // the only slot.
-    let addr = api.addr;
-    let config = pki.client_config("bob");
-    let mut second = tokio::spawn(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    // alice's first connection: a raw TLS connection that makes no call, admitted.
+    let tcp = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut first =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config("alice")))
             .connect(name, tcp)
             .await
-            .map(drop)
-    });
-    // Round trips on the first connection: the server is busy serving, yet the second
-    // handshake makes no progress.
-    for _ in 0..5 {
-        first
-            .check(tonic_health::pb::HealthCheckRequest::default())
-            .await
             .unwrap();
-        assert!(!second.is_finished(), "the second handshake went through");
-    }
-    // Freeing the slot lets the second connection in.
-    drop(first);
-    tokio::time::timeout(Duration::from_secs(20), &mut second)
+    // bob's: admitted (a call on it proves it, and that alice's connection came first).
+    let (bob, _) = channel(api.addr, pki.client_config("bob")).await.unwrap();
+    health_check(bob.clone()).await.unwrap();
+
+    // alice's second: past her own cap. Every call on it says so.
+    let (second, _) = channel(api.addr, pki.client_config("alice")).await.unwrap();
+    let e = health_check(second.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "too many connections for alice: at most 1 at once \
+         (limits.max_connections_per_identity)"
+    );
+    // admin's: past the server's cap (alice's and bob's hold both places).
+    let (admin, _) = channel(api.addr, pki.client_config("admin")).await.unwrap();
+    let e = health_check(admin).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        e.message(),
+        "too many connections to this server: at most 2 at once (limits.max_connections); \
+         try again later"
+    );
+
+    // The server closes alice's idle first connection; its place is free before she
+    // can see the close, so her next connection is admitted.
+    let mut buf = [0u8; 4096];
+    let closed = async { while !matches!(first.read(&mut buf).await, Ok(0) | Err(_)) {} };
+    tokio::time::timeout(Duration::from_secs(20), closed)
         .await
-        .expect("the second connection should get the freed slot")
-        .unwrap()
-        .expect("handshake");
+        .expect("the idle connection should be closed");
+    let (again, _) = channel(api.addr, pki.client_config("alice")).await.unwrap();
+    health_check(again).await.unwrap();
+    drop((bob, second));
 }

@@ -243,12 +243,14 @@ async fn abandoned_streams_and_dropped_handshakes_leave_nothing_behind() {
     }
     const STREAMS: usize = 1000;
     const HANDSHAKES: usize = 1000;
-    // Health pings off: every executor connection is one a test stream made.
+    // Health pings off: every executor connection is one a test stream made. All of it
+    // is alice's, from one address: her caps are the server's, so that none is met.
     let w = Stack::generated(
         "leaks",
-        ApiOptions::default()
-            .health_ms(600_000)
-            .toml("[limits]\nmax_streams = 1024\n"),
+        ApiOptions::default().health_ms(600_000).toml(
+            "[limits]\nmax_streams = 1024\nmax_streams_per_identity = 1024\n\
+             max_handshakes_per_source = 128\n",
+        ),
     );
     let mut gate = Gate::new();
     let mut alice = w.client("alice").await;

@@ -210,27 +210,34 @@ async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_is_served() {
+async fn idle_and_silent_connections_meet_their_budgets_and_a_good_client_is_served() {
     if skip_unless_root(
-        "idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_is_served",
+        "idle_and_silent_connections_meet_their_budgets_and_a_good_client_is_served",
     ) {
         return;
     }
     const IDLE: usize = 1000;
-    const SLOW: usize = 200;
-    const CAP: usize = 100;
+    const SILENT: usize = 200;
+    const CONNECTIONS: usize = 100;
+    const PER_IDENTITY: usize = 32;
+    const HANDSHAKES: usize = 100;
     let fd_limit = raise_fd_limit();
     assert!(
-        fd_limit as usize > IDLE + SLOW + 200,
+        fd_limit as usize > IDLE + SILENT + 200,
         "this test holds {} connections; the open-files limit is {fd_limit}",
-        IDLE + SLOW
+        IDLE + SILENT
     );
+    // Every client of the crowd is on 127.0.0.1, so its budget of handshakes is the
+    // server's whole budget.
     let stack = Stack::generated(
         "idle",
         ApiOptions {
             tls_extra: "handshake_timeout_ms = 3000\n".into(),
             ..ApiOptions::default().health_ms(600_000).toml(&format!(
-                "[limits]\nmax_connections = {CAP}\n[http2]\nidle_timeout_ms = 2000\n"
+                "[limits]\nmax_connections = {CONNECTIONS}\n\
+                 max_connections_per_identity = {PER_IDENTITY}\n\
+                 max_handshakes = {HANDSHAKES}\nmax_handshakes_per_source = {HANDSHAKES}\n\
+                 [http2]\nidle_timeout_ms = 2000\n"
             ))
         },
     );
@@ -239,63 +246,82 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
     let base = fd_count(api_pid);
     let began = Instant::now();
 
-    // 1,000 clients that finish the TLS handshake and then send nothing, and 200 that
-    // connect and never even start it; each waits for the server to close it. At most
-    // OUTSTANDING are connected at a time: twice the cap, so the cap is always full and
-    // clients queue, but never more than the kernel's smallest accept backlog (128)
-    // holds: past it, a client that sent nothing would wait half-open forever.
-    const OUTSTANDING: usize = 2 * CAP;
+    // 1,000 clients as bob that finish the TLS handshake (or are displaced during it)
+    // and then send nothing, and 200 that connect and never even start it; each waits
+    // for the server to close it. At most OUTSTANDING are connected at a time.
+    const OUTSTANDING: usize = 400;
     let outstanding = Arc::new(tokio::sync::Semaphore::new(OUTSTANDING));
     let config = Arc::new(pki.client_config("bob"));
     let closed_idle = Arc::new(AtomicUsize::new(0));
-    let closed_slow = Arc::new(AtomicUsize::new(0));
+    let refused_handshakes = Arc::new(AtomicUsize::new(0));
+    let closed_silent = Arc::new(AtomicUsize::new(0));
     let progress = Arc::new(Notify::new());
     let most_fds = Arc::new(AtomicUsize::new(0));
     let mut crowd = tokio::task::JoinSet::new();
-    for n in 0..IDLE + SLOW {
+    for n in 0..IDLE + SILENT {
         let (config, outstanding, progress) =
             (config.clone(), outstanding.clone(), progress.clone());
-        let (closed_idle, closed_slow, most) =
-            (closed_idle.clone(), closed_slow.clone(), most_fds.clone());
+        let (closed_idle, refused, closed_silent, most) = (
+            closed_idle.clone(),
+            refused_handshakes.clone(),
+            closed_silent.clone(),
+            most_fds.clone(),
+        );
         let addr = api.addr;
         crowd.spawn(async move {
             let _turn = outstanding.acquire_owned().await.unwrap();
             let mut tcp = TcpStream::connect(addr).await.unwrap();
             let mut buf = [0u8; 4096];
             if n % 6 == 5 {
-                // Silent: closed by the handshake timeout once the server takes it.
+                // Silent: closed by the deadline, or sooner for a newer connection.
                 let n = tcp.read(&mut buf).await.unwrap_or(0);
                 assert_eq!(n, 0, "the server sent something to a silent client");
-                closed_slow.fetch_add(1, Ordering::Relaxed);
+                closed_silent.fetch_add(1, Ordering::Relaxed);
             } else {
                 let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                let mut tls = tokio_rustls::TlsConnector::from(config)
+                match tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await
-                    .expect("handshake");
-                // The server holds this connection now: within its cap.
-                most.fetch_max(fd_count(api_pid), Ordering::Relaxed);
-                // The server's HTTP/2 settings, then the close of an idle connection.
-                while !matches!(tls.read(&mut buf).await, Ok(0) | Err(_)) {}
-                closed_idle.fetch_add(1, Ordering::Relaxed);
+                {
+                    Ok(mut tls) => {
+                        most.fetch_max(fd_count(api_pid), Ordering::Relaxed);
+                        // The server's HTTP/2 settings, then the close: of an idle
+                        // connection, or of one past bob's cap at the deadline.
+                        while !matches!(tls.read(&mut buf).await, Ok(0) | Err(_)) {}
+                        closed_idle.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Displaced by newer connections before it was done.
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
             progress.notify_waiters();
         });
     }
 
-    // A well-behaved client arrives once 300 of the crowd have been served, and
-    // queues with the rest.
+    // A well-behaved client arrives once 300 of the crowd have been served.
+    let served = || {
+        closed_idle.load(Ordering::Relaxed)
+            + refused_handshakes.load(Ordering::Relaxed)
+            + closed_silent.load(Ordering::Relaxed)
+    };
     loop {
         let next = progress.notified();
         tokio::pin!(next);
         next.as_mut().enable();
-        if closed_idle.load(Ordering::Relaxed) + closed_slow.load(Ordering::Relaxed) >= 300 {
+        if served() >= 300 {
             break;
         }
-        next.await;
+        tokio::time::timeout(LIMIT, next)
+            .await
+            .expect("the crowd makes progress");
     }
+    // It comes from another address than the crowd's (its budget of handshakes is its
+    // own) and another identity (so are its connection caps).
     let arrived = Instant::now();
-    let (channel, _) = channel(api.addr, pki.client_config("alice"))
+    let source = Some(std::net::Ipv4Addr::new(127, 0, 0, 2).into());
+    let (channel, _) = channel_from(api.addr, pki.client_config("alice"), source)
         .await
         .expect("the good client connects");
     let mut alice = JobWorkerClient::new(channel.clone());
@@ -303,17 +329,29 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
     assert_eq!(finished_output(&mut alice, &id).await.0, b"served\n");
     let served_in = arrived.elapsed();
 
-    while let Some(r) = crowd.join_next().await {
-        r.unwrap();
-    }
-    assert_eq!(closed_idle.load(Ordering::Relaxed), IDLE);
-    assert_eq!(closed_slow.load(Ordering::Relaxed), SLOW);
+    let all = async {
+        while let Some(r) = crowd.join_next().await {
+            r.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(300), all)
+        .await
+        .expect("the server closes the whole crowd");
+    assert_eq!(
+        closed_idle.load(Ordering::Relaxed) + refused_handshakes.load(Ordering::Relaxed),
+        IDLE
+    );
+    assert_eq!(closed_silent.load(Ordering::Relaxed), SILENT);
     let most = most_fds.load(Ordering::Relaxed);
-    // The cap held: never more client connections than max_connections (plus the good
-    // client's, and its calls to the executor).
+    // The budgets held: sockets before authentication (twice the handshakes: those in
+    // progress, and those displaced or finished and being closed), bob's admitted
+    // connections, his refused ones still open, the good client's, and its calls to the
+    // executor.
+    let bound =
+        base + 2 * HANDSHAKES + PER_IDENTITY + jobworker_api::limits::REFUSED_PER_IDENTITY + 4;
     assert!(
-        most <= base + CAP + 4,
-        "the server held {most} fds, baseline {base}, cap {CAP}"
+        most <= bound,
+        "the server held {most} fds, baseline {base}, bound {bound}"
     );
     // The good client is still connected and still served after the crowd left.
     HealthClient::new(channel)
@@ -326,9 +364,12 @@ async fn idle_and_slow_connections_meet_the_cap_and_timeouts_and_a_good_client_i
     let after = fd_count(api_pid);
     assert!(back, "the server holds {after} fds, baseline {base}");
     note(&format!(
-        "idle/slow: {IDLE} idle TLS connections and {SLOW} silent ones, {OUTSTANDING} at a \
-         time against a cap of {CAP}: all closed by the server; its fds {base} before, at most \
-         {most} during, {after} after; a good client was served in {:.1} s; {:.1} s in all",
+        "idle/silent: {IDLE} idle TLS clients as one identity ({} of them displaced during \
+         the handshake) and {SILENT} silent ones, {OUTSTANDING} at a time, against {HANDSHAKES} \
+         handshakes and {PER_IDENTITY} connections per identity: all closed by the server; \
+         its fds {base} before, at most {most} during, {after} after; a good client was \
+         served in {:.2} s; {:.1} s in all",
+        refused_handshakes.load(Ordering::Relaxed),
         served_in.as_secs_f64(),
         began.elapsed().as_secs_f64()
     ));

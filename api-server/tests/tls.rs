@@ -133,6 +133,16 @@ async fn certificate_without_common_name_is_refused_at_handshake() {
 }
 
 #[tokio::test]
+async fn certificate_without_the_client_auth_usage_is_refused_at_handshake() {
+    let pki = Pki::generate();
+    let api = server(&pki);
+    for who in ["no-eku", "server-eku"] {
+        let e = refusal(api.addr, pki.client_config(who)).await;
+        assert!(e.contains("UnsupportedCertificate"), "{who}: {e}");
+    }
+}
+
+#[tokio::test]
 async fn tls12_only_client_is_refused() {
     let pki = Pki::generate();
     let api = server(&pki);

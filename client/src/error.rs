@@ -367,9 +367,16 @@ pub fn describe_tls(e: &rustls::Error, ctx: &Context) -> String {
 fn alert_text(alert: AlertDescription) -> String {
     match alert {
         AlertDescription::BadCertificate => "bad certificate".into(),
-        AlertDescription::UnsupportedCertificate => "unsupported certificate".into(),
+        AlertDescription::UnsupportedCertificate => {
+            "not a certificate for client authentication: it needs the clientAuth extended key \
+             usage"
+                .into()
+        }
         AlertDescription::CertificateRevoked => "certificate revoked".into(),
-        AlertDescription::CertificateExpired => "certificate expired".into(),
+        // The alert means "expired or not currently valid" (RFC 8446, 6.2).
+        AlertDescription::CertificateExpired => {
+            "certificate expired or not yet valid: check its dates and the clocks".into()
+        }
         AlertDescription::CertificateUnknown => "certificate unknown".into(),
         AlertDescription::UnknownCA => "issued by a CA it does not trust".into(),
         AlertDescription::AccessDenied => "access denied: no usable identity".into(),
@@ -463,8 +470,9 @@ mod tests {
         let e = classify_cause(&io, &ctx()).unwrap();
         assert_eq!(e.class, Class::Tls);
         assert!(
-            e.to_string()
-                .contains("the server rejected our certificate (certificate expired)"),
+            e.to_string().contains(
+                "the server rejected our certificate (certificate expired or not yet valid"
+            ),
             "{e}"
         );
         let unknown = io::Error::new(

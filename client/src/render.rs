@@ -261,7 +261,7 @@ pub fn quota_text(quotas: &[pb::Quota]) -> String {
         };
         let count = |n: u64| n.to_string();
         let cores = |m: u64| format!("{} cores", m as f64 / 1000.0);
-        let _ = writeln!(out, "{}:", crate::error::one_line(&q.owner));
+        let _ = writeln!(out, "{}:", identity(&q.owner));
         let _ = writeln!(
             out,
             "  running jobs  {}",
@@ -440,7 +440,7 @@ pub fn job_text(s: &pb::JobStatus) -> String {
         let _ = writeln!(out, "{label:<12} {value}");
     };
     line("id:", crate::error::one_line(&s.id));
-    line("owner:", crate::error::one_line(&s.owner));
+    line("owner:", identity(&s.owner));
     line("command:", command_line(&s.argv));
     line("state:", outcome(s));
     if !s.error.is_empty() {
@@ -487,7 +487,7 @@ pub fn list_text(jobs: &[pb::JobStatus]) -> String {
         .map(|s| {
             [
                 crate::error::one_line(&s.id),
-                crate::error::one_line(&s.owner),
+                identity(&s.owner),
                 outcome(s),
                 time_of(&s.started_at)
                     .map(|t| humantime::format_rfc3339_seconds(t).to_string())
@@ -521,9 +521,44 @@ pub fn list_text(jobs: &[pb::JobStatus]) -> String {
     out
 }
 
+/// An identity (a job's owner) for people, as the server shows it: as it is when it is
+/// plain (`[A-Za-z0-9._@-]`), otherwise quoted, with `"` and `\` escaped and every
+/// character outside printable ASCII as `\u{hex}`, so that `admin` and `admin` with an
+/// invisible character never look alike. JSON keeps the raw string.
+pub fn identity(id: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
+    if !id.is_empty() && id.chars().all(plain) {
+        return id.to_string();
+    }
+    let mut out = String::from("\"");
+    for c in id.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identities_that_could_look_alike_are_shown_apart() {
+        assert_eq!(identity("alice"), "alice");
+        assert_eq!(identity("build-bot@ci.example"), "build-bot@ci.example");
+        assert_eq!(identity("Jos\u{e9}"), r#""Jos\u{e9}""#);
+        assert_eq!(identity("admin\u{200b}"), r#""admin\u{200b}""#);
+        assert_eq!(identity("\u{202e}nimda"), r#""\u{202e}nimda""#);
+        assert_eq!(identity("a \"b\"\\"), r#""a \"b\"\\""#);
+        assert_eq!(identity(""), r#""""#);
+    }
 
     fn sample() -> pb::JobStatus {
         pb::JobStatus {

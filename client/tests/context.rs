@@ -509,9 +509,10 @@ fn a_job_runs_through_the_context_chosen_by_flag_or_environment() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout_text(), "both\n");
-    run(&[], &[], "none").assert_error(3, &format!("cannot reach the server at {refused}"));
+    // `run` exits with the job's code, so its own failures are 125.
+    run(&[], &[], "none").assert_error(125, &format!("cannot reach the server at {refused}"));
     run(&[], &["--context", "default"], "top")
-        .assert_error(3, &format!("cannot reach the server at {refused}"));
+        .assert_error(125, &format!("cannot reach the server at {refused}"));
 
     // `context use` makes it the one without a flag or variable.
     assert_eq!(ctl(&home, &[], &["context", "use", "here"]).code, 0);

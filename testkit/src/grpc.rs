@@ -1,7 +1,7 @@
 //! gRPC clients of the API server over its own strict TLS client configuration (what
 //! jobctl uses), and helpers for the jobs API.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use jobworker_proto::v1::job_worker_client::JobWorkerClient;
 use jobworker_proto::v1::stream_job_output_response::Event;
 use rustls::ClientConfig;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 use tonic::Streaming;
@@ -32,11 +32,35 @@ pub struct Negotiated {
     pub connections: usize,
 }
 
+/// A TCP connection to `addr`, from `source` when given (on Linux every address of
+/// 127.0.0.0/8 is loopback's, so tests can play clients of different addresses).
+pub async fn tcp_from(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
 /// A gRPC channel to `addr` over our own TLS connector (server name `localhost`,
 /// `TCP_NODELAY` as jobctl sets it); records what each handshake negotiated.
 pub async fn channel(
     addr: SocketAddr,
     config: ClientConfig,
+) -> Result<(Channel, Arc<Mutex<Option<Negotiated>>>), tonic::transport::Error> {
+    channel_from(addr, config, None).await
+}
+
+/// [`channel`], its connections made from `source` ([`tcp_from`]).
+pub async fn channel_from(
+    addr: SocketAddr,
+    config: ClientConfig,
+    source: Option<IpAddr>,
 ) -> Result<(Channel, Arc<Mutex<Option<Negotiated>>>), tonic::transport::Error> {
     let negotiated = Arc::new(Mutex::new(None));
     let seen = negotiated.clone();
@@ -47,7 +71,7 @@ pub async fn channel(
             let connector = connector.clone();
             let seen = seen.clone();
             async move {
-                let tcp = TcpStream::connect(addr).await?;
+                let tcp = tcp_from(addr, source).await?;
                 tcp.set_nodelay(true)?;
                 let name = rustls::pki_types::ServerName::try_from("localhost")
                     .map_err(std::io::Error::other)?;
@@ -100,6 +124,94 @@ pub async fn refusal(addr: SocketAddr, config: ClientConfig) -> String {
         Ok(Ok(outcome)) => panic!("the server did not refuse: {outcome}"),
         Ok(Err(e)) => e.to_string(),
     }
+}
+
+/// A codec that sends and receives message bytes as they are: for requests no client
+/// library would encode (malformed protobuf).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// One unary call of `path` (`/package.Service/Method`) with `message` as the request's
+/// bytes, exactly; the answer's bytes.
+pub async fn raw_call(
+    channel: Channel,
+    path: &'static str,
+    message: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(message),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// A call of `path` whose request message never comes: the client sends the call's
+/// headers and then nothing, so the call stays in flight on the server until the server
+/// answers it or this future is dropped.
+pub async fn call_without_message(
+    channel: Channel,
+    path: &'static str,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.client_streaming(
+        tonic::Request::new(futures::stream::pending::<Vec<u8>>()),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
 }
 
 /// The output of `seq FROM TO`.
@@ -180,6 +292,27 @@ pub async fn finished_output(
     collect(stream(c, id, 0, true).await.unwrap(), usize::MAX, None)
         .await
         .unwrap()
+}
+
+/// A job's whole output, each stream apart (the order across the two is the order the
+/// executor read them in, which the job does not control), and its final status.
+pub async fn finished_streams(
+    c: &mut JobWorkerClient<Channel>,
+    id: &str,
+) -> (Vec<u8>, Vec<u8>, pb::JobStatus) {
+    let mut s = stream(c, id, 0, true).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(message) = s.message().await.unwrap() {
+        match message.event {
+            Some(Event::Data(bytes)) if message.stream == pb::OutputStream::Stderr as i32 => {
+                err.extend_from_slice(&bytes)
+            }
+            Some(Event::Data(bytes)) => out.extend_from_slice(&bytes),
+            Some(Event::Status(status)) => return (out, err, status),
+            None => panic!("empty stream message"),
+        }
+    }
+    panic!("the stream ended without a final status");
 }
 
 /// The next status a health watch sends (at most [`LIMIT`] away).

@@ -7,7 +7,12 @@
 //! benchmark use what a user would; [`Pki::generate`] (feature `pki`) makes one in
 //! process with rcgen, with the certificates the TLS tests need besides: `expired`
 //! (carol, expired yesterday), `revoked` (mallory, on the CRL), `no-cn` (no common
-//! name) and `other-ca` (alice, signed by an unrelated CA). ECDSA P-256 throughout.
+//! name), `other-ca` (alice, signed by an unrelated CA), and `no-eku` and `server-eku`
+//! (CN admin, without the clientAuth usage: no extended key usage extension, and
+//! serverAuth only), `not-yet-valid` (dave, valid from tomorrow), lookalikes of admin
+//! (`zwsp-admin`: "admin" and a zero-width space; `rlo-admin`: a right-to-left override
+//! and "nimda"; `cyrillic-admin`: "adm", a Cyrillic "i", "n"), and `jose` ("José"),
+//! which only a widened identity set accepts. ECDSA P-256 throughout.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -191,26 +196,41 @@ mod generate {
             write_pem(&pki, "server.key", &server_key.serialize_pem(), 0o600);
 
             let week = now + Duration::days(7);
-            let client =
-                |file: &str, cn: Option<&str>, serial: u64, issuer: &Issuer<'_, KeyPair>, until| {
-                    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-                    params.distinguished_name = DistinguishedName::new();
-                    params
-                        .distinguished_name
-                        .push(DnType::OrganizationName, "jobworker tests");
-                    if let Some(cn) = cn {
-                        params.distinguished_name.push(DnType::CommonName, cn);
-                    }
-                    params.serial_number = Some(SerialNumber::from(serial));
-                    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-                    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-                    params.not_before = now - Duration::days(2);
-                    params.not_after = until;
-                    let key = key();
-                    let cert = params.signed_by(&key, issuer).unwrap();
-                    write_pem(&pki, &format!("{file}.pem"), &cert.pem(), 0o644);
-                    write_pem(&pki, &format!("{file}.key"), &key.serialize_pem(), 0o600);
-                };
+            let client_with = |file: &str,
+                               cn: Option<&str>,
+                               serial: u64,
+                               issuer: &Issuer<'_, KeyPair>,
+                               (from, until): (OffsetDateTime, OffsetDateTime),
+                               usages: Vec<ExtendedKeyUsagePurpose>| {
+                let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+                params.distinguished_name = DistinguishedName::new();
+                params
+                    .distinguished_name
+                    .push(DnType::OrganizationName, "jobworker tests");
+                if let Some(cn) = cn {
+                    params.distinguished_name.push(DnType::CommonName, cn);
+                }
+                params.serial_number = Some(SerialNumber::from(serial));
+                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+                params.extended_key_usages = usages;
+                params.not_before = from;
+                params.not_after = until;
+                let key = key();
+                let cert = params.signed_by(&key, issuer).unwrap();
+                write_pem(&pki, &format!("{file}.pem"), &cert.pem(), 0o644);
+                write_pem(&pki, &format!("{file}.key"), &key.serialize_pem(), 0o600);
+            };
+            let client = |file: &str, cn, serial, issuer: &Issuer<'_, KeyPair>, until| {
+                let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                client_with(
+                    file,
+                    cn,
+                    serial,
+                    issuer,
+                    (now - Duration::days(2), until),
+                    usages,
+                );
+            };
             client("alice", Some("alice"), 1, &issuer, week);
             client("bob", Some("bob"), 2, &issuer, week);
             client("admin", Some("admin"), 3, &issuer, week);
@@ -223,6 +243,28 @@ mod generate {
             );
             client("revoked", Some("mallory"), REVOKED_SERIAL, &issuer, week);
             client("no-cn", None, 5, &issuer, week);
+            // The admin's name without the usage a client certificate needs: no
+            // extended key usage at all, and one for servers only.
+            let week_from_now = (now - Duration::days(2), week);
+            client_with("no-eku", Some("admin"), 7, &issuer, week_from_now, vec![]);
+            let server_only = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            client_with(
+                "server-eku",
+                Some("admin"),
+                8,
+                &issuer,
+                week_from_now,
+                server_only,
+            );
+            // Names that display as another's, or need a wider identity set.
+            client("zwsp-admin", Some("admin\u{200b}"), 10, &issuer, week);
+            client("rlo-admin", Some("\u{202e}nimda"), 11, &issuer, week);
+            client("cyrillic-admin", Some("adm\u{456}n"), 12, &issuer, week);
+            client("jose", Some("Jos\u{e9}"), 13, &issuer, week);
+            // Valid from tomorrow.
+            let tomorrow = (now + Duration::days(1), week);
+            let usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            client_with("not-yet-valid", Some("dave"), 9, &issuer, tomorrow, usages);
             let other = Issuer::new(ca_params("some other CA"), key());
             client("other-ca", Some("alice"), 1, &other, week);
 

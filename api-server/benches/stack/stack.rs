@@ -65,8 +65,12 @@ impl Stack {
         exec.env = worker_override("BENCH_EXEC_WORKERS");
         exec.dir_in = Some(tmp.clone());
         exec.cgroup_prefix = "jobworker-bench".into();
+        // Every client of the benchmark is alice, on one address: her caps are the
+        // server's.
         let mut api = ApiOptions::default().toml(
-            "[limits]\nmax_connections = 512\nmax_streams = 1024\n\
+            "[limits]\nmax_connections = 512\nmax_connections_per_identity = 512\n\
+             max_handshakes_per_source = 128\nmax_calls_per_identity = 256\n\
+             max_streams = 1024\nmax_streams_per_identity = 1024\n\
              max_streams_per_connection = 128\n",
         );
         api.env = api_unit_environment()?;
