@@ -10,7 +10,9 @@
 #   script created: the socket, the runtime directory and the executor's cgroup parent.
 #
 # Settings (environment): JOBWORKER_DEV_LISTEN (default 127.0.0.1:50051),
-# JOBWORKER_DEV_STATE (default /var/lib/jobworker-dev: jobs survive restarts of make run).
+# JOBWORKER_DEV_STATE (default /var/lib/jobworker-dev-PORT: jobs survive restarts of make
+# run). The runtime directory and the cgroup parent are named after the port too, so two
+# instances on two ports run side by side.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -21,10 +23,12 @@ die() { say "$*"; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root: the executor creates namespaces and cgroups (sudo make run)"
 
 listen=${JOBWORKER_DEV_LISTEN:-127.0.0.1:50051}
-state=${JOBWORKER_DEV_STATE:-/var/lib/jobworker-dev}
-run_dir=/run/jobworker-dev
+port=${listen##*:}
+[[ $port =~ ^[0-9]+$ ]] || die "JOBWORKER_DEV_LISTEN=$listen: expected HOST:PORT"
+state=${JOBWORKER_DEV_STATE:-/var/lib/jobworker-dev-$port}
+run_dir=/run/jobworker-dev-$port
 api_user=nobody
-cgroup_parent=jobworker-dev
+cgroup_parent=jobworker-dev-$port
 
 cargo build --workspace --locked
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -33,6 +37,12 @@ bin=$target/debug
 # Under sudo, the development PKI belongs to the developer, who runs jobctl with it.
 if [[ -n ${SUDO_UID:-} && -n ${SUDO_GID:-} ]]; then
     chown -R "$SUDO_UID:$SUDO_GID" dev-pki
+fi
+pki_note=
+if [[ $(stat -c %u dev-pki/alice.key) == 0 ]]; then
+    pki_note="  dev-pki/ belongs to root (make run was not started with sudo): use jobctl as root,
+  or give the keys to your user first: sudo chown -R \$USER dev-pki
+"
 fi
 
 api_uid=$(id -u "$api_user")
@@ -106,8 +116,10 @@ cat >&2 <<EOF
     export JOBWORKER_CERT=$repo/dev-pki/alice.pem JOBWORKER_KEY=$repo/dev-pki/alice.key
     $bin/jobctl run -- uname -a
 
-  (bob.pem/bob.key and admin.pem/admin.key are there too.) Ctrl-C here stops everything.
-
+  (bob.pem/bob.key and admin.pem/admin.key are there too.) JOBWORKER_SERVER is needed
+  whenever the server is anywhere but https://localhost:50051. Ctrl-C here stops
+  everything.
+$pki_note
 EOF
 # Either daemon ending ends the run.
 wait -n "$exec_pid" "$api_pid" || true

@@ -5,9 +5,9 @@
 
 use jobworker_proto::v1 as pb;
 use jobworker_protocol::{
-    EnvVar, ExecEnd, ExecSpec, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, OutputFrom,
-    QuotaAmounts, QuotaLimits, QuotaReport, StartFailure, Stream, Streams, TtySize, WireError,
-    validate,
+    EnvVar, ExecEnd, ExecSpec, IoLimits, JobId, JobSpec, JobState, JobStatus, Label, Limits,
+    ListFilter, OutputFrom, QuotaAmounts, QuotaLimits, QuotaReport, StartFailure, Stream, Streams,
+    TtySize, WireError, validate,
 };
 use tonic::Status;
 
@@ -90,6 +90,8 @@ pub fn job_spec(request: pb::StartJobRequest) -> Result<JobSpec, Status> {
         workdir: request.workdir,
         stdin: request.stdin,
         tty: tty_size(request.tty)?,
+        name: request.name,
+        labels: labels_from_pb(request.labels),
     };
     validate::spec(&spec).map_err(|e: WireError| wire_to_status(&e))?;
     let l = &spec.limits;
@@ -107,9 +109,60 @@ pub fn job_spec(request: pb::StartJobRequest) -> Result<JobSpec, Status> {
     Ok(spec)
 }
 
-/// The job and the process of an exec, checked.
-pub fn exec_start(start: pb::ExecStart) -> Result<(JobId, ExecSpec), Status> {
-    let id = job_id(&start.id)?;
+fn labels_from_pb(labels: Vec<pb::Label>) -> Vec<Label> {
+    labels
+        .into_iter()
+        .map(|l| Label {
+            key: l.key,
+            value: l.value,
+        })
+        .collect()
+}
+
+fn labels_to_pb(labels: Vec<Label>) -> Vec<pb::Label> {
+    labels
+        .into_iter()
+        .map(|l| pb::Label {
+            key: l.key,
+            value: l.value,
+        })
+        .collect()
+}
+
+/// The filter of a list request, checked (whether the caller may name an owner is the
+/// caller's role's question, answered by the service).
+pub fn list_filter(r: &pb::ListJobsRequest) -> Result<ListFilter, Status> {
+    let mut states = Vec::new();
+    for s in &r.states {
+        let state = match pb::JobState::try_from(*s) {
+            Ok(pb::JobState::Running) => JobState::Running,
+            Ok(pb::JobState::Exited) => JobState::Exited,
+            Ok(pb::JobState::Signaled) => JobState::Signaled,
+            Ok(pb::JobState::Stopped) => JobState::Stopped,
+            Ok(pb::JobState::FailedToStart) => JobState::FailedToStart,
+            Ok(pb::JobState::Lost) => JobState::Lost,
+            Ok(pb::JobState::TimedOut) => JobState::TimedOut,
+            Ok(pb::JobState::Unspecified) | Err(_) => {
+                return Err(invalid(format!("states: unknown state {s}")));
+            }
+        };
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    let filter = ListFilter {
+        states,
+        labels: labels_from_pb(r.labels.clone()),
+        name: r.name.clone(),
+        owner: r.owner.clone(),
+    };
+    validate::list_filter(&filter).map_err(|e| wire_to_status(&e))?;
+    Ok(filter)
+}
+
+/// The reference (id, name or id prefix) and the process of an exec, checked.
+pub fn exec_start(start: pb::ExecStart) -> Result<(String, ExecSpec), Status> {
+    let id = start.id;
     let spec = ExecSpec {
         argv: start.argv,
         env: env_from_pb(start.env),
@@ -272,6 +325,8 @@ pub fn job_status(s: JobStatus) -> pb::JobStatus {
         output_truncated: s.output_truncated,
         uid: s.uid,
         start_failure: start_failure_to_pb(s.start_failure).into(),
+        name: s.name,
+        labels: labels_to_pb(s.labels),
     }
 }
 
@@ -339,8 +394,15 @@ mod tests {
             workdir: Some("/srv".into()),
             stdin: true,
             tty: Some(pb::TerminalSize { rows: 24, cols: 80 }),
+            name: Some("nightly".into()),
+            labels: vec![pb::Label {
+                key: "team".into(),
+                value: "infra".into(),
+            }],
         })
         .unwrap();
+        assert_eq!(spec.name.as_deref(), Some("nightly"));
+        assert_eq!(spec.labels[0].key, "team");
         assert_eq!(spec.workdir.as_deref(), Some("/srv"));
         assert!(spec.stdin);
         assert_eq!(spec.tty, Some(TtySize { rows: 24, cols: 80 }));
@@ -413,14 +475,13 @@ mod tests {
             exec_start(no_argv).unwrap_err().code(),
             Code::InvalidArgument
         );
-        let bad_id = pb::ExecStart {
-            id: "x".into(),
+        // The job may be named by its id, a prefix or a name: the service resolves it.
+        let (reference, _) = exec_start(pb::ExecStart {
+            id: "build".into(),
             ..ok
-        };
-        assert_eq!(
-            exec_start(bad_id).unwrap_err().code(),
-            Code::InvalidArgument
-        );
+        })
+        .unwrap();
+        assert_eq!(reference, "build");
     }
 
     #[test]

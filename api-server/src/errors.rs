@@ -32,6 +32,7 @@ pub const INTERNAL_MESSAGE: &str = "internal error";
 /// | `PermissionDenied` | `PERMISSION_DENIED` |
 /// | `FailedToStart` | `FAILED_PRECONDITION` (the message says why) |
 /// | `FailedPrecondition` | `FAILED_PRECONDITION` |
+/// | `AlreadyExists` | `ALREADY_EXISTS` |
 /// | `Unavailable` | `UNAVAILABLE` ("executor unavailable") |
 /// | `VersionMismatch`, `Internal` | `INTERNAL` ("internal error") |
 pub fn to_status(kind: ErrorKind, message: &str) -> Status {
@@ -44,6 +45,7 @@ pub fn to_status(kind: ErrorKind, message: &str) -> Status {
             Status::failed_precondition(format!("the job failed to start: {message}"))
         }
         ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+        ErrorKind::AlreadyExists => Status::already_exists(message),
         ErrorKind::Unavailable => Status::unavailable(UNAVAILABLE_MESSAGE),
         // A protocol version mismatch is a deployment fault: the caller can do nothing
         // about it, and the versions are in the server's log.
@@ -221,6 +223,8 @@ mod tests {
             (ErrorKind::ResourceExhausted, Code::ResourceExhausted),
             (ErrorKind::PermissionDenied, Code::PermissionDenied),
             (ErrorKind::FailedToStart, Code::FailedPrecondition),
+            (ErrorKind::FailedPrecondition, Code::FailedPrecondition),
+            (ErrorKind::AlreadyExists, Code::AlreadyExists),
             (ErrorKind::Unavailable, Code::Unavailable),
             (ErrorKind::VersionMismatch, Code::Internal),
             (ErrorKind::Internal, Code::Internal),

@@ -88,6 +88,7 @@ fn response_name(r: &Response) -> &'static str {
         Response::Quotas(_) => "quotas",
         Response::ExecStarted => "exec started",
         Response::ExecEnded(_) => "exec ended",
+        Response::Resolved { .. } => "resolved",
         Response::Error(_) => "error",
     }
 }

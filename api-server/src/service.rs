@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use jobworker_proto::v1 as pb;
 use jobworker_proto::v1::stream_job_output_response::Event;
-use jobworker_protocol::{ErrorKind, Request as ExecRequest, Response as ExecResponse};
+use jobworker_protocol::{
+    ErrorKind, JobId, Request as ExecRequest, Response as ExecResponse, validate,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +139,25 @@ fn shown_in(status: Status, identity: &str) -> Status {
     Status::new(status.code(), status.message().replace(identity, &shown))
 }
 
+impl JobWorkerService {
+    /// The job a request names: its id, or (through the executor, which knows names and
+    /// ids) its name or an id prefix, among the jobs `caller` may see.
+    async fn job(&self, caller: &Caller, reference: &str) -> Result<JobId, Status> {
+        if let Ok(id) = reference.parse::<JobId>() {
+            return Ok(id);
+        }
+        validate::reference(reference).map_err(|e| errors::wire_to_status(&e))?;
+        let resolve = ExecRequest::Resolve {
+            scope: caller.scope(),
+            reference: reference.to_string(),
+        };
+        match self.call(caller, resolve, None).await? {
+            ExecResponse::Resolved { id } => Ok(id),
+            other => Err(unexpected("resolve", &other)),
+        }
+    }
+}
+
 fn unexpected(what: &'static str, response: &ExecResponse) -> Status {
     tracing::error!("{what}: unexpected executor response {response:?}");
     to_status(ErrorKind::Internal, "")
@@ -174,7 +195,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::StopJobResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = convert::job_id(&request.get_ref().id)?;
+        let id = self.job(&caller, &request.get_ref().id).await?;
         let response = self
             .call(
                 &caller,
@@ -201,7 +222,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = convert::job_id(&request.get_ref().id)?;
+        let id = self.job(&caller, &request.get_ref().id).await?;
         let response = self
             .call(
                 &caller,
@@ -234,6 +255,13 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         })?;
         let limit = convert::page_size(r.page_size)?;
         let after = convert::page_token(&r.page_token)?;
+        let filter = convert::list_filter(&r)?;
+        if filter.owner.as_ref().is_some_and(|o| *o != caller.identity) && !r.all {
+            return Err(to_status(
+                ErrorKind::PermissionDenied,
+                "another owner's jobs need the admin role and `all`",
+            ));
+        }
         let response = self
             .call(
                 &caller,
@@ -241,6 +269,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
                     scope,
                     after,
                     limit,
+                    filter,
                 },
                 None,
             )
@@ -284,7 +313,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
     ) -> Result<Response<Self::StreamJobOutputStream>, Status> {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
-        let id = convert::job_id(&r.id)?;
+        let id = self.job(&caller, &r.id).await?;
         let slot = self.slot()?;
         let (from, streams) = convert::output_selection(&r)?;
         let output = self
@@ -342,7 +371,8 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             }) => start,
             _ => return Err(errors::invalid("the first message of an exec is its start")),
         };
-        let (id, spec) = convert::exec_start(start)?;
+        let (reference, spec) = convert::exec_start(start)?;
+        let id = self.job(&caller, &reference).await?;
         let slot = self.slot()?;
         let request = ExecRequest::Exec {
             scope: caller.scope(),
@@ -355,12 +385,35 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         Ok(response)
     }
 
+    async fn remove_job(
+        &self,
+        request: Request<pb::RemoveJobRequest>,
+    ) -> Result<Response<pb::RemoveJobResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.get_ref();
+        let id = self.job(&caller, &r.id).await?;
+        let remove = ExecRequest::Remove {
+            scope: caller.scope(),
+            id,
+            force: r.force,
+        };
+        match self.call(&caller, remove, Some(self.stop_timeout)).await? {
+            ExecResponse::Status(status) => {
+                tracing::info!(caller = %Shown(&caller.identity), job = %id, "job removed");
+                Ok(Response::new(pb::RemoveJobResponse {
+                    status: Some(convert::job_status(*status)),
+                }))
+            }
+            other => Err(unexpected("remove", &other)),
+        }
+    }
+
     async fn wait_job(
         &self,
         request: Request<pb::WaitJobRequest>,
     ) -> Result<Response<pb::WaitJobResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = convert::job_id(&request.get_ref().id)?;
+        let id = self.job(&caller, &request.get_ref().id).await?;
         let _slot = self.slot()?;
         let wait = ExecRequest::Wait {
             scope: caller.scope(),

@@ -197,6 +197,7 @@ async fn list_pages_through_every_job_once() {
                 all: false,
                 page_size: 2,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -145,7 +145,7 @@ async fn malformed_request_messages_are_invalid_arguments_and_change_nothing() {
     // A handler's own failures are not rewritten: a real internal error would still be
     // INTERNAL (the mapping's unit tests); here the edge's checks answer as before.
     let e = alice
-        .get_job_status(pb::GetJobStatusRequest { id: "nope".into() })
+        .get_job_status(pb::GetJobStatusRequest { id: "no pe".into() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");

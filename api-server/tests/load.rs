@@ -183,6 +183,7 @@ async fn ten_clients_run_500_jobs_past_the_caps_and_every_output_is_complete() {
                 all: true,
                 page_size: 500,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .unwrap()

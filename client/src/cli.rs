@@ -44,10 +44,12 @@ const START_EXAMPLES: &str = "\
 Examples:
   jobctl start -- sleep 60
   id=$(jobctl start --cpu 0.25 --memory 64M -- ./backup.sh --full)
-  jobctl start --env LANG=C.UTF-8 --io-device /dev/vda --io-write-bps 10M -- dd if=/dev/zero of=/tmp/x bs=1M count=100
+  jobctl start --env LANG=C.UTF-8 --io-device /dev/vda --io-read-bps 10M -- dd if=/usr/bin/bash of=/dev/null bs=1M iflag=direct
   jobctl start --timeout 2h --tmp-size 1G -- ./nightly-build.sh
 
-Prints only the new job's id (32 hexadecimal digits) on stdout.";
+Prints only the new job's id (32 hexadecimal digits) on stdout. IO limits hold the
+job's reads and writes on that disk (here: the disk under /usr; direct IO, so the page
+cache does not absorb them); the job's /tmp is memory, which no IO limit touches.";
 
 const EXIT_STATUS: &str = "\
 Exit status: the job's own: its exit code when it exited, 128+N when a signal N killed
@@ -149,14 +151,20 @@ be added:
       \"tmp_bytes\": 67108864,       size of each private tmpfs
       \"timeout_ms\": 86400000       the job's deadline, from its start
     },
-    \"uid\": 600123                 the user id it ran as (its own), or null
+    \"uid\": 600123,                the user id it ran as (its own), or null
+    \"name\": \"nightly\",             its name (--name), or null
+    \"labels\": {\"team\": \"infra\"},   its labels (--label)
+    \"start_failure\": null          not_found | not_executable | other when it failed
+                                  to start, else null
   }";
 
 const LIST_EXAMPLES: &str = "\
 Examples:
   jobctl list
   jobctl list --all
-  jobctl list --output json | jq -r '.jobs[] | select(.state == \"running\") | .id'
+  jobctl list --state running --label team=infra
+  jobctl list --all --owner bob --state failed-to-start
+  jobctl list --output json | jq -r '.jobs[].id'
 
 Lists your jobs, oldest first (administrators may add --all for everyone's). With
 --output json: {\"jobs\": [JOB, ...]} where each JOB has the shape shown in
@@ -217,11 +225,28 @@ Examples:
 
 A context that does not exist is an error (exit 2) that lists those that do.";
 
+const RM_EXAMPLES: &str = "\
+Examples:
+  jobctl rm 0123456789abcdef0123456789abcdef
+  jobctl rm nightly-build 4f2a9c
+  jobctl rm --force \"$id\"
+  jobctl list --state exited --output json | jq -r '.jobs[].id' | xargs jobctl rm
+
+Deletes each job's record and output from the server; its name is free again. A running
+job is refused unless --force, which stops it first (as `jobctl stop`). Prints each id
+removed; a job that cannot be removed is reported on stderr and the others go on.";
+
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
   jobctl completions bash > /etc/bash_completion.d/jobctl
   jobctl completions zsh > \"${fpath[1]}/_jobctl\"
-  jobctl completions fish > ~/.config/fish/completions/jobctl.fish";
+  jobctl completions fish > ~/.config/fish/completions/jobctl.fish
+  source <(jobctl completions bash)
+
+Completes subcommands and flags, and the ids and names of your jobs, asked of the
+server at each Tab (with the settings of the environment and configuration file, for at
+most 2 s; nothing is offered when it cannot be reached). The script calls `jobctl`
+through PATH.";
 
 /// Run and manage isolated, resource-limited jobs on a jobworker server.
 ///
@@ -318,6 +343,10 @@ pub enum Command {
     #[command(after_long_help = STOP_EXAMPLES)]
     Stop(IdArgs),
 
+    /// Delete finished jobs: their records and output
+    #[command(after_long_help = RM_EXAMPLES)]
+    Rm(RmArgs),
+
     /// Show your quotas and what your running jobs hold of them
     #[command(after_long_help = QUOTA_EXAMPLES)]
     Quota(QuotaArgs),
@@ -345,6 +374,15 @@ pub struct JobArgs {
     /// The command's working directory, an absolute path in the job [default: /tmp]
     #[arg(short, long, value_name = "DIR", value_parser = parse::workdir)]
     pub workdir: Option<String>,
+
+    /// A name for the job, unique among your jobs that are kept; any command then takes
+    /// it instead of the id
+    #[arg(long, value_name = "NAME", value_parser = parse::job_name)]
+    pub name: Option<String>,
+
+    /// Add a label KEY=VALUE to the job (repeatable); `list --label` finds it
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse::label)]
+    pub labels: Vec<(String, String)>,
 
     /// The command and its arguments, after `--`
     #[arg(value_name = "COMMAND", last = true, required = true, num_args = 1..)]
@@ -442,8 +480,8 @@ pub struct ExecArgs {
     #[arg(short, long, value_name = "DIR", value_parser = parse::workdir)]
     pub workdir: Option<String>,
 
-    /// The running job's id
-    #[arg(value_name = "ID")]
+    /// The running job's id, name, or id prefix
+    #[arg(value_name = "ID", add = crate::complete::jobs())]
     pub id: String,
 
     /// The command and its arguments, after `--`
@@ -453,8 +491,8 @@ pub struct ExecArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WaitArgs {
-    /// The job's id
-    #[arg(value_name = "ID")]
+    /// The job's id, name, or id prefix
+    #[arg(value_name = "ID", add = crate::complete::jobs())]
     pub id: String,
 }
 
@@ -467,6 +505,30 @@ pub struct QuotaArgs {
     /// Output format
     #[arg(short, long, value_enum, default_value_t = Output::Human)]
     pub output: Output,
+}
+
+/// A job's state, for `list --state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Running,
+    Exited,
+    Signaled,
+    Stopped,
+    FailedToStart,
+    Lost,
+    TimedOut,
+}
+
+/// Jobs to remove.
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// Remove a running job too, stopping it first
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// The jobs: ids, names or id prefixes
+    #[arg(value_name = "ID", required = true, num_args = 1.., add = crate::complete::jobs())]
+    pub ids: Vec<String>,
 }
 
 /// One stream of a job's output.
@@ -492,8 +554,8 @@ pub struct IdArgs {
     #[arg(short, long, value_enum, default_value_t = Output::Human)]
     pub output: Output,
 
-    /// The job's id
-    #[arg(value_name = "ID")]
+    /// The job's id, name, or id prefix
+    #[arg(value_name = "ID", add = crate::complete::jobs())]
     pub id: String,
 }
 
@@ -502,6 +564,22 @@ pub struct ListArgs {
     /// Everyone's jobs, not only yours (administrators only)
     #[arg(short, long)]
     pub all: bool,
+
+    /// Only jobs in this state (repeatable)
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Vec<StateArg>,
+
+    /// Only jobs with this label KEY=VALUE (repeatable: all of them)
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse::label)]
+    pub labels: Vec<(String, String)>,
+
+    /// Only the job of this name
+    #[arg(long, value_name = "NAME", value_parser = parse::job_name)]
+    pub name: Option<String>,
+
+    /// Only this owner's jobs (administrators only; implies --all)
+    #[arg(long, value_name = "IDENTITY")]
+    pub owner: Option<String>,
 
     /// Output format
     #[arg(short, long, value_enum, default_value_t = Output::Human)]
@@ -522,8 +600,8 @@ pub struct LogsArgs {
     #[arg(short = 'n', long, value_name = "N")]
     pub tail: Option<u32>,
 
-    /// The job's id
-    #[arg(value_name = "ID")]
+    /// The job's id, name, or id prefix
+    #[arg(value_name = "ID", add = crate::complete::jobs())]
     pub id: String,
 }
 

@@ -7,7 +7,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use crate::attach;
-use crate::cli::{Command, IdArgs, JobArgs, ListArgs, LogStream, LogsArgs, Output, QuotaArgs};
+use crate::cli::{
+    Command, IdArgs, JobArgs, ListArgs, LogStream, LogsArgs, Output, QuotaArgs, RmArgs,
+};
 use crate::connect::{self, Client};
 use crate::error::{Class, CliError, exit};
 use crate::render;
@@ -26,6 +28,7 @@ pub async fn execute(command: Command, settings: Settings) -> Result<u8, CliErro
         Command::List(args) => list(&client, &args).await,
         Command::Stop(args) => stop(&client, &args).await,
         Command::Quota(args) => quota(&client, &args).await,
+        Command::Rm(args) => rm(&client, &args).await,
         // Handled before connecting; see `crate::main_with_args`.
         Command::Completions { .. } => Ok(exit::OK),
         // Handled without a server; see `crate::context`.
@@ -48,6 +51,29 @@ pub fn env_to_pb(env: &[(String, String)]) -> Vec<pb::EnvVar> {
         .collect()
 }
 
+fn labels_to_pb(labels: &[(String, String)]) -> Vec<pb::Label> {
+    labels
+        .iter()
+        .map(|(key, value)| pb::Label {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn state_to_pb(s: crate::cli::StateArg) -> JobState {
+    use crate::cli::StateArg as S;
+    match s {
+        S::Running => JobState::Running,
+        S::Exited => JobState::Exited,
+        S::Signaled => JobState::Signaled,
+        S::Stopped => JobState::Stopped,
+        S::FailedToStart => JobState::FailedToStart,
+        S::Lost => JobState::Lost,
+        S::TimedOut => JobState::TimedOut,
+    }
+}
+
 /// The StartJob request for a job's arguments.
 pub fn start_request(job: &JobArgs) -> pb::StartJobRequest {
     let l = &job.limits;
@@ -57,6 +83,8 @@ pub fn start_request(job: &JobArgs) -> pb::StartJobRequest {
         workdir: job.workdir.clone(),
         stdin: false,
         tty: None,
+        name: job.name.clone(),
+        labels: labels_to_pb(&job.labels),
         limits: Some(pb::Limits {
             cpu_millis: l.cpu,
             memory_bytes: l.memory,
@@ -118,9 +146,23 @@ pub fn run_exit_code(s: &pb::JobStatus) -> Result<u8, CliError> {
             .and_then(|l| l.memory_bytes)
             .map(|m| format!(" (memory limit {})", render::bytes(m)))
             .unwrap_or_default();
-        note(&format!(
-            "job {id} was killed by the kernel's OOM killer{limit}"
-        ));
+        // Say exactly what happened: the OOM killer may have killed the command itself,
+        // or only another process of the job, after which the command went on.
+        let command_killed = s.signal == Some(libc_sigkill()) && s.exit_code.is_none();
+        if command_killed {
+            note(&format!(
+                "job {id} was killed by the kernel's OOM killer{limit}"
+            ));
+        } else {
+            let then = match (s.exit_code, s.signal) {
+                (Some(code), _) => format!("its command exited with {code}"),
+                (None, Some(n)) => format!("its command was killed by signal {n}"),
+                (None, None) => "its command ended".to_string(),
+            };
+            note(&format!(
+                "the kernel's OOM killer killed a process of job {id}{limit}; {then}"
+            ));
+        }
     }
     if s.output_truncated {
         note(&format!(
@@ -160,6 +202,11 @@ pub fn run_exit_code(s: &pb::JobStatus) -> Result<u8, CliError> {
             format!("the output stream of job {id} ended before the job did"),
         )),
     }
+}
+
+/// SIGKILL's number (9 on every Linux architecture).
+fn libc_sigkill() -> i32 {
+    9
 }
 
 fn exit_byte(code: i32) -> u8 {
@@ -331,9 +378,13 @@ async fn list(client: &Client, args: &ListArgs) -> Result<u8, CliError> {
             .api
             .clone()
             .list_jobs(pb::ListJobsRequest {
-                all: args.all,
+                all: args.all || args.owner.is_some(),
                 page_size: 0,
                 page_token: page_token.clone(),
+                states: args.state.iter().map(|s| state_to_pb(*s) as i32).collect(),
+                labels: labels_to_pb(&args.labels),
+                name: args.name.clone(),
+                owner: args.owner.clone(),
             })
             .await
             .map_err(|s| client.error(&s))?
@@ -378,6 +429,43 @@ async fn stop(client: &Client, args: &IdArgs) -> Result<u8, CliError> {
         Output::Json => print(&render::job_json(&s))?,
     }
     Ok(exit::OK)
+}
+
+/// Removes each job; reports each failure and goes on; fails with the first one.
+async fn rm(client: &Client, args: &RmArgs) -> Result<u8, CliError> {
+    let mut first_error: Option<CliError> = None;
+    for id in &args.ids {
+        let removed = client
+            .api
+            .clone()
+            .remove_job(pb::RemoveJobRequest {
+                id: id.clone(),
+                force: args.force,
+            })
+            .await;
+        match removed {
+            Ok(r) => {
+                let shown = r
+                    .into_inner()
+                    .status
+                    .map(|s| s.id)
+                    .unwrap_or_else(|| id.clone());
+                print(&format!("{}\n", crate::error::one_line(&shown)))?;
+            }
+            Err(status) => {
+                let e = client
+                    .error(&status)
+                    .context(format!("rm {}", crate::error::one_line(id)));
+                note(&e.to_string());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        // Already printed: exit with its code without printing it again.
+        Some(e) => Ok(e.exit_code()),
+        None => Ok(exit::OK),
+    }
 }
 
 async fn quota(client: &Client, args: &QuotaArgs) -> Result<u8, CliError> {

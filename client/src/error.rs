@@ -41,6 +41,9 @@ pub mod exit {
     pub const PERMISSION_DENIED: u8 = 8;
     /// The job's command could not be started (for example: no such program).
     pub const FAILED_TO_START: u8 = 9;
+    /// The job's state or name does not allow it: removing or exec-ing into a job in the
+    /// wrong state, a name already in use.
+    pub const CONFLICT: u8 = 10;
     /// `run`: interrupted a second time while stopping the job; jobctl exited without
     /// waiting for the job's final status.
     pub const INTERRUPTED: u8 = 130;
@@ -70,6 +73,8 @@ pub enum Class {
     ResourceExhausted,
     PermissionDenied,
     FailedToStart,
+    /// The job's state or name does not allow the request.
+    Conflict,
     /// `run`, `exec`, `wait`: the command could not be executed (126 there).
     NotExecutable,
     /// `run`, `exec`, `wait`: no such command (127 there).
@@ -93,6 +98,7 @@ impl Class {
             Class::FailedToStart | Class::NotExecutable | Class::CommandNotFound => {
                 exit::FAILED_TO_START
             }
+            Class::Conflict => exit::CONFLICT,
             Class::Interrupted => exit::INTERRUPTED,
             Class::BrokenPipe => exit::BROKEN_PIPE,
         }
@@ -200,6 +206,19 @@ impl CliError {
             return e;
         }
         let message = status.message();
+        // A connection that broke mid-call reaches tonic as an HTTP/2 error, not an I/O
+        // error: the server went away (or the network did).
+        let broken = [
+            "h2 protocol error",
+            "error reading a body",
+            "connection reset",
+        ];
+        if status.code() == Code::Unknown && broken.iter().any(|b| message.contains(b)) {
+            return Self::new(
+                Class::Unavailable,
+                format!("the connection to {} was lost: {message}", ctx.server),
+            );
+        }
         let (class, text) = match status.code() {
             Code::NotFound => (Class::NotFound, format!("not found: {message}")),
             Code::InvalidArgument | Code::OutOfRange => (
@@ -218,8 +237,13 @@ impl CliError {
                 Class::PermissionDenied,
                 format!("not authenticated: {message}"),
             ),
-            // The server words it: "the job failed to start: ...".
-            Code::FailedPrecondition => (Class::FailedToStart, message.to_string()),
+            // The server words a failed start "the job failed to start: ..."; anything
+            // else is the job's state.
+            Code::FailedPrecondition if message.starts_with("the job failed to start") => {
+                (Class::FailedToStart, message.to_string())
+            }
+            Code::FailedPrecondition => (Class::Conflict, message.to_string()),
+            Code::AlreadyExists => (Class::Conflict, format!("already exists: {message}")),
             Code::Unavailable => (
                 Class::Unavailable,
                 format!("the server at {} is unavailable: {message}", ctx.server),
@@ -446,10 +470,16 @@ mod tests {
             (Code::InvalidArgument, exit::INVALID_ARGUMENT),
             (Code::ResourceExhausted, exit::RESOURCE_EXHAUSTED),
             (Code::PermissionDenied, exit::PERMISSION_DENIED),
-            (Code::FailedPrecondition, exit::FAILED_TO_START),
+            (Code::FailedPrecondition, exit::CONFLICT),
+            (Code::AlreadyExists, exit::CONFLICT),
             (Code::Unavailable, exit::UNAVAILABLE),
             (Code::Internal, exit::OTHER),
         ];
+        let failed = tonic::Status::failed_precondition("the job failed to start: no");
+        assert_eq!(
+            CliError::from_status(&failed, &ctx()).exit_code(),
+            exit::FAILED_TO_START
+        );
         for (code, exit_code) in table {
             let e = CliError::from_status(&tonic::Status::new(code, "x"), &ctx());
             assert_eq!(e.exit_code(), exit_code, "{code:?}");

@@ -21,6 +21,7 @@
 pub mod attach;
 pub mod cli;
 pub mod commands;
+pub mod complete;
 pub mod connect;
 pub mod context;
 pub mod devpki;
@@ -47,6 +48,10 @@ where
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // A shell asking for completions (see `complete`): answered, nothing else runs.
+    if complete::complete_if_asked(&args) {
+        return exit::OK;
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e, &args),
@@ -73,9 +78,10 @@ where
 }
 
 fn run(cli: Cli) -> Result<u8, CliError> {
-    if let Command::Completions { shell } = cli.command {
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "jobctl", &mut script);
+    if let Command::Completions { shell } = &cli.command {
+        let name = shell.to_string();
+        let script = complete::registration(&name)
+            .ok_or_else(|| CliError::usage(format!("no completion for the shell {name}")))?;
         commands::print(&String::from_utf8_lossy(&script))?;
         return Ok(exit::OK);
     }

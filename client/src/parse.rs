@@ -168,6 +168,33 @@ pub fn device(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// A job name: 1 to 64 ASCII letters, digits, `_`, `.` and `-`, starting with a letter
+/// or digit (the server checks the same).
+pub fn job_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(
+            "expected 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+                .to_string(),
+        )
+    }
+}
+
+/// A label `KEY=VALUE` (the server checks the key's and the value's shape).
+pub fn label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE, like team=infra".to_string()),
+    }
+}
+
 /// A working directory in the job: an absolute path without `.` or `..` components.
 pub fn workdir(text: &str) -> Result<String, String> {
     if !text.starts_with('/') || text.len() > 4096 || text.contains('\0') {

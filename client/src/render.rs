@@ -35,6 +35,13 @@ pub struct JobJson {
     pub limits: LimitsJson,
     /// The user id the job ran as (its own); null for jobs from before.
     pub uid: Option<u32>,
+    /// Its name, or null.
+    pub name: Option<String>,
+    /// Its labels, `{"key": "value", ...}`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Why its command could not be started: `not_found`, `not_executable`, `other`, or
+    /// null.
+    pub start_failure: Option<&'static str>,
 }
 
 /// The limits applied to a job; `null` where unknown.
@@ -118,6 +125,18 @@ impl From<&pb::JobStatus> for JobJson {
             output_truncated: s.output_truncated,
             limits: s.limits.as_ref().map(LimitsJson::from).unwrap_or_default(),
             uid: s.uid,
+            name: s.name.clone(),
+            labels: s
+                .labels
+                .iter()
+                .map(|l| (l.key.clone(), l.value.clone()))
+                .collect(),
+            start_failure: match pb::StartFailure::try_from(s.start_failure) {
+                Ok(pb::StartFailure::NotFound) => Some("not_found"),
+                Ok(pb::StartFailure::NotExecutable) => Some("not_executable"),
+                Ok(pb::StartFailure::Other) => Some("other"),
+                _ => None,
+            },
         }
     }
 }
@@ -440,7 +459,18 @@ pub fn job_text(s: &pb::JobStatus) -> String {
         let _ = writeln!(out, "{label:<12} {value}");
     };
     line("id:", crate::error::one_line(&s.id));
+    if let Some(name) = &s.name {
+        line("name:", crate::error::one_line(name));
+    }
     line("owner:", identity(&s.owner));
+    if !s.labels.is_empty() {
+        let labels: Vec<String> = s
+            .labels
+            .iter()
+            .map(|l| crate::error::one_line(&format!("{}={}", l.key, l.value)))
+            .collect();
+        line("labels:", labels.join(", "));
+    }
     line("command:", command_line(&s.argv));
     line("state:", outcome(s));
     if !s.error.is_empty() {
@@ -482,11 +512,15 @@ pub fn list_text(jobs: &[pb::JobStatus]) -> String {
     if jobs.is_empty() {
         return "no jobs\n".to_string();
     }
-    let rows: Vec<[String; 5]> = jobs
+    let rows: Vec<[String; 6]> = jobs
         .iter()
         .map(|s| {
             [
                 crate::error::one_line(&s.id),
+                s.name
+                    .as_deref()
+                    .map(crate::error::one_line)
+                    .unwrap_or_default(),
                 identity(&s.owner),
                 outcome(s),
                 time_of(&s.started_at)
@@ -496,7 +530,7 @@ pub fn list_text(jobs: &[pb::JobStatus]) -> String {
             ]
         })
         .collect();
-    let header = ["ID", "OWNER", "STATE", "STARTED", "COMMAND"];
+    let header = ["ID", "NAME", "OWNER", "STATE", "STARTED", "COMMAND"];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -504,7 +538,7 @@ pub fn list_text(jobs: &[pb::JobStatus]) -> String {
         }
     }
     let mut out = String::new();
-    let mut push_row = |cells: [&str; 5]| {
+    let mut push_row = |cells: [&str; 6]| {
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 out.push_str(cell);
@@ -516,7 +550,7 @@ pub fn list_text(jobs: &[pb::JobStatus]) -> String {
     };
     push_row(header);
     for row in &rows {
-        push_row([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+        push_row([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
     }
     out
 }
@@ -598,6 +632,8 @@ mod tests {
             output_truncated: false,
             uid: Some(600_123),
             start_failure: 0,
+            name: None,
+            labels: vec![],
         }
     }
 
@@ -635,7 +671,10 @@ mod tests {
                 "tmp_bytes": 67108864,
                 "timeout_ms": 90000
             },
-            "uid": 600123
+            "uid": 600123,
+            "name": null,
+            "labels": {},
+            "start_failure": null
         });
         assert_eq!(value, expected);
     }
@@ -723,7 +762,26 @@ mod tests {
             lines
                 .next()
                 .unwrap()
-                .starts_with("0123456789abcdef0123456789abcdef  alice  ")
+                .starts_with("0123456789abcdef0123456789abcdef        alice  ")
+        );
+        let named = pb::JobStatus {
+            name: Some("nightly".into()),
+            labels: vec![pb::Label {
+                key: "team".into(),
+                value: "infra".into(),
+            }],
+            ..sample()
+        };
+        let text = job_text(&named);
+        assert!(text.contains("name:        nightly\n"), "{text}");
+        assert!(text.contains("labels:      team=infra\n"), "{text}");
+        let list = list_text(&[named]);
+        assert!(
+            list.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("0123456789abcdef0123456789abcdef  nightly  alice  "),
+            "{list}"
         );
         assert_eq!(list_text(&[]), "no jobs\n");
     }

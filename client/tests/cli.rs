@@ -217,6 +217,34 @@ fn run_of_an_oom_killed_job_says_so_on_one_line() {
         "{}",
         lines[0]
     );
+    // A job whose command goes on after the OOM killer took another of its processes:
+    // the command's own exit, and what the OOM killer did.
+    let out = run(
+        &stack,
+        &[
+            "run",
+            "--memory",
+            "64M",
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=256M count=1; echo went on",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout_text(), "went on\n");
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("jobctl:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{:?}", out.stderr);
+    assert!(
+        lines[0].starts_with("jobctl: the kernel's OOM killer killed a process of job ")
+            && lines[0].ends_with("(memory limit 64 MiB); its command exited with 0"),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]

@@ -227,6 +227,9 @@ fn status_json_has_the_documented_fields() {
         "output_truncated",
         "limits",
         "uid",
+        "name",
+        "labels",
+        "start_failure",
     ]);
     assert_eq!(keys, documented);
     assert_eq!(v["id"], id.as_str());
@@ -400,4 +403,46 @@ fn quota_shows_each_user_their_own_and_admins_everyone() {
         .collect();
     assert_eq!(owners, ["alice"]);
     assert_eq!(outcome(stack.jobctl("alice").args(["stop", &id])).code, 0);
+}
+
+#[test]
+fn the_server_going_away_mid_run_says_the_job_runs_on_and_how_to_find_it() {
+    if skip_unless_root("the_server_going_away_mid_run_says_the_job_runs_on_and_how_to_find_it") {
+        return;
+    }
+    // Root may also talk to the executor, to see the job after the server is gone.
+    let mut stack = Stack::dev_with("apigone", &["--allow-uid", "0"], "127.0.0.1:0");
+    let mut child = stack
+        .jobctl("alice")
+        .args(["run", "--", "sh", "-c", "echo started; exec sleep 600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut line = [0u8; 8];
+    stdout.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"started\n");
+    stack.api.kill();
+    child.stdout = Some(stdout);
+    let out = finish(&mut child);
+    out.assert_error(125, "the connection to");
+    out.assert_error(125, "runs on without jobctl");
+    let id = out
+        .stderr
+        .split("jobctl status ")
+        .nth(1)
+        .and_then(|t| t.get(..32))
+        .unwrap_or_else(|| panic!("says how to find it: {}", out.stderr))
+        .to_string();
+    // And so it does: the executor still runs it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = rt.block_on(async {
+        let mut c = stack.exec.client().await;
+        c.status(id.parse().unwrap()).await.unwrap().state
+    });
+    assert_eq!(state, jobworker_protocol::JobState::Running);
 }

@@ -50,6 +50,10 @@ pub struct Flags {
     /// Most connections open at once.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Connections kept for short calls (start, stop, status, list, ...): long ones
+    /// (output streams, attached runs and execs, waits) never take these.
+    #[arg(long, value_name = "N")]
+    pub control_connections: Option<usize>,
     /// Most output bytes kept per job; later output is dropped.
     #[arg(long, value_name = "BYTES")]
     pub max_output_bytes: Option<u64>,
@@ -85,6 +89,15 @@ pub struct Flags {
     /// [default: the running-jobs quota x the pids ceiling].
     #[arg(long, value_name = "N")]
     pub quota_pids: Option<u64>,
+    /// Memory of all jobs together, in bytes [default: 80 % of the host's].
+    #[arg(long, value_name = "BYTES")]
+    pub total_memory_bytes: Option<u64>,
+    /// Processes and threads of all jobs together [default: half of kernel.pid_max].
+    #[arg(long, value_name = "N")]
+    pub total_pids: Option<u64>,
+    /// CPU of all jobs together, in thousandths of a core [default: 90 % of the CPUs].
+    #[arg(long, value_name = "MILLIS")]
+    pub total_cpu_millis: Option<u64>,
     /// cgroup backend: auto, v2 or v1.
     #[arg(long, value_name = "BACKEND")]
     pub cgroup_backend: Option<Backend>,
@@ -189,8 +202,11 @@ struct FileConfig {
     deadlines: FileDeadlines,
     #[serde(default)]
     quotas: FileQuotas,
+    #[serde(default)]
+    totals: crate::totals::TotalsConfig,
     max_running_jobs: Option<usize>,
     max_connections: Option<usize>,
+    control_connections: Option<usize>,
     max_output_bytes: Option<u64>,
     max_finished_jobs: Option<usize>,
     stop_grace_ms: Option<u64>,
@@ -308,8 +324,13 @@ pub struct Config {
     pub binds: Vec<Bind>,
     pub defaults: Defaults,
     pub quotas: QuotaConfig,
+    /// Totals for all jobs together, as configured (resolved against the host at
+    /// start-up: see [`crate::totals`]).
+    pub totals: crate::totals::TotalsConfig,
     pub max_running_jobs: usize,
     pub max_connections: usize,
+    /// Of `max_connections`, those long calls never take.
+    pub control_connections: usize,
     pub max_output_bytes: u64,
     pub max_finished_jobs: usize,
     pub stop_grace: std::time::Duration,
@@ -399,7 +420,20 @@ impl Config {
             ),
             None => None,
         };
-        let caps = caps(&flags, &file)?;
+        let mut caps = caps(&flags, &file)?;
+        caps.control_connections = flags
+            .control_connections
+            .or(file.control_connections)
+            .unwrap_or(caps.max_connections / 8);
+        if caps.control_connections >= caps.max_connections {
+            return Err(invalid(
+                "control_connections",
+                format!(
+                    "{} leaves no connection of max_connections ({}) for output streams",
+                    caps.control_connections, caps.max_connections
+                ),
+            ));
+        }
         let mut ceilings = ceilings(&flags, &file)?;
         if caps.tmp_size_bytes > ceilings.tmp_bytes {
             return Err(invalid(
@@ -437,8 +471,14 @@ impl Config {
             binds,
             defaults,
             quotas,
+            totals: crate::totals::TotalsConfig {
+                memory_bytes: flags.total_memory_bytes.or(file.totals.memory_bytes),
+                pids: flags.total_pids.or(file.totals.pids),
+                cpu_millis: flags.total_cpu_millis.or(file.totals.cpu_millis),
+            },
             max_running_jobs: caps.max_running_jobs,
             max_connections: caps.max_connections,
+            control_connections: caps.control_connections,
             max_output_bytes: caps.max_output_bytes,
             max_finished_jobs: caps.max_finished_jobs,
             stop_grace: std::time::Duration::from_millis(caps.stop_grace_ms),
@@ -681,6 +721,7 @@ fn positive(key: &'static str, v: Option<u64>, default: u64) -> Result<u64, Conf
 struct Caps {
     max_running_jobs: usize,
     max_connections: usize,
+    control_connections: usize,
     max_output_bytes: u64,
     max_finished_jobs: usize,
     stop_grace_ms: u64,
@@ -702,8 +743,10 @@ fn caps(flags: &Flags, file: &FileConfig) -> Result<Caps, ConfigError> {
             "max_connections",
             flags.max_connections,
             file.max_connections,
-            1024,
+            2048,
         )?,
+        // An eighth of the connections by default (256 of 2,048); 0 keeps none.
+        control_connections: 0,
         max_output_bytes: positive(
             "max_output_bytes",
             flags.max_output_bytes.or(file.max_output_bytes),
@@ -1039,6 +1082,15 @@ mod tests {
             err(Config::merge(f, FileConfig::default(), &db())),
             "max_connections: must be greater than zero"
         );
+        let mut f = flags();
+        f.max_connections = Some(100);
+        f.control_connections = Some(100);
+        assert_eq!(
+            err(Config::merge(f, FileConfig::default(), &db())),
+            "control_connections: 100 leaves no connection of max_connections (100) for output streams"
+        );
+        let c = Config::merge(flags(), FileConfig::default(), &db()).unwrap();
+        assert_eq!((c.max_connections, c.control_connections), (2048, 256));
         let mut f = flags();
         f.ceiling_memory_bytes = Some(1024);
         assert!(

@@ -30,4 +30,5 @@ pub mod spawn;
 pub mod store;
 pub use jobworker_sys as sys;
 pub mod template;
+pub mod totals;
 pub mod users;

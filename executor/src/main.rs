@@ -72,7 +72,13 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
     if sys::geteuid() != 0 {
         bail!("the executor must run as root (it creates namespaces and cgroups)");
     }
-    let cfg = Config::load(flags).context("configuration")?;
+    let mut cfg = Config::load(flags).context("configuration")?;
+    // Before anything is created: a total above what the host has stops the start here.
+    let host = jobworker_executor::totals::Host::read().context("reading the host's size")?;
+    let totals = cfg.totals.resolve(&host).context("configuration")?;
+    for lowered in totals.clamp(&mut cfg.ceilings) {
+        tracing::warn!("a ceiling above the total of all jobs: {lowered}");
+    }
     match sys::raise_nofile_limit() {
         Ok(n) => tracing::info!(limit = n, "open file limit"),
         Err(e) => tracing::warn!("raising the open file limit: {e}"),
@@ -85,10 +91,14 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(cfg, listen_fds))
+    rt.block_on(serve(cfg, totals, listen_fds))
 }
 
-async fn serve(cfg: Config, listen_fds: i32) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    totals: jobworker_executor::totals::Totals,
+    listen_fds: i32,
+) -> anyhow::Result<()> {
     let backend = match cfg.cgroup_backend {
         Backend::Auto => cgroup::Backend::Auto,
         Backend::V2 => cgroup::Backend::V2,
@@ -112,7 +122,8 @@ async fn serve(cfg: Config, listen_fds: i32) -> anyhow::Result<()> {
     };
 
     let shutdown = CancellationToken::new();
-    let engine = Engine::new(cfg.clone(), cgroups, shutdown.clone()).context("job engine")?;
+    let engine =
+        Engine::new(cfg.clone(), cgroups, totals, shutdown.clone()).context("job engine")?;
     let peers = Peers {
         uids: cfg.allowed_uids.clone(),
         gids: cfg.allowed_gids.clone(),
@@ -130,7 +141,10 @@ async fn serve(cfg: Config, listen_fds: i32) -> anyhow::Result<()> {
         listener,
         engine.clone(),
         peers,
-        cfg.max_connections,
+        server::Caps {
+            connections: cfg.max_connections,
+            control: cfg.control_connections,
+        },
         shutdown.clone(),
     ));
     wait_for_signal().await?;

@@ -326,6 +326,34 @@ const BPF_JMP_JGE_K: u16 = 0x35;
 const BPF_RET_K: u16 = 0x06;
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
+/// The low 32 bits of argument `i` (little endian: every architecture here).
+const fn data_arg(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+/// The socket families a job may create, and why each: everything else fails with
+/// `EAFNOSUPPORT`, as on a kernel built without it. Network namespaces do not isolate
+/// every family (`AF_VSOCK` reaches the hypervisor's host side; netlink's uevent
+/// protocol carries the host's device events), so the filter, not only the namespace,
+/// decides.
+pub const SOCKET_FAMILIES: &[(&str, u32, &str)] = &[
+    (
+        "AF_UNIX",
+        libc::AF_UNIX as u32,
+        "local sockets, inside the job's own file system and network namespace",
+    ),
+    (
+        "AF_INET",
+        libc::AF_INET as u32,
+        "IPv4, in the job's network namespace (loopback only)",
+    ),
+    ("AF_INET6", libc::AF_INET6 as u32, "IPv6, likewise"),
+    (
+        "AF_NETLINK",
+        libc::AF_NETLINK as u32,
+        "only its route protocol (`NETLINK_ROUTE`), which `ip` uses, about the job's own namespace",
+    ),
+];
 
 fn stmt(code: u16, k: u32) -> sock_filter {
     sock_filter {
@@ -353,7 +381,10 @@ fn errno(e: libc::c_int) -> u32 {
 ///    fails with `EPERM`; `seccompiler` compares numbers only, so `mount | 0x40000000`
 ///    would otherwise pass;
 /// 3. `clone3` fails with `ENOSYS`, an action that differs from the filter's one
-///    match action.
+///    match action;
+/// 4. `socket` succeeds only for the families in [`SOCKET_FAMILIES`] (netlink only with
+///    `NETLINK_ROUTE`), `socketpair` only for `AF_UNIX`; any other fails with
+///    `EAFNOSUPPORT`.
 ///
 /// Classic BPF jumps are forward and relative to the next instruction, so this prefix is
 /// self-contained: every jump in it lands inside it or on the instruction right after
@@ -375,6 +406,43 @@ fn prefix() -> Vec<sock_filter> {
         jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 0, 1),
         stmt(BPF_RET_K, errno(libc::ENOSYS)),
     ]);
+    // socketpair(domain, ...): AF_UNIX only. The accumulator still holds the number.
+    let unsupported = errno(libc::EAFNOSUPPORT);
+    p.extend([
+        jump(BPF_JMP_JEQ_K, libc::SYS_socketpair as u32, 0, 3),
+        stmt(BPF_LD_W_ABS, data_arg(0)),
+        jump(BPF_JMP_JEQ_K, libc::AF_UNIX as u32, 1, 0),
+        stmt(BPF_RET_K, unsupported),
+    ]);
+    // socket(domain, type, protocol). Every allowed case jumps to `allow`, the last
+    // instruction of the prefix, which reloads the number for the program after it.
+    // After the socketpair block the accumulator may hold a domain, so reload first.
+    let mut socket = vec![stmt(BPF_LD_W_ABS, DATA_NR)];
+    let inet = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+    // Layout: [jeq socket] [ld arg0] [jeq each inet family]* [jeq netlink] [ld arg2]
+    // [jeq route] [ret unsupported] [allow: ld nr]
+    let after_socket_check = 1 + inet.len() + 4; // instructions between the check and `allow`
+    socket.push(jump(
+        BPF_JMP_JEQ_K,
+        libc::SYS_socket as u32,
+        0,
+        (after_socket_check) as u8,
+    ));
+    socket.push(stmt(BPF_LD_W_ABS, data_arg(0)));
+    for (i, family) in inet.iter().enumerate() {
+        // To `allow`: past the rest of the families, netlink's three and the return.
+        let to_allow = (inet.len() - 1 - i) + 4;
+        socket.push(jump(BPF_JMP_JEQ_K, *family as u32, to_allow as u8, 0));
+    }
+    socket.extend([
+        jump(BPF_JMP_JEQ_K, libc::AF_NETLINK as u32, 0, 2),
+        stmt(BPF_LD_W_ABS, data_arg(2)),
+        jump(BPF_JMP_JEQ_K, libc::NETLINK_ROUTE as u32, 1, 0),
+        stmt(BPF_RET_K, unsupported),
+        // allow:
+        stmt(BPF_LD_W_ABS, DATA_NR),
+    ]);
+    p.extend(socket);
     p
 }
 
@@ -531,6 +599,62 @@ mod tests {
     }
 
     #[test]
+    fn sockets_of_other_families_are_unsupported() {
+        let prog = job_filter().unwrap();
+        let socket = |domain: i32, protocol: i32| {
+            run(
+                &prog,
+                AUDIT_ARCH,
+                libc::SYS_socket as u32,
+                [
+                    domain as u64,
+                    libc::SOCK_STREAM as u64,
+                    protocol as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+        for (name, family, _) in SOCKET_FAMILIES {
+            assert_eq!(socket(*family as i32, 0), ALLOW, "{name}");
+        }
+        // NETLINK_ROUTE is 0; the host's device events are not the job's.
+        let uevent = 15; // NETLINK_KOBJECT_UEVENT
+        assert_eq!(socket(libc::AF_NETLINK, uevent), errno(libc::EAFNOSUPPORT));
+        assert_eq!(
+            socket(libc::AF_NETLINK, 4 /* sock_diag */),
+            errno(libc::EAFNOSUPPORT)
+        );
+        for domain in [
+            libc::AF_VSOCK,
+            libc::AF_PACKET,
+            libc::AF_BLUETOOTH,
+            libc::AF_ALG,
+            255,
+        ] {
+            assert_eq!(
+                socket(domain, 0),
+                errno(libc::EAFNOSUPPORT),
+                "family {domain}"
+            );
+        }
+        let pair = |domain: i32| {
+            run(
+                &prog,
+                AUDIT_ARCH,
+                libc::SYS_socketpair as u32,
+                [domain as u64, 1, 0, 0, 0, 0],
+            )
+        };
+        assert_eq!(pair(libc::AF_UNIX), ALLOW);
+        assert_eq!(pair(libc::AF_VSOCK), errno(libc::EAFNOSUPPORT));
+        // Calls after the socket checks still meet the rest of the filter.
+        assert_eq!(call(&prog, libc::SYS_mount, 0), errno(libc::EPERM));
+        assert_eq!(call(&prog, libc::SYS_getpid, 0), ALLOW);
+    }
+
+    #[test]
     fn clone3_fails_with_enosys() {
         let prog = job_filter().unwrap();
         assert_eq!(call(&prog, libc::SYS_clone3, 0), errno(libc::ENOSYS));
@@ -680,6 +804,31 @@ mod tests {
         assert_eq!(errno_of(probe::x32_getpid()), Some(libc::EPERM));
         assert_eq!(errno_of(probe::personality(0x0040_0000)), Some(libc::EPERM));
         assert!(probe::personality(0xffff_ffff).is_ok());
+        // Socket families: the job's own kinds work, the others are unsupported.
+        for (domain, ty, protocol) in [
+            (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+            (libc::AF_INET, libc::SOCK_STREAM, 0),
+            (libc::AF_INET6, libc::SOCK_DGRAM, 0),
+            (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+        ] {
+            jobworker_sys::socket(domain, ty, protocol)
+                .unwrap_or_else(|e| panic!("family {domain}: {e}"));
+        }
+        for (domain, ty, protocol) in [
+            (libc::AF_VSOCK, libc::SOCK_STREAM, 0),
+            (libc::AF_PACKET, libc::SOCK_RAW, 0),
+            (
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM,
+                libc::NETLINK_KOBJECT_UEVENT,
+            ),
+        ] {
+            assert_eq!(
+                errno_of(jobworker_sys::socket(domain, ty, protocol)),
+                Some(libc::EAFNOSUPPORT),
+                "family {domain}, protocol {protocol}"
+            );
+        }
 
         // Ordinary calls work: writing, and creating processes and threads, whose C
         // library code tries clone3 first and falls back to clone on ENOSYS.

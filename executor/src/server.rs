@@ -3,7 +3,10 @@
 //!
 //! Every connection is checked with `SO_PEERCRED` before a byte of it is decoded; a peer
 //! whose uid and gid are both outside the configured lists is logged and dropped. Past
-//! the connection cap a connection gets one `ResourceExhausted` frame and is closed. The
+//! the connection cap a connection gets one `ResourceExhausted` frame and is closed. Long
+//! calls (output streams, attached runs and execs, waits) also take one of the stream
+//! slots, which leave `control_connections` of the cap to short calls: however many
+//! streams are open, a start, stop, status or list always finds a connection. The
 //! first frame must be `Hello` (the version handshake), and only the first. A malformed
 //! or unexpected frame ends that connection only.
 //!
@@ -14,12 +17,14 @@
 //! | `Start` | [`start`] | owner, spec shape, limits against the ceilings |
 //! | `Stop` | [`stop`] | scope |
 //! | `Status` | [`status`] | scope |
-//! | `List` | [`list`] | scope, page size |
-//! | `Output` | [`output`] | scope |
+//! | `List` | [`list`] | scope, page size, filter |
+//! | `Resolve` | [`resolve`] | scope, reference |
+//! | `Remove` | [`remove`] | scope |
+//! | `Output` | [`output`] | a stream slot, scope |
 //! | `Quota` | [`quota`] | scope |
-//! | `Run` | [`session::run`] | as `Start`; then an attached session |
-//! | `Exec` | [`session::exec`] | scope, caller, exec spec; then an attached session |
-//! | `Wait` | [`wait`] | scope |
+//! | `Run` | [`session::run`] | a stream slot, as `Start`; then an attached session |
+//! | `Exec` | [`session::exec`] | a stream slot, scope, caller, exec spec; then an attached session |
+//! | `Wait` | [`wait`] | a stream slot, scope |
 //! | `Input`, `InputEnd`, `Resize` | [`no_session`] | refused: nothing is attached |
 
 use std::io;
@@ -29,12 +34,12 @@ use std::sync::Arc;
 use futures::{SinkExt, StreamExt};
 use jobworker_protocol::codec::{self, ServerTransport};
 use jobworker_protocol::{
-    ErrorKind, JobId, JobSpec, OutputFrom, Request, Response, Scope, Stream, Streams, WireError,
-    server_transport, validate,
+    ErrorKind, JobId, JobSpec, ListFilter, OutputFrom, Request, Response, Scope, Stream, Streams,
+    WireError, server_transport, validate,
 };
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,16 +61,29 @@ impl Peers {
     }
 }
 
+/// The connection caps.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Connections open at once.
+    pub connections: usize,
+    /// Of those, the ones long calls never take (less than `connections`).
+    pub control: usize,
+}
+
 /// Serves connections until `shutdown` is cancelled, then waits for open connections to
 /// end (they end as their jobs' supervisors finish or their peers leave).
 pub async fn serve(
     listener: UnixListener,
     engine: Arc<Engine>,
     peers: Peers,
-    max_connections: usize,
+    caps: Caps,
     shutdown: CancellationToken,
 ) {
+    let max_connections = caps.connections;
     let slots = Arc::new(Semaphore::new(max_connections));
+    let long = Arc::new(Semaphore::new(
+        caps.connections.saturating_sub(caps.control).max(1),
+    ));
     let tasks = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -92,10 +110,11 @@ pub async fn serve(
         };
         let engine = engine.clone();
         let shutdown = shutdown.clone();
+        let long = long.clone();
         let open = max_connections - slots.available_permits();
         tracing::debug!(open, "connection accepted");
         tasks.spawn(async move {
-            connection(stream, engine, shutdown).await;
+            connection(stream, engine, long, shutdown).await;
             let slots = permit.semaphore().clone();
             drop(permit);
             // Each connection is one task: this count is the number of connection tasks
@@ -144,7 +163,12 @@ fn refuse(stream: UnixStream, max: usize) {
     }
 }
 
-async fn connection(stream: UnixStream, engine: Arc<Engine>, shutdown: CancellationToken) {
+async fn connection(
+    stream: UnixStream,
+    engine: Arc<Engine>,
+    long: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
     let mut t = server_transport(stream);
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -164,6 +188,7 @@ async fn connection(stream: UnixStream, engine: Arc<Engine>, shutdown: Cancellat
     let mut conn = Conn {
         engine,
         t,
+        long,
         shutdown,
     };
     loop {
@@ -189,6 +214,8 @@ async fn connection(stream: UnixStream, engine: Arc<Engine>, shutdown: Cancellat
 struct Conn {
     engine: Arc<Engine>,
     t: ServerTransport<UnixStream>,
+    /// The stream slots, one per long call in progress.
+    long: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -200,6 +227,16 @@ enum Flow {
 }
 
 impl Conn {
+    /// A stream slot for a long call, held until the call ends.
+    fn long_call(&self) -> Result<OwnedSemaphorePermit, WireError> {
+        self.long.clone().try_acquire_owned().map_err(|_| {
+            WireError::exhausted(
+                "the executor has as many output streams, attached calls and waits open as it \
+                 allows (the rest of its connections are kept for short calls)",
+            )
+        })
+    }
+
     async fn reply(&mut self, resp: Response) -> Flow {
         match self.t.send(resp).await {
             Ok(()) => Flow::Continue,
@@ -235,23 +272,21 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
             scope,
             after,
             limit,
-        } => list(conn, scope, after, limit).await,
-        Request::Output {
-            scope,
-            id,
-            from,
-            streams,
-            follow,
-        } => output(conn, scope, id, from, streams, follow).await,
+            filter,
+        } => list(conn, scope, after, limit, filter).await,
+        Request::Resolve { scope, reference } => resolve(conn, scope, reference).await,
+        Request::Remove { scope, id, force } => remove(conn, scope, id, force).await,
         Request::Quota { scope } => quota(conn, scope).await,
-        Request::Run { owner, spec } => session::run(conn, owner, spec).await,
-        Request::Exec {
-            scope,
-            id,
-            caller,
-            spec,
-        } => session::exec(conn, scope, id, caller, spec).await,
-        Request::Wait { scope, id } => wait(conn, scope, id).await,
+        Request::Output { .. }
+        | Request::Run { .. }
+        | Request::Exec { .. }
+        | Request::Wait { .. } => {
+            let _slot = match conn.long_call() {
+                Ok(slot) => slot,
+                Err(e) => return conn.reply(Response::Error(e)).await,
+            };
+            long_call(conn, req).await
+        }
         Request::Input(_) | Request::InputEnd | Request::Resize(_) => no_session(conn).await,
     }
 }
@@ -278,6 +313,31 @@ async fn wait(conn: &mut Conn, scope: Scope, id: JobId) -> Flow {
     };
     conn.reply_with(ended, |s| Response::Status(Box::new(s)))
         .await
+}
+
+/// A long call, holding its stream slot.
+async fn long_call(conn: &mut Conn, req: Request) -> Flow {
+    match req {
+        Request::Output {
+            scope,
+            id,
+            from,
+            streams,
+            follow,
+        } => output(conn, scope, id, from, streams, follow).await,
+        Request::Run { owner, spec } => session::run(conn, owner, spec).await,
+        Request::Exec {
+            scope,
+            id,
+            caller,
+            spec,
+        } => session::exec(conn, scope, id, caller, spec).await,
+        Request::Wait { scope, id } => wait(conn, scope, id).await,
+        other => {
+            tracing::error!("{} is not a long call", other.name());
+            Flow::Close
+        }
+    }
 }
 
 /// The handshake took the connection's one `Hello`: another is refused, and ends it.
@@ -324,15 +384,42 @@ async fn status(conn: &mut Conn, scope: Scope, id: JobId) -> Flow {
         .await
 }
 
-async fn list(conn: &mut Conn, scope: Scope, after: Option<JobId>, limit: u32) -> Flow {
+async fn list(
+    conn: &mut Conn,
+    scope: Scope,
+    after: Option<JobId>,
+    limit: u32,
+    filter: ListFilter,
+) -> Flow {
     let page = validate::scope(&scope)
         .and_then(|()| validate::list_limit(limit))
-        .and_then(|()| conn.engine.list(&scope, after.as_ref(), limit));
+        .and_then(|()| validate::list_filter(&filter))
+        .and_then(|()| conn.engine.list(&scope, after.as_ref(), limit, &filter));
     conn.reply_with(page, |(jobs, next_after)| Response::Jobs {
         jobs,
         next_after,
     })
     .await
+}
+
+async fn resolve(conn: &mut Conn, scope: Scope, reference: String) -> Flow {
+    let id = validate::scope(&scope).and_then(|()| conn.engine.resolve(&scope, &reference));
+    conn.reply_with(id, |id| Response::Resolved { id }).await
+}
+
+/// Deletes an ended job (a running one with `force`, stopping it first); answers with
+/// its last status.
+async fn remove(conn: &mut Conn, scope: Scope, id: JobId, force: bool) -> Flow {
+    if let Err(e) = validate::scope(&scope) {
+        return conn.reply(Response::Error(e)).await;
+    }
+    let engine = conn.engine.clone();
+    let removed = tokio::select! {
+        r = engine.remove(&scope, &id, force) => r,
+        _ = conn.peer_gone() => return Flow::Close,
+    };
+    conn.reply_with(removed, |s| Response::Status(Box::new(s)))
+        .await
 }
 
 async fn quota(conn: &mut Conn, scope: Scope) -> Flow {

@@ -145,6 +145,8 @@ mod tests {
             output_truncated: false,
             uid: Some(600_001),
             start_failure: None,
+            name: None,
+            labels: vec![],
         }
     }
 

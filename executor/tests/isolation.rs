@@ -91,6 +91,13 @@ async fn the_probe_sees_a_sandbox_from_inside() {
     assert_eq!(s("mount"), "EPERM");
     assert_eq!(s("unshare_user"), "EPERM");
     assert_eq!(s("unshare_net"), "EPERM");
+    // Only the families a job needs: vsock reaches past the network namespace, and
+    // netlink's uevents are the host's.
+    assert_eq!(s("socket_inet"), "ok");
+    assert_eq!(s("socket_netlink_route"), "ok");
+    assert_eq!(s("socket_vsock"), "EAFNOSUPPORT");
+    assert_eq!(s("socket_packet"), "EAFNOSUPPORT");
+    assert_eq!(s("socket_uevent"), "EAFNOSUPPORT");
     // A private tmpfs on /tmp, the working directory.
     let tmp = s("tmp_mount");
     assert!(tmp.contains(" /tmp ") && tmp.contains(" - tmpfs "), "{tmp}");

@@ -119,6 +119,7 @@ async fn another_owners_job_is_not_found() {
             scope: bob,
             after: None,
             limit: 10,
+            filter: Default::default(),
         })
         .await
     {
@@ -133,6 +134,7 @@ async fn another_owners_job_is_not_found() {
             scope: Scope::Owner("alice".into()),
             after: None,
             limit: 10,
+            filter: Default::default(),
         })
         .await
     {
@@ -164,6 +166,7 @@ async fn list_pages_in_start_order() {
                 scope: Scope::Any,
                 after,
                 limit: 2,
+                filter: Default::default(),
             })
             .await
         {

@@ -158,7 +158,12 @@ async fn over_the_connection_cap_a_client_is_told_so() {
         return;
     }
     let exec = Executor::start(ExecutorOptions {
-        extra: vec!["--max-connections".into(), "1".into()],
+        extra: vec![
+            "--max-connections".into(),
+            "1".into(),
+            "--control-connections".into(),
+            "0".into(),
+        ],
         ..Default::default()
     });
     let mut first = exec.client().await;
@@ -290,4 +295,72 @@ async fn the_oldest_finished_jobs_are_deleted_beyond_the_retention_cap() {
         let (out, _) = c.wait(id).await;
         assert!(!out.is_empty(), "{id}");
     }
+}
+
+#[tokio::test]
+async fn streams_never_take_the_connections_kept_for_short_calls() {
+    if skip_unless_root("streams_never_take_the_connections_kept_for_short_calls") {
+        return;
+    }
+    // 10 connections, 4 of them kept for short calls: at most 6 streams.
+    let exec = Executor::start(ExecutorOptions {
+        extra: vec![
+            "--max-connections".into(),
+            "10".into(),
+            "--control-connections".into(),
+            "4".into(),
+        ],
+        ..Default::default()
+    });
+    let mut c = exec.client().await;
+    let id = c
+        .run(&["sh", "-c", "echo up; exec sleep 600"])
+        .await
+        .unwrap();
+    // Nine followers try; six hold a stream, three are told why and leave.
+    let mut followers = Vec::new();
+    let mut refused = 0;
+    for _ in 0..9 {
+        let mut f = exec.client().await;
+        f.request_output(id, OutputFrom::Offset(0), Streams::BOTH, true)
+            .await;
+        match f.next_chunk().await {
+            Ok((Stream::Stdout, chunk)) => {
+                assert_eq!(&chunk[..], b"up\n");
+                followers.push(f);
+            }
+            Err(Response::Error(e)) => {
+                assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+                assert!(e.message.contains("kept for short calls"), "{}", e.message);
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((followers.len(), refused), (6, 3));
+    // Short calls still find a connection, however many streams are open: without the
+    // reserve, the nine followers and the first client held all ten.
+    let mut short = exec.client().await;
+    assert_eq!(short.status(id).await.unwrap().state, JobState::Running);
+    let stopped = short.stop(id).await.unwrap();
+    assert_eq!(stopped.state, JobState::Stopped);
+    // The followers see the end and give their slots back: a new stream is served.
+    for mut f in followers {
+        loop {
+            match f.next_chunk().await {
+                Ok(_) => {}
+                Err(Response::End(s)) => {
+                    assert_eq!(s.state, JobState::Stopped);
+                    break;
+                }
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let mut again = exec.client().await;
+    let (out, end) = again.wait(id).await;
+    assert_eq!(
+        (out.as_slice(), end.state),
+        (&b"up\n"[..], JobState::Stopped)
+    );
 }

@@ -422,3 +422,102 @@ async fn the_tmp_size_is_the_jobs_within_its_ceiling() {
         "tmp size: 33554433 bytes is above this executor's ceiling of 33554432 bytes"
     );
 }
+
+#[tokio::test]
+async fn all_jobs_together_are_held_to_the_totals_on_their_parent_group() {
+    if skip_unless_root("all_jobs_together_are_held_to_the_totals_on_their_parent_group") {
+        return;
+    }
+    let exec = Executor::start(ExecutorOptions {
+        extra: [
+            "--total-memory-bytes",
+            "805306368",
+            "--total-pids",
+            "300",
+            "--total-cpu-millis",
+            "1500",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    });
+    let parent = exec.cgroup_parent();
+    let read = |file: &str| {
+        let path = parent
+            .jobs_file(file)
+            .unwrap_or_else(|| panic!("no {file} above the jobs"));
+        std::fs::read_to_string(path).unwrap().trim().to_string()
+    };
+    if is_v2() {
+        assert_eq!(read("memory.max"), "805306368");
+        assert_eq!(read("pids.max"), "300");
+        assert_eq!(read("cpu.max"), "150000 100000");
+    } else {
+        assert_eq!(read("memory.limit_in_bytes"), "805306368");
+        assert_eq!(read("pids.max"), "300");
+        assert_eq!(read("cpu.cfs_quota_us"), "150000");
+    }
+    let mut c = exec.client().await;
+    // No job may ask for more than all jobs together: the ceilings came down.
+    let id = c.run(&["true"]).await.unwrap();
+    let (_, s) = c.wait(id).await;
+    assert_eq!(s.limits.cpu_millis, Some(1500));
+    assert_eq!(s.limits.pids, Some(300));
+    // The kernel holds the sum: one job holds 200 processes, and another, whose own
+    // limit is 300, can fork only what the total leaves.
+    let holder = c
+        .run(&[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200 ]; do sleep 600 & i=$((i+1)); done; echo held; wait",
+        ])
+        .await
+        .unwrap();
+    exec.client().await.wait_for_output(holder, b"held").await;
+    let bomb = c.run(&[&probe(), "forkbomb"]).await.unwrap();
+    let out = exec
+        .client()
+        .await
+        .wait_for_output(bomb, b"limit reached")
+        .await;
+    let text = String::from_utf8_lossy(&out);
+    let forked: u32 = text
+        .split("after ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        forked < 100,
+        "the second job forked {forked} under a total of 300"
+    );
+    c.stop(bomb).await.unwrap();
+    c.stop(holder).await.unwrap();
+}
+
+#[test]
+fn a_total_above_what_the_host_has_stops_the_executor_before_anything_is_created() {
+    if skip_unless_root(
+        "a_total_above_what_the_host_has_stops_the_executor_before_anything_is_created",
+    ) {
+        return;
+    }
+    let dir = scratch::Scratch::new("totals");
+    let out = std::process::Command::new(bins::path("jobworker-executor"))
+        .args(["--socket"])
+        .arg(dir.join("executor.sock"))
+        .args(["--state-dir"])
+        .arg(dir.join("state"))
+        .args(["--allow-uid", "0", "--total-pids", "4194305000"])
+        .env("JOBWORKER_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("totals.pids: 4194305000 is above what this host has"),
+        "{stderr}"
+    );
+    assert!(!dir.join("state").exists(), "nothing was created");
+    assert!(!dir.join("executor.sock").exists(), "nothing was created");
+}

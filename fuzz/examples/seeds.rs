@@ -44,6 +44,11 @@ fn main() {
             ..Default::default()
         },
         workdir: Some("/srv".into()),
+        name: Some("nightly".into()),
+        labels: vec![Label {
+            key: "team".into(),
+            value: "infra".into(),
+        }],
         ..Default::default()
     };
     let requests: Vec<(&str, Vec<Request>)> = vec![
@@ -80,6 +85,7 @@ fn main() {
                     scope: alice.clone(),
                     after: Some(id),
                     limit: 100,
+                    filter: Default::default(),
                 },
             ],
         ),
@@ -99,6 +105,35 @@ fn main() {
                 Request::Input(bytes::Bytes::from_static(b"ls\r")),
                 Request::Resize(TtySize { rows: 50, cols: 132 }),
                 Request::InputEnd,
+            ],
+        ),
+        (
+            "resolve-remove",
+            vec![
+                hello.clone(),
+                Request::Resolve {
+                    scope: alice.clone(),
+                    reference: "nightly".into(),
+                },
+                Request::List {
+                    scope: Scope::Any,
+                    after: None,
+                    limit: 10,
+                    filter: ListFilter {
+                        states: vec![JobState::Running, JobState::Exited],
+                        labels: vec![Label {
+                            key: "team".into(),
+                            value: "infra".into(),
+                        }],
+                        name: Some("nightly".into()),
+                        owner: Some("alice".into()),
+                    },
+                },
+                Request::Remove {
+                    scope: alice.clone(),
+                    id,
+                    force: true,
+                },
             ],
         ),
         (

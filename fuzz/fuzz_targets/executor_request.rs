@@ -111,10 +111,21 @@ fn dispatch(request: &Request) -> Result<(), WireError> {
         Request::Input(b) if b.len() > MAX_CHUNK_LEN => Err(WireError::invalid("input")),
         Request::Input(_) | Request::InputEnd => Ok(()),
         Request::Resize(size) => validate::tty(Some(*size)),
-        Request::List { scope, limit, .. } => {
+        Request::List {
+            scope,
+            limit,
+            filter,
+            ..
+        } => {
             validate::scope(scope)?;
-            validate::list_limit(*limit)
+            validate::list_limit(*limit)?;
+            validate::list_filter(filter)
         }
+        Request::Resolve { scope, reference } => {
+            validate::scope(scope)?;
+            validate::reference(reference)
+        }
+        Request::Remove { scope, .. } => validate::scope(scope),
     }
 }
 

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     Internal,
     /// The job is not in a state the request needs (an exec into a job that has ended).
     FailedPrecondition,
+    /// A job of that name already exists (among the owner's jobs that are kept).
+    AlreadyExists,
 }
 
 impl ErrorKind {
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal error",
             ErrorKind::FailedPrecondition => "failed precondition",
+            ErrorKind::AlreadyExists => "already exists",
         }
     }
 }

@@ -86,6 +86,39 @@ pub struct EnvVar {
     pub value: String,
 }
 
+/// A label on a job, `key=value`: for people and scripts to find jobs by (`list
+/// --label`); the executor only checks its shape and stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+/// Which jobs a list shows; an empty field matches every job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListFilter {
+    /// Jobs in one of these states.
+    pub states: Vec<JobState>,
+    /// Jobs that carry every one of these labels.
+    pub labels: Vec<Label>,
+    /// The job of this name.
+    pub name: Option<String>,
+    /// Jobs of this owner (useful with `Scope::Any`).
+    pub owner: Option<String>,
+}
+
+impl ListFilter {
+    pub fn matches(&self, s: &JobStatus) -> bool {
+        (self.states.is_empty() || self.states.contains(&s.state))
+            && self.labels.iter().all(|l| s.labels.contains(l))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| s.name.as_ref() == Some(n))
+            && self.owner.as_ref().is_none_or(|o| &s.owner == o)
+    }
+}
+
 /// Disk IO limits on one block device. Each rate is optional; at least one must be set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoLimits {
@@ -144,6 +177,12 @@ pub struct JobSpec {
     /// devpts instance of the job's own.
     #[serde(default)]
     pub tty: Option<TtySize>,
+    /// A name for the job, unique among its owner's jobs that are kept.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Labels, keys unique.
+    #[serde(default)]
+    pub labels: Vec<Label>,
 }
 
 /// A terminal's size, in characters.
@@ -348,6 +387,11 @@ pub struct JobStatus {
     /// Why the command could not be started, when it could not.
     #[serde(default)]
     pub start_failure: Option<StartFailure>,
+    /// The job's name, if it was given one.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<Label>,
 }
 
 /// One owner's use of their quotas and the quotas themselves.
@@ -376,6 +420,14 @@ pub struct QuotaLimits {
     pub memory_bytes: Option<u64>,
     pub cpu_millis: Option<u64>,
     pub pids: Option<u64>,
+}
+
+/// At most 40 characters of a client's text, for an error message.
+pub fn shorten(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 #[cfg(test)]

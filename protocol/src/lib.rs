@@ -26,8 +26,9 @@ pub use codec::{
 };
 pub use error::{ErrorKind, WireError};
 pub use job::{
-    EnvVar, ExecEnd, ExecSpec, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, QuotaAmounts,
-    QuotaLimits, QuotaReport, Scope, StartFailure, Stream, Streams, TtySize,
+    EnvVar, ExecEnd, ExecSpec, IoLimits, JobId, JobSpec, JobState, JobStatus, Label, Limits,
+    ListFilter, QuotaAmounts, QuotaLimits, QuotaReport, Scope, StartFailure, Stream, Streams,
+    TtySize,
 };
 pub use message::{
     LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, MAX_QUOTA_REPORTS, OutputFrom, Request, Response,

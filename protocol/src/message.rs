@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
 use crate::job::{
-    ExecEnd, ExecSpec, JobId, JobSpec, JobStatus, QuotaReport, Scope, Stream, Streams, TtySize,
+    ExecEnd, ExecSpec, JobId, JobSpec, JobStatus, ListFilter, QuotaReport, Scope, Stream, Streams,
+    TtySize,
 };
 
 /// Largest output chunk in one frame.
@@ -53,11 +54,13 @@ pub enum Request {
     Stop { scope: Scope, id: JobId },
     /// Status of one job.
     Status { scope: Scope, id: JobId },
-    /// One page of the jobs in `scope`, oldest first, starting after `after`.
+    /// One page of the jobs in `scope` that `filter` matches, oldest first, starting
+    /// after `after`.
     List {
         scope: Scope,
         after: Option<JobId>,
         limit: u32,
+        filter: ListFilter,
     },
     /// The job's output of `streams`, from `from`. With `follow`, keep sending new
     /// output until the job ends; without it, send only what exists now.
@@ -95,6 +98,16 @@ pub enum Request {
     InputEnd,
     /// The attached terminal's new size.
     Resize(TtySize),
+    /// The id of the job `reference` names in `scope`: a name, or a unique prefix of at
+    /// least 6 hexadecimal digits. Answered with `Resolved`.
+    Resolve { scope: Scope, reference: String },
+    /// Delete an ended job's record and output; a running one only with `force`, which
+    /// stops it first. Answered with its last status.
+    Remove {
+        scope: Scope,
+        id: JobId,
+        force: bool,
+    },
 }
 
 impl Request {
@@ -115,6 +128,8 @@ impl Request {
             Request::Input(_) => "input",
             Request::InputEnd => "input end",
             Request::Resize(_) => "resize",
+            Request::Resolve { .. } => "resolve",
+            Request::Remove { .. } => "remove",
         }
     }
 }
@@ -147,6 +162,8 @@ pub enum Response {
     ExecStarted,
     /// The exec's process has ended; the last frame of an exec.
     ExecEnded(ExecEnd),
+    /// Answer to `Resolve`.
+    Resolved { id: JobId },
     /// The request failed.
     Error(WireError),
 }

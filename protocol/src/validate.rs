@@ -5,7 +5,7 @@
 //! the executor's own configuration are checked on top of these, in the executor.
 
 use crate::error::WireError;
-use crate::job::{ExecSpec, IoLimits, JobSpec, Limits, Scope, TtySize};
+use crate::job::{ExecSpec, IoLimits, JobSpec, Label, Limits, ListFilter, Scope, TtySize};
 use crate::message::MAX_LIST_PAGE;
 
 /// Most arguments in `argv`, including the program.
@@ -63,7 +63,118 @@ pub fn spec(spec: &JobSpec) -> Result<(), WireError> {
     env(&spec.env)?;
     limits(&spec.limits)?;
     workdir(spec.workdir.as_deref())?;
-    tty(spec.tty)
+    tty(spec.tty)?;
+    if let Some(n) = &spec.name {
+        name(n)?;
+    }
+    labels(&spec.labels)
+}
+
+/// Longest job name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most labels on a job.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key, and value.
+pub const MAX_LABEL_KEY: usize = 64;
+pub const MAX_LABEL_VALUE: usize = 256;
+/// Shortest id prefix that names a job.
+pub const MIN_ID_PREFIX: usize = 6;
+
+/// A job name: 1 to [`MAX_NAME_LEN`] of ASCII letters, digits, `_`, `.` and `-`,
+/// starting with a letter or digit, and not 32 hexadecimal digits (which would read as an
+/// id).
+pub fn name(n: &str) -> Result<(), WireError> {
+    let ok = !n.is_empty()
+        && n.len() <= MAX_NAME_LEN
+        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        return Err(WireError::invalid(format!(
+            "name: {:?} is not a job name (1 to {MAX_NAME_LEN} letters, digits, '_', '.' \
+             or '-', starting with a letter or digit)",
+            crate::job::shorten(n)
+        )));
+    }
+    if n.len() == 32 && n.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(WireError::invalid(
+            "name: 32 hexadecimal digits would read as a job id",
+        ));
+    }
+    Ok(())
+}
+
+/// Labels: at most [`MAX_LABELS`], keys unique. A key is 1 to [`MAX_LABEL_KEY`] of
+/// ASCII letters, digits, `_`, `.`, `/` and `-`, starting with a letter or digit; a value
+/// is at most [`MAX_LABEL_VALUE`] bytes of printable text.
+pub fn labels(labels: &[Label]) -> Result<(), WireError> {
+    if labels.len() > MAX_LABELS {
+        return Err(WireError::invalid(format!("labels: at most {MAX_LABELS}")));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        label(l)?;
+        if labels[..i].iter().any(|o| o.key == l.key) {
+            return Err(WireError::invalid(format!(
+                "labels: {:?} is given twice",
+                l.key
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn label(l: &Label) -> Result<(), WireError> {
+    let key_ok = !l.key.is_empty()
+        && l.key.len() <= MAX_LABEL_KEY
+        && l.key.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && l.key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'));
+    if !key_ok {
+        return Err(WireError::invalid(format!(
+            "labels: {:?} is not a label key (1 to {MAX_LABEL_KEY} letters, digits, '_', \
+             '.', '/' or '-', starting with a letter or digit)",
+            crate::job::shorten(&l.key)
+        )));
+    }
+    if l.value.len() > MAX_LABEL_VALUE || l.value.chars().any(char::is_control) {
+        return Err(WireError::invalid(format!(
+            "labels: the value of {} must be at most {MAX_LABEL_VALUE} bytes without \
+             control characters",
+            l.key
+        )));
+    }
+    Ok(())
+}
+
+/// A list filter: its labels and name have the shapes a start checks, its owner is an
+/// identity.
+pub fn list_filter(f: &ListFilter) -> Result<(), WireError> {
+    if let Some(n) = &f.name {
+        name(n)?;
+    }
+    if let Some(o) = &f.owner {
+        owner(o)?;
+    }
+    if f.states.len() > 16 {
+        return Err(WireError::invalid("states: at most 16"));
+    }
+    labels(&f.labels)
+}
+
+/// A reference to a job: a name, or an id prefix of at least [`MIN_ID_PREFIX`]
+/// hexadecimal digits.
+pub fn reference(r: &str) -> Result<(), WireError> {
+    if r.len() >= MIN_ID_PREFIX && r.len() <= 32 && r.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    name(r).map_err(|_| {
+        WireError::invalid(format!(
+            "job id: {:?} is not a job id (32 hexadecimal digits), an id prefix (at least \
+             {MIN_ID_PREFIX} of them) or a job name",
+            crate::job::shorten(r)
+        ))
+    })
 }
 
 /// Checks the shape of an exec.
@@ -262,6 +373,39 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
     use crate::job::EnvVar;
+
+    #[test]
+    fn names_labels_and_references_have_shapes() {
+        for ok in ["build", "nightly-2026.12.05", "a", "A_b"] {
+            assert!(name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(name(bad).is_err(), "{bad}");
+        }
+        let l = |k: &str, v: &str| Label {
+            key: k.into(),
+            value: v.into(),
+        };
+        assert!(labels(&[l("team", "infra"), l("app.kubernetes.io/name", "x")]).is_ok());
+        assert!(labels(&[l("team", "a"), l("team", "b")]).is_err());
+        assert!(labels(&[l("", "a")]).is_err());
+        assert!(labels(&[l("k", "a\nb")]).is_err());
+        assert!(labels(&[l("k", &"v".repeat(257))]).is_err());
+        let many: Vec<Label> = (0..33).map(|i| l(&format!("k{i}"), "v")).collect();
+        assert!(labels(&many).is_err());
+        assert!(reference("0123ab").is_ok());
+        assert!(reference("build").is_ok());
+        assert!(reference("0123a").is_ok(), "a name may be 5 hex digits");
+        assert!(reference("../x").is_err());
+    }
 
     fn spec_with(argv: &[&str]) -> JobSpec {
         JobSpec {

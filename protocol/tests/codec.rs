@@ -39,6 +39,8 @@ fn status() -> JobStatus {
         output_truncated: false,
         uid: Some(600_123),
         start_failure: None,
+        name: None,
+        labels: vec![],
     }
 }
 
@@ -90,6 +92,7 @@ fn every_request() -> Vec<Request> {
             scope: Scope::Any,
             after: Some(id),
             limit: 50,
+            filter: Default::default(),
         },
         Request::Output {
             scope: Scope::Owner("alice".into()),

@@ -72,6 +72,16 @@ impl CgroupParent {
         left
     }
 
+    /// Control file `file` of the group above all jobs (v1: the parent, in the
+    /// hierarchy of that controller; v2: the parent's `jobs/`).
+    pub fn jobs_file(&self, file: &str) -> Option<PathBuf> {
+        self.dirs().into_iter().find_map(|parent| {
+            [parent.join("jobs").join(file), parent.join(file)]
+                .into_iter()
+                .find(|path| path.exists())
+        })
+    }
+
     /// The job's group directory that holds control file `file` (v1: the hierarchy of
     /// that controller; v2: the one job group).
     pub fn job_file(&self, id: &str, file: &str) -> Option<PathBuf> {

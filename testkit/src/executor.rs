@@ -408,7 +408,7 @@ impl ExecClient {
         self.status_of(Request::Stop { scope, id }).await
     }
 
-    async fn request_output(
+    pub async fn request_output(
         &mut self,
         id: JobId,
         from: OutputFrom,
@@ -427,7 +427,7 @@ impl ExecClient {
     }
 
     /// The next frame of an output stream: `Ok(chunk)` or `Err(the frame that ends it)`.
-    async fn next_chunk(&mut self) -> Result<(Stream, bytes::Bytes), Response> {
+    pub async fn next_chunk(&mut self) -> Result<(Stream, bytes::Bytes), Response> {
         match self
             .t
             .next()

@@ -432,6 +432,7 @@ pub async fn scenario_scale(
             all: false,
             page_size: 0,
             page_token: String::new(),
+            ..Default::default()
         })
         .await?;
         list_page.push(ms(t.elapsed()));
@@ -444,6 +445,7 @@ pub async fn scenario_scale(
                     all: false,
                     page_size: 500,
                     page_token: token,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

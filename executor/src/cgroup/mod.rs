@@ -367,6 +367,18 @@ impl Cgroups {
         fs::remove_dirs(dirs, g.dirs.iter().rev())
     }
 
+    /// Caps all jobs together: memory, pids and CPU on the group above every job group
+    /// (v2: `jobs/`; v1: the parent in the memory, pids and cpu hierarchies). The kernel
+    /// then holds the sum of the jobs however many run and whatever their own limits.
+    /// Call it after [`Cgroups::reap_stale`], so no job of a previous run is in the way.
+    pub fn set_totals(&self, t: &crate::totals::Totals) -> Result<(), CgroupError> {
+        let quota = cpu_quota_usec(u32::try_from(t.cpu_millis).unwrap_or(u32::MAX));
+        match self {
+            Cgroups::V1(b) => b.set_totals(t.memory_bytes, t.pids, quota),
+            Cgroups::V2(b) => b.set_totals(t.memory_bytes, t.pids, quota),
+        }
+    }
+
     /// Kills and removes the job groups a previous run left under the parent (directories
     /// named by a job id) and returns their ids: those jobs are lost whatever happens to
     /// their groups. A group that cannot be killed or removed is logged as an error and

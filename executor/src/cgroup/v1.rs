@@ -126,6 +126,47 @@ impl V1 {
             .collect()
     }
 
+    /// The parent in the hierarchy carrying `controller`.
+    fn parent_of(&self, controller: &str) -> &Path {
+        &self
+            .hierarchies
+            .iter()
+            .find(|h| h.controllers.contains(&controller))
+            .expect("detect found a hierarchy for every controller")
+            .parent
+    }
+
+    /// The totals of all jobs, on the parent in each hierarchy (which holds only job
+    /// groups: the executor stays where its service manager put it).
+    pub(super) fn set_totals(
+        &self,
+        memory_bytes: u64,
+        pids: u64,
+        cpu_quota_usec: u64,
+    ) -> Result<(), CgroupError> {
+        let memory = self.parent_of("memory");
+        fs::write_limit(
+            memory,
+            "memory.limit_in_bytes",
+            "memory",
+            &memory_bytes.to_string(),
+        )?;
+        fs::write_limit(
+            self.parent_of("pids"),
+            "pids.max",
+            "pids",
+            &pids.to_string(),
+        )?;
+        let cpu = self.parent_of("cpu");
+        fs::write_limit(
+            cpu,
+            "cpu.cfs_period_us",
+            "cpu",
+            &super::CPU_PERIOD_USEC.to_string(),
+        )?;
+        fs::write_limit(cpu, "cpu.cfs_quota_us", "cpu", &cpu_quota_usec.to_string())
+    }
+
     /// The job's directory in the hierarchy carrying `controller`.
     fn dir(&self, controller: &str, id: &JobId) -> PathBuf {
         let h = self

@@ -268,6 +268,20 @@ impl V2 {
         &self.parent
     }
 
+    /// The totals of all jobs, on `jobs/` (the executor's own leaf is outside it).
+    pub(super) fn set_totals(
+        &self,
+        memory_bytes: u64,
+        pids: u64,
+        cpu_quota_usec: u64,
+    ) -> Result<(), CgroupError> {
+        let jobs = &self.jobs;
+        fs::write_limit(jobs, "memory.max", "memory", &memory_bytes.to_string())?;
+        fs::write_limit(jobs, "pids.max", "pids", &pids.to_string())?;
+        let cpu = format!("{cpu_quota_usec} {}", super::CPU_PERIOD_USEC);
+        fs::write_limit(jobs, "cpu.max", "cpu", &cpu)
+    }
+
     pub(super) fn create(
         &self,
         job: &JobId,

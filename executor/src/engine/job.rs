@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use std::sync::Arc;
 
-use jobworker_protocol::{JobId, JobState, JobStatus, Limits};
+use jobworker_protocol::{JobId, JobState, JobStatus, Label, Limits, ListFilter};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::exec::ExecOrder;
@@ -20,6 +20,8 @@ pub(super) struct Job {
     pub owner: String,
     pub argv: Vec<String>,
     pub limits: Limits,
+    pub name: Option<String>,
+    pub labels: Vec<Label>,
     /// Position in start order (the table's index for listing and eviction).
     pub seq: u64,
     pub started_at_ms: u64,
@@ -36,6 +38,9 @@ pub(super) struct Job {
     pub exec_tx: Option<mpsc::Sender<ExecOrder>>,
     /// Execs alive in the job.
     pub execs: AtomicUsize,
+    /// Set once nothing of the job's supervisor is left to do (its record is final):
+    /// only then may the job be removed.
+    pub cleaned: watch::Sender<bool>,
 }
 
 /// The job's end a client attaches to.
@@ -59,6 +64,8 @@ pub(super) struct JobInfo {
     pub owner: String,
     pub argv: Vec<String>,
     pub limits: Limits,
+    pub name: Option<String>,
+    pub labels: Vec<Label>,
     pub started_at_ms: u64,
     /// The job's own user and group id (`None`: recorded before jobs had one).
     pub uid: Option<u32>,
@@ -72,6 +79,8 @@ impl JobInfo {
             owner: status.owner.clone(),
             argv: status.argv.clone(),
             limits: status.limits.clone(),
+            name: status.name.clone(),
+            labels: status.labels.clone(),
             started_at_ms: status.started_at_ms,
             uid: status.uid,
         }
@@ -97,11 +106,14 @@ impl Job {
         live: Live,
         exec_tx: Option<mpsc::Sender<ExecOrder>>,
     ) -> Self {
+        let ended = live.final_status.is_some();
         Job {
             id: info.id,
             owner: info.owner,
             argv: info.argv,
             limits: info.limits,
+            name: info.name,
+            labels: info.labels,
             seq,
             started_at_ms: info.started_at_ms,
             uid: info.uid,
@@ -112,7 +124,23 @@ impl Job {
             attach: Mutex::new(Attach::default()),
             exec_tx,
             execs: AtomicUsize::new(0),
+            cleaned: watch::Sender::new(ended),
         }
+    }
+
+    /// Whether `filter` matches the job as it is now (state, name, labels, owner).
+    pub fn matches(&self, filter: &ListFilter) -> bool {
+        let state = lock(&self.live)
+            .final_status
+            .as_ref()
+            .map_or(JobState::Running, |s| s.state);
+        (filter.states.is_empty() || filter.states.contains(&state))
+            && filter.labels.iter().all(|l| self.labels.contains(l))
+            && filter
+                .name
+                .as_ref()
+                .is_none_or(|n| self.name.as_ref() == Some(n))
+            && filter.owner.as_ref().is_none_or(|o| &self.owner == o)
     }
 
     pub fn ended(&self) -> bool {
@@ -159,6 +187,8 @@ impl Job {
             output_truncated: p.truncated,
             uid: self.uid,
             start_failure: None,
+            name: self.name.clone(),
+            labels: self.labels.clone(),
         }
     }
 }

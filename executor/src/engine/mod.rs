@@ -36,8 +36,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jobworker_protocol::{
-    ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, MAX_CHUNK_LEN, OutputFrom, QuotaAmounts,
-    QuotaReport, Scope, Streams, WireError, codec,
+    ErrorKind, JobId, JobStatus, LIST_PAGE_BYTES, ListFilter, MAX_CHUNK_LEN, OutputFrom,
+    QuotaAmounts, QuotaReport, Scope, Streams, WireError, codec,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -113,10 +113,12 @@ fn not_found(id: &JobId) -> WireError {
 
 impl Engine {
     /// Opens the state directory, loads the jobs recorded there (marking those that were
-    /// running as lost), and kills and removes job groups left by a previous run.
+    /// running as lost), kills and removes job groups left by a previous run, and puts
+    /// the totals of all jobs on their parent group.
     pub fn new(
         cfg: Config,
         cgroups: Cgroups,
+        totals: crate::totals::Totals,
         shutdown: CancellationToken,
     ) -> io::Result<Arc<Self>> {
         let store = Store::open(&cfg.state_dir)?;
@@ -137,6 +139,16 @@ impl Engine {
             next_exec: AtomicU32::new(0),
         });
         engine.recover()?;
+        engine
+            .cgroups
+            .set_totals(&totals)
+            .map_err(|e| io::Error::other(format!("the totals of all jobs: {e}")))?;
+        tracing::info!(
+            memory_bytes = totals.memory_bytes,
+            pids = totals.pids,
+            cpu_millis = totals.cpu_millis,
+            "totals of all jobs"
+        );
         Ok(engine)
     }
 
@@ -225,8 +237,22 @@ impl Engine {
             WireError::exhausted("every job id of this executor's range is in use")
         })?;
         let id = self.new_id()?;
+        // The name is taken before anything is created, so two starts cannot both have
+        // it; a start that fails gives it back.
+        if let Some(name) = &req.spec.name
+            && let Err(e) = lock(&self.table).claim_name(&req.owner, name, id)
+        {
+            lock(&self.ids).give_back(uid);
+            return Err(e);
+        }
+        let give_back_name = || {
+            if let Some(name) = &req.spec.name {
+                lock(&self.table).release_name(&req.owner, name, id);
+            }
+        };
         let (mut spawned, group, writer) = self.launch(&id, &req, uid).inspect_err(|_| {
             lock(&self.ids).give_back(uid);
+            give_back_name();
             let _ = self.store.remove(&id);
         })?;
         let group = Arc::new(group);
@@ -235,6 +261,8 @@ impl Engine {
             owner: req.owner,
             argv: req.spec.argv,
             limits: req.effective,
+            name: req.spec.name,
+            labels: req.spec.labels,
             started_at_ms: now_ms(),
             uid: Some(uid),
         };
@@ -317,15 +345,17 @@ impl Engine {
         Ok(self.find(scope, id)?.status(&self.cgroups))
     }
 
-    /// One page of jobs in start order after `after`, within `LIST_PAGE_BYTES` (the
-    /// server validated the scope and the page size).
+    /// One page of the jobs `filter` matches, in start order after `after`, within
+    /// `LIST_PAGE_BYTES` (the server validated the scope, the filter and the page size).
     pub fn list(
         &self,
         scope: &Scope,
         after: Option<&JobId>,
         limit: u32,
+        filter: &ListFilter,
     ) -> Result<(Vec<JobStatus>, Option<JobId>), WireError> {
-        let candidates = lock(&self.table).page(scope, after, limit as usize + 1)?;
+        let candidates =
+            lock(&self.table).page(scope, after, limit as usize + 1, |j| j.matches(filter))?;
         let mut page = Vec::new();
         let mut bytes = 0;
         let mut next = None;
@@ -373,6 +403,56 @@ impl Engine {
             WireError::internal("the job's output cannot be read")
         })?;
         Ok((reader, job.id))
+    }
+
+    /// The job `reference` (a name or an id prefix) names in `scope`.
+    pub fn resolve(&self, scope: &Scope, reference: &str) -> Result<JobId, WireError> {
+        lock(&self.table).resolve(scope, reference)
+    }
+
+    /// Deletes an ended job's record and output and forgets it; a running one only with
+    /// `force`, which stops it first. Returns its last status.
+    pub async fn remove(
+        self: &Arc<Self>,
+        scope: &Scope,
+        id: &JobId,
+        force: bool,
+    ) -> Result<JobStatus, WireError> {
+        let job = self.find(scope, id)?;
+        if !job.ended() {
+            if !force {
+                return Err(WireError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!("job {id} is running: stop it first, or remove it with force"),
+                ));
+            }
+            self.stop(scope, id).await?;
+        }
+        // Its supervisor's last writes (the final record) come before the removal.
+        let mut cleaned = job.cleaned.subscribe();
+        let _ = cleaned.wait_for(|done| *done).await;
+        let status = job.status(&self.cgroups);
+        if lock(&self.table).remove(id).is_none() {
+            // Evicted meanwhile: it is gone either way.
+            return Err(not_found(id));
+        }
+        let engine = self.clone();
+        let id = *id;
+        let removed = tokio::task::spawn_blocking(move || engine.store.remove(&id)).await;
+        match removed {
+            Ok(Ok(())) => {
+                tracing::info!(job = %id, "job removed");
+                Ok(status)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(job = %id, "removing the job's files: {e}");
+                Err(WireError::internal("removing the job's files failed"))
+            }
+            Err(e) => {
+                tracing::error!(job = %id, "removing the job's files: {e}");
+                Err(WireError::internal("removing the job's files failed"))
+            }
+        }
     }
 
     /// Quota use and quotas (the server validated the scope).

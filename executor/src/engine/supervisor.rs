@@ -141,6 +141,7 @@ impl Engine {
         tracing::info!(job = %id, state = status.state.as_str(), exit_code = ?status.exit_code, signal = ?status.signal, oom = status.oom_killed, "job ended");
 
         let evicted = lock(&self.table).finish_one(self.cfg.max_finished_jobs);
+        job.cleaned.send_replace(true);
         if !evicted.is_empty() {
             // Deleting directories is blocking file-system work, like the records.
             let engine = self.clone();

@@ -148,12 +148,18 @@ fn status_field(status: &str, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Opens and closes a socket (std's own sockets cover only IP families).
+fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> std::io::Result<()> {
+    sys::socket(domain, ty, protocol).map(drop)
+}
+
 fn errno_of(r: std::io::Result<()>) -> String {
     match r {
         Ok(()) => "ok".into(),
         Err(e) => match e.raw_os_error() {
             Some(libc::EPERM) => "EPERM".into(),
             Some(libc::ENOSYS) => "ENOSYS".into(),
+            Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT".into(),
             Some(n) => format!("errno {n}"),
             None => e.to_string(),
         },
@@ -249,6 +255,26 @@ fn inspect() -> Result<(), String> {
         "unshare_net",
         errno_of(sys::unshare(libc::CLONE_NEWNET as u64)).into(),
     );
+    // Socket families: what the job may open, and what its filter refuses.
+    for (name, domain, ty, protocol) in [
+        ("socket_inet", libc::AF_INET, libc::SOCK_STREAM, 0),
+        (
+            "socket_netlink_route",
+            libc::AF_NETLINK,
+            libc::SOCK_RAW,
+            libc::NETLINK_ROUTE,
+        ),
+        ("socket_vsock", libc::AF_VSOCK, libc::SOCK_STREAM, 0),
+        ("socket_packet", libc::AF_PACKET, libc::SOCK_RAW, 0),
+        (
+            "socket_uevent",
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM,
+            libc::NETLINK_KOBJECT_UEVENT,
+        ),
+    ] {
+        facts.insert(name, errno_of(socket(domain, ty, protocol)).into());
+    }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     // The last mount on /tmp is the one in effect.
     let tmp_mount = mountinfo
