@@ -106,7 +106,7 @@ uninstall:
 
 ## Benchmarks of the whole stack against baselines measured in the same run (needs root).
 ## Prints a table and writes bench-results.json; see docs/benchmarks.md.
-BENCH_PACKAGES := bubblewrap crun busybox-static util-linux
+BENCH_PACKAGES := bubblewrap crun busybox-static util-linux openssh-server
 
 bench: bench-deps
 	$(CARGO) build --release --workspace --locked

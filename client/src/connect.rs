@@ -34,6 +34,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// vanished without closing the connection is noticed.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 receive window of a stream, and of the whole connection.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// A connected client and what its error messages may say about the connection.
 #[derive(Clone)]
@@ -77,6 +80,12 @@ pub async fn connect(settings: &Settings) -> Result<Client, CliError> {
                 .map_err(|e| CliError::usage(format!("invalid server {server}: {e}")))?,
         )
         .connect_timeout(CONNECT_TIMEOUT)
+        // Receive windows: how much output the server may send ahead of what jobctl has
+        // written out. HTTP/2's default (64 KiB) makes a bulk stream wait for a window
+        // update every 64 KiB; 2 MiB a stream (4 MiB the connection) is what jobctl may
+        // hold in memory at most for it.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .tcp_nodelay(true);

@@ -65,7 +65,10 @@ pub async fn channel_from(
     let negotiated = Arc::new(Mutex::new(None));
     let seen = negotiated.clone();
     let connector = TlsConnector::from(Arc::new(config));
-    let endpoint = Endpoint::from_shared(format!("http://localhost:{}", addr.port()))?;
+    let endpoint = Endpoint::from_shared(format!("http://localhost:{}", addr.port()))?
+        // jobctl's receive windows (see `client/src/connect.rs`).
+        .initial_stream_window_size(Some(2 << 20))
+        .initial_connection_window_size(Some(4 << 20));
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_uri| {
             let connector = connector.clone();

@@ -24,6 +24,21 @@ pub struct Pty {
 impl Pty {
     /// A new terminal of `rows` by `cols`; everything that appears on it is kept.
     pub fn new(rows: u16, cols: u16) -> Pty {
+        Pty::open(rows, cols, true)
+    }
+
+    /// A new terminal nothing reads but the caller, through [`Pty::master_file`] (the
+    /// benchmark's keystroke round trips); [`Pty::wait_for`] sees nothing on it.
+    pub fn unread(rows: u16, cols: u16) -> Pty {
+        Pty::open(rows, cols, false)
+    }
+
+    /// The master, to read and write it directly.
+    pub fn master_file(&self) -> std::io::Result<File> {
+        self.master.try_clone()
+    }
+
+    fn open(rows: u16, cols: u16, keep: bool) -> Pty {
         let (master, n) = sys::open_pty("/dev/ptmx").expect("opening a pseudo-terminal");
         sys::set_window_size(master.as_fd(), rows, cols).expect("sizing the terminal");
         let path = format!("/dev/pts/{n}");
@@ -36,8 +51,12 @@ impl Pty {
         let master = File::from(master);
         let seen = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let mut reader = master.try_clone().expect("the master");
-        let keep = seen.clone();
+        let kept = seen.clone();
         std::thread::spawn(move || {
+            if !keep {
+                return;
+            }
+            let keep = kept;
             let mut buf = [0u8; 4096];
             // EIO once nothing has the terminal open any more (and the test's copy went).
             while let Ok(n @ 1..) = reader.read(&mut buf) {

@@ -31,6 +31,7 @@ mod crun;
 mod figures;
 mod machine;
 mod scenarios;
+mod ssh;
 mod stack;
 
 use std::path::Path;
@@ -82,6 +83,7 @@ pub struct Sizes {
     pub scale_probes: usize,
     pub stalled_bytes: u64,
     pub cli_runs: usize,
+    pub keystrokes: usize,
 }
 
 impl Sizes {
@@ -98,6 +100,7 @@ impl Sizes {
                 scale_probes: 10,
                 stalled_bytes: 64 * MIB,
                 cli_runs: 10,
+                keystrokes: 20,
             }
         } else {
             Sizes {
@@ -111,6 +114,7 @@ impl Sizes {
                 scale_probes: 100,
                 stalled_bytes: GIB,
                 cli_runs: 100,
+                keystrokes: 200,
             }
         }
     }
@@ -165,6 +169,9 @@ fn run() -> anyhow::Result<()> {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
     }
+    // The baseline users would otherwise pick: a private sshd on loopback.
+    let ssh_dir = std::env::temp_dir().join(format!("jobworker-bench-ssh-{}", std::process::id()));
+    let sshd = ssh::Sshd::start(&ssh_dir)?;
     // One thread, as jobctl has: the client's own cost stays what a real client's is.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -188,7 +195,7 @@ fn run() -> anyhow::Result<()> {
             scenario_sustained(&stack, &sizes, &mut report).await?;
         }
         if want(3) {
-            scenario_throughput(&stack, &sizes, &mut report).await?;
+            scenario_throughput(&stack, &sizes, &mut report, sshd.as_ref()).await?;
         }
         if want(4) {
             scenario_fanout(&stack, &sizes, &mut report).await?;
@@ -197,7 +204,10 @@ fn run() -> anyhow::Result<()> {
             scenario_stalled(&stack, &sizes, &mut report).await?;
         }
         if want(7) {
-            scenario_cli(&stack, &sizes, &mut report).await?;
+            scenario_cli(&stack, &sizes, &mut report, sshd.as_ref()).await?;
+        }
+        if want(8) {
+            scenario_keystroke(&stack, &sizes, &mut report, sshd.as_ref()).await?;
         }
         if want(5) {
             scenario_scale(&stack, &sizes, &mut report).await?;
@@ -205,6 +215,8 @@ fn run() -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     drop(rt);
+    drop(sshd);
+    let _ = std::fs::remove_dir_all(&ssh_dir);
     let mut machine = machine;
     machine["load_after"] = json!(loadavg());
     machine["cgroup_backend"] = json!(stack.cgroup_backend);

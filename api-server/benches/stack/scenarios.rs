@@ -214,6 +214,7 @@ pub async fn scenario_throughput(
     stack: &Stack,
     sizes: &Sizes,
     report: &mut Report,
+    sshd: Option<&crate::ssh::Sshd>,
 ) -> anyhow::Result<()> {
     let n = sizes.throughput_bytes;
     println!(
@@ -244,6 +245,14 @@ pub async fn scenario_throughput(
     .await?;
     let rate = n as f64 / d.as_secs_f64() / MB;
     let pipe_rate = n as f64 / pipe.as_secs_f64() / MB;
+    let ssh_rate = match sshd {
+        Some(sshd) => {
+            let mut c = sshd.ssh(false);
+            c.args(["head", "-c", &count, "/dev/zero"]);
+            Some(n as f64 / time_command(c).await?.as_secs_f64() / MB)
+        }
+        None => None,
+    };
     let s = "3 output throughput";
     report.row(
         s,
@@ -252,6 +261,15 @@ pub async fn scenario_throughput(
         &format!("pipe {pipe_rate:.0} MB/s"),
         &ratio(rate, pipe_rate),
     );
+    if let Some(ssh_rate) = ssh_rate {
+        report.row(
+            s,
+            &format!("{} MiB, against ssh host head -c N /dev/zero", n / MIB),
+            format!("{rate:.0}"),
+            &format!("ssh {ssh_rate:.0} MB/s"),
+            &ratio(rate, ssh_rate),
+        );
+    }
     report.row(
         s,
         "mean data message",
@@ -290,6 +308,8 @@ pub async fn scenario_throughput(
             "mb_per_s": round3(rate),
             "baseline_pipe_mb_per_s": round3(pipe_rate),
             "ratio_to_pipe": round3(rate / pipe_rate),
+            "baseline_ssh_mb_per_s": ssh_rate.map(round3),
+            "ratio_to_ssh": ssh_rate.map(|r| round3(rate / r)),
             "job_runtime_s": job_runtime(&f.status).map(|d| round3(d.as_secs_f64())),
             "data_messages": f.messages,
             "cpu_seconds_per_gib": {
@@ -639,7 +659,12 @@ pub async fn scenario_stalled(
 }
 
 /// 7. `jobctl run -- true` as a whole process.
-pub async fn scenario_cli(stack: &Stack, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+pub async fn scenario_cli(
+    stack: &Stack,
+    sizes: &Sizes,
+    report: &mut Report,
+    sshd: Option<&crate::ssh::Sshd>,
+) -> anyhow::Result<()> {
     println!(
         "7. command line: {} x jobctl run -- true ...",
         sizes.cli_runs
@@ -653,10 +678,23 @@ pub async fn scenario_cli(stack: &Stack, sizes: &Sizes, report: &mut Report) -> 
         c
     };
     time_command(jobctl(())).await?;
-    let (mut cli, mut un) = (vec![], vec![]);
+    let ssh_true = || {
+        sshd.map(|d| {
+            let mut c = d.ssh(false);
+            c.arg("true");
+            c
+        })
+    };
+    if let Some(c) = ssh_true() {
+        time_command(c).await?;
+    }
+    let (mut cli, mut un, mut ssh) = (vec![], vec![], vec![]);
     for _ in 0..sizes.cli_runs {
         cli.push(ms(time_command(jobctl(())).await?));
         un.push(ms(time_command(unshare_true()).await?));
+        if let Some(c) = ssh_true() {
+            ssh.push(ms(time_command(c).await?));
+        }
     }
     let (cli, un) = (Samples::new(cli), Samples::new(un));
     let s = "7 command line";
@@ -667,6 +705,16 @@ pub async fn scenario_cli(stack: &Stack, sizes: &Sizes, report: &mut Report) -> 
         &format!("unshare {:.2} / {:.2} ms", un.p50(), un.p99()),
         &ratio(cli.p50(), un.p50()),
     );
+    let ssh = (!ssh.is_empty()).then(|| Samples::new(ssh));
+    if let Some(ssh) = &ssh {
+        report.row(
+            s,
+            "jobctl run -- true against ssh host true",
+            format!("{:.2} ms", cli.p50()),
+            &format!("ssh {:.2} / {:.2} ms", ssh.p50(), ssh.p99()),
+            &ratio(cli.p50(), ssh.p50()),
+        );
+    }
     report.json.insert(
         "7_command_line".into(),
         json!({
@@ -674,6 +722,62 @@ pub async fn scenario_cli(stack: &Stack, sizes: &Sizes, report: &mut Report) -> 
             "jobctl_run_true": cli.json(),
             "baseline_unshare": un.json(),
             "ratio_p50": round3(cli.p50() / un.p50()),
+            "baseline_ssh_true": ssh.as_ref().map(|s| s.json()),
+            "ratio_to_ssh_p50": ssh.as_ref().map(|s| round3(cli.p50() / s.p50())),
+        }),
+    );
+    Ok(())
+}
+
+/// 8. One keystroke through a terminal: `jobctl run -it -- cat` against `ssh -tt host
+/// cat`, each under a pseudo-terminal of its own.
+pub async fn scenario_keystroke(
+    stack: &Stack,
+    sizes: &Sizes,
+    report: &mut Report,
+    sshd: Option<&crate::ssh::Sshd>,
+) -> anyhow::Result<()> {
+    let rounds = sizes.keystrokes;
+    println!("8. keystroke round trip: {rounds} keystrokes through a terminal ...");
+    let server = format!("localhost:{}", stack.addr.port());
+    let mut jobctl = Command::new(jobctl());
+    jobctl
+        .args(["run", "-it", "--", "cat"])
+        .envs(stack.pki().jobctl_env("alice", &server));
+    let ours =
+        tokio::task::spawn_blocking(move || crate::ssh::keystrokes(&jobctl, rounds, 5)).await??;
+    let ours = Samples::new(ours);
+    let theirs = match sshd {
+        Some(d) => {
+            let mut c = d.ssh(true);
+            c.arg("cat");
+            let t = tokio::task::spawn_blocking(move || crate::ssh::keystrokes(&c, rounds, 5))
+                .await??;
+            Some(Samples::new(t))
+        }
+        None => None,
+    };
+    let s = "8 keystroke";
+    report.row(
+        s,
+        "jobctl run -it -- cat, p50/p99",
+        format!("{:.2} / {:.2} ms", ours.p50(), ours.p99()),
+        &theirs
+            .as_ref()
+            .map(|t| format!("ssh -tt {:.2} / {:.2} ms", t.p50(), t.p99()))
+            .unwrap_or_default(),
+        &theirs
+            .as_ref()
+            .map(|t| ratio(ours.p50(), t.p50()))
+            .unwrap_or_default(),
+    );
+    report.json.insert(
+        "8_keystroke".into(),
+        json!({
+            "rounds": rounds,
+            "jobctl_run_it_cat_ms": ours.json(),
+            "baseline_ssh_tt_cat_ms": theirs.as_ref().map(|t| t.json()),
+            "ratio_p50": theirs.as_ref().map(|t| round3(ours.p50() / t.p50())),
         }),
     );
     Ok(())
