@@ -21,6 +21,11 @@
 //! | `Exec` | [`session::exec`] | scope, caller, exec spec; then an attached session |
 //! | `Wait` | [`wait`] | scope |
 //! | `Input`, `InputEnd`, `Resize` | [`no_session`] | refused: nothing is attached |
+//! | `Report` | [`observe::report`] | count and every record's fields, before any is queued |
+//! | `Audit` | [`observe::audit`] | the owner filter |
+//! | `Events` | [`observe::events`] | scope |
+//! | `Usage` | [`observe::usage`] | scope, interval |
+//! | `Metrics` | [`observe::metrics`] | none |
 
 use std::io;
 use std::os::fd::AsFd;
@@ -38,9 +43,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Engine, check_start};
+use crate::engine::{Engine, Refusal, check_start};
 use crate::output::OutputReader;
 
+mod observe;
 mod session;
 
 /// Who may connect.
@@ -229,7 +235,7 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
         Request::Hello { .. } => hello_again(conn).await,
         Request::Ping => ping(conn).await,
         Request::Start { owner, spec } => start(conn, owner, spec).await,
-        Request::Stop { scope, id } => stop(conn, scope, id).await,
+        Request::Stop { scope, id, caller } => stop(conn, scope, id, caller).await,
         Request::Status { scope, id } => status(conn, scope, id).await,
         Request::List {
             scope,
@@ -253,6 +259,16 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
         } => session::exec(conn, scope, id, caller, spec).await,
         Request::Wait { scope, id } => wait(conn, scope, id).await,
         Request::Input(_) | Request::InputEnd | Request::Resize(_) => no_session(conn).await,
+        Request::Report(records) => observe::report(conn, records).await,
+        Request::Audit(query) => observe::audit(conn, query).await,
+        Request::Events { scope, follow } => observe::events(conn, scope, follow).await,
+        Request::Usage {
+            scope,
+            id,
+            interval_ms,
+            follow,
+        } => observe::usage(conn, scope, id, interval_ms, follow).await,
+        Request::Metrics => observe::metrics(conn).await,
     }
 }
 
@@ -296,22 +312,27 @@ async fn ping(conn: &mut Conn) -> Flow {
 }
 
 async fn start(conn: &mut Conn, owner: String, spec: JobSpec) -> Flow {
+    let who = owner.clone();
     let checked = match check_start(owner, spec, conn.engine.ceilings(), conn.engine.defaults()) {
         Ok(c) => c,
-        Err(e) => return conn.reply(Response::Error(e)).await,
+        Err(e) => {
+            let reason = Refusal::of_check(&e);
+            let e = conn.engine.refused("start", &who, None, reason, e);
+            return conn.reply(Response::Error(e)).await;
+        }
     };
     let started = conn.engine.start(checked).await;
     conn.reply_with(started, |id| Response::Started { id })
         .await
 }
 
-async fn stop(conn: &mut Conn, scope: Scope, id: JobId) -> Flow {
-    if let Err(e) = validate::scope(&scope) {
+async fn stop(conn: &mut Conn, scope: Scope, id: JobId, caller: String) -> Flow {
+    if let Err(e) = validate::scope(&scope).and_then(|()| validate::owner(&caller)) {
         return conn.reply(Response::Error(e)).await;
     }
     let engine = conn.engine.clone();
     let stopped = tokio::select! {
-        r = engine.stop(&scope, &id) => r,
+        r = engine.stop(&scope, &id, &caller) => r,
         _ = conn.peer_gone() => return Flow::Close,
     };
     conn.reply_with(stopped, |s| Response::Status(Box::new(s)))
