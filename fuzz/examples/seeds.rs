@@ -65,6 +65,7 @@ fn main() {
                 Request::Stop {
                     scope: alice.clone(),
                     id,
+                    caller: "alice".into(),
                 },
                 Request::Status {
                     scope: Scope::Any,

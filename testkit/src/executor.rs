@@ -405,7 +405,11 @@ impl ExecClient {
 
     pub async fn stop(&mut self, id: JobId) -> Result<JobStatus, WireError> {
         let scope = Scope::Any;
-        self.status_of(Request::Stop { scope, id }).await
+        self.status_of(Request::Stop {
+            scope,
+            id,
+            caller: "admin".into(),
+        }).await
     }
 
     async fn request_output(

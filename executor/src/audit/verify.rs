@@ -360,7 +360,7 @@ mod tests {
     fn an_edited_byte_names_the_record() {
         let mut segs = trail(6, 10);
         let mut ls = lines(&segs[0]);
-        let at = ls[2].len() - 5; // inside record 3's body
+        let at = ls[2].len() - 3; // the running_jobs digit of record 3
         ls[2][at] = b'9';
         segs[0] = ls.concat();
         let e = check(&segs).unwrap_err();
