@@ -26,6 +26,7 @@ pub mod context;
 pub mod devpki;
 pub mod error;
 pub mod parse;
+pub mod observe;
 pub mod render;
 pub mod settings;
 pub mod tls;
