@@ -321,7 +321,10 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first());
-    let cert = Arc::new(leaf.map(|l| crate::observe::CertInfo::of(l)).unwrap_or_default());
+    let cert = Arc::new(
+        leaf.map(|l| crate::observe::CertInfo::of(l))
+            .unwrap_or_default(),
+    );
     let identity = match leaf.map(|leaf| identity_from_certificate(leaf, &settings.identity)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {

@@ -89,8 +89,25 @@ pub const TLS_REASONS: [&str; 8] = [
 
 /// Executor requests, as metrics name them.
 pub const EXECUTOR_REQUESTS: [&str; 19] = [
-    "hello", "start", "stop", "status", "list", "output", "ping", "quota", "run", "exec",
-    "wait", "input", "input end", "resize", "report", "audit", "events", "usage", "metrics",
+    "hello",
+    "start",
+    "stop",
+    "status",
+    "list",
+    "output",
+    "ping",
+    "quota",
+    "run",
+    "exec",
+    "wait",
+    "input",
+    "input end",
+    "resize",
+    "report",
+    "audit",
+    "events",
+    "usage",
+    "metrics",
 ];
 
 /// A histogram: counts per bucket (not cumulative), sum in microseconds.
@@ -104,10 +121,15 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -171,9 +193,8 @@ pub fn method_index(path: &str) -> usize {
                 "Watch" => "Health/Watch",
                 _ => "other",
             },
-            "/grpc.reflection.v1.ServerReflection" | "/grpc.reflection.v1alpha.ServerReflection" => {
-                method
-            }
+            "/grpc.reflection.v1.ServerReflection"
+            | "/grpc.reflection.v1alpha.ServerReflection" => method,
             _ => "other",
         },
         None => "other",
@@ -221,40 +242,111 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
         };
-        head(&mut out, "jobworker_rpc_requests_total", "counter", "gRPC calls that ended, by method and status code.");
+        head(
+            &mut out,
+            "jobworker_rpc_requests_total",
+            "counter",
+            "gRPC calls that ended, by method and status code.",
+        );
         for (m, codes) in self.rpcs.iter().enumerate() {
             for (c, n) in codes.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(out, "jobworker_rpc_requests_total{{method=\"{}\",code=\"{}\"}} {n}", METHODS[m], CODES[c]);
+                    let _ = writeln!(
+                        out,
+                        "jobworker_rpc_requests_total{{method=\"{}\",code=\"{}\"}} {n}",
+                        METHODS[m], CODES[c]
+                    );
                 }
             }
         }
-        head(&mut out, "jobworker_rpc_duration_seconds", "histogram", "Time from a call's arrival to the end of its response, by method.");
+        head(
+            &mut out,
+            "jobworker_rpc_duration_seconds",
+            "histogram",
+            "Time from a call's arrival to the end of its response, by method.",
+        );
         for (m, h) in self.rpc_latency.iter().enumerate() {
             if h.count.load(Ordering::Relaxed) > 0 {
-                h.render(&mut out, "jobworker_rpc_duration_seconds", &format!("method=\"{}\"", METHODS[m]));
+                h.render(
+                    &mut out,
+                    "jobworker_rpc_duration_seconds",
+                    &format!("method=\"{}\"", METHODS[m]),
+                );
             }
         }
-        head(&mut out, "jobworker_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by reason.");
+        head(
+            &mut out,
+            "jobworker_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed, by reason.",
+        );
         for (r, n) in self.tls_failures.iter().enumerate() {
-            let _ = writeln!(out, "jobworker_tls_handshake_failures_total{{reason=\"{}\"}} {}", TLS_REASONS[r], n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "jobworker_tls_handshake_failures_total{{reason=\"{}\"}} {}",
+                TLS_REASONS[r],
+                n.load(Ordering::Relaxed)
+            );
         }
-        head(&mut out, "jobworker_output_bytes_sent_total", "counter", "Bytes of job output sent to clients.");
-        let _ = writeln!(out, "jobworker_output_bytes_sent_total {}", self.output_bytes.load(Ordering::Relaxed));
-        head(&mut out, "jobworker_open_streams", "gauge", "Output streams, attached sessions and waits open now.");
-        let open = self.streams.get().map_or(0, |(s, max)| (*max as usize).saturating_sub(s.available_permits()));
+        head(
+            &mut out,
+            "jobworker_output_bytes_sent_total",
+            "counter",
+            "Bytes of job output sent to clients.",
+        );
+        let _ = writeln!(
+            out,
+            "jobworker_output_bytes_sent_total {}",
+            self.output_bytes.load(Ordering::Relaxed)
+        );
+        head(
+            &mut out,
+            "jobworker_open_streams",
+            "gauge",
+            "Output streams, attached sessions and waits open now.",
+        );
+        let open = self.streams.get().map_or(0, |(s, max)| {
+            (*max as usize).saturating_sub(s.available_permits())
+        });
         let _ = writeln!(out, "jobworker_open_streams {open}");
-        head(&mut out, "jobworker_audit_records_dropped_total", "counter", "Records of this server for the audit trail dropped because its queue to the executor was full.");
-        let _ = writeln!(out, "jobworker_audit_records_dropped_total {}", self.audit_records_dropped.load(Ordering::Relaxed));
-        head(&mut out, "jobworker_executor_request_duration_seconds", "histogram", "Executor requests from sending to the answer, by request.");
+        head(
+            &mut out,
+            "jobworker_audit_records_dropped_total",
+            "counter",
+            "Records of this server for the audit trail dropped because its queue to the executor was full.",
+        );
+        let _ = writeln!(
+            out,
+            "jobworker_audit_records_dropped_total {}",
+            self.audit_records_dropped.load(Ordering::Relaxed)
+        );
+        head(
+            &mut out,
+            "jobworker_executor_request_duration_seconds",
+            "histogram",
+            "Executor requests from sending to the answer, by request.",
+        );
         for (i, h) in self.executor_latency.iter().enumerate() {
             if h.count.load(Ordering::Relaxed) > 0 {
-                h.render(&mut out, "jobworker_executor_request_duration_seconds", &format!("request=\"{}\"", EXECUTOR_REQUESTS[i]));
+                h.render(
+                    &mut out,
+                    "jobworker_executor_request_duration_seconds",
+                    &format!("request=\"{}\"", EXECUTOR_REQUESTS[i]),
+                );
             }
         }
-        head(&mut out, "jobworker_executor_up", "gauge", "Whether the executor answered this scrape's request.");
-        let _ = writeln!(out, "jobworker_executor_up {}", u8::from(executor.is_some()));
+        head(
+            &mut out,
+            "jobworker_executor_up",
+            "gauge",
+            "Whether the executor answered this scrape's request.",
+        );
+        let _ = writeln!(
+            out,
+            "jobworker_executor_up {}",
+            u8::from(executor.is_some())
+        );
         if let Some(e) = executor {
             render_executor(&mut out, e, head);
         }
@@ -262,38 +354,129 @@ impl Metrics {
     }
 }
 
-fn render_executor(out: &mut String, e: &ExecutorMetrics, head: impl Fn(&mut String, &str, &str, &str)) {
-    head(out, "jobworker_executor_info", "gauge", "The executor's cgroup backend.");
-    let backend: String = e.cgroup_backend.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ' ').collect();
-    let _ = writeln!(out, "jobworker_executor_info{{cgroup_backend=\"{backend}\"}} 1");
+fn render_executor(
+    out: &mut String,
+    e: &ExecutorMetrics,
+    head: impl Fn(&mut String, &str, &str, &str),
+) {
+    head(
+        out,
+        "jobworker_executor_info",
+        "gauge",
+        "The executor's cgroup backend.",
+    );
+    let backend: String = e
+        .cgroup_backend
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ')
+        .collect();
+    let _ = writeln!(
+        out,
+        "jobworker_executor_info{{cgroup_backend=\"{backend}\"}} 1"
+    );
     head(out, "jobworker_running_jobs", "gauge", "Jobs running now.");
     let _ = writeln!(out, "jobworker_running_jobs {}", e.running_jobs);
-    head(out, "jobworker_known_jobs", "gauge", "Jobs the executor keeps, running or finished.");
+    head(
+        out,
+        "jobworker_known_jobs",
+        "gauge",
+        "Jobs the executor keeps, running or finished.",
+    );
     let _ = writeln!(out, "jobworker_known_jobs {}", e.known_jobs);
-    head(out, "jobworker_jobs_started_total", "counter", "Jobs started since the executor started.");
+    head(
+        out,
+        "jobworker_jobs_started_total",
+        "counter",
+        "Jobs started since the executor started.",
+    );
     let _ = writeln!(out, "jobworker_jobs_started_total {}", e.jobs_started);
-    head(out, "jobworker_jobs_ended_total", "counter", "Jobs ended since the executor started, by final state.");
+    head(
+        out,
+        "jobworker_jobs_ended_total",
+        "counter",
+        "Jobs ended since the executor started, by final state.",
+    );
     for (i, s) in ENDED_STATES.iter().enumerate() {
-        let _ = writeln!(out, "jobworker_jobs_ended_total{{state=\"{s}\"}} {}", e.jobs_ended.get(i).copied().unwrap_or(0));
+        let _ = writeln!(
+            out,
+            "jobworker_jobs_ended_total{{state=\"{s}\"}} {}",
+            e.jobs_ended.get(i).copied().unwrap_or(0)
+        );
     }
-    head(out, "jobworker_starts_refused_total", "counter", "Starts the executor refused, by reason.");
+    head(
+        out,
+        "jobworker_starts_refused_total",
+        "counter",
+        "Starts the executor refused, by reason.",
+    );
     for (i, r) in REFUSAL_REASONS.iter().enumerate() {
-        let _ = writeln!(out, "jobworker_starts_refused_total{{reason=\"{r}\"}} {}", e.starts_refused.get(i).copied().unwrap_or(0));
+        let _ = writeln!(
+            out,
+            "jobworker_starts_refused_total{{reason=\"{r}\"}} {}",
+            e.starts_refused.get(i).copied().unwrap_or(0)
+        );
     }
-    head(out, "jobworker_output_bytes_on_disk", "gauge", "Bytes of job output the executor keeps on disk.");
-    let _ = writeln!(out, "jobworker_output_bytes_on_disk {}", e.output_bytes_on_disk);
-    head(out, "jobworker_output_bytes_total", "counter", "Bytes of output written by jobs that ended since the executor started.");
+    head(
+        out,
+        "jobworker_output_bytes_on_disk",
+        "gauge",
+        "Bytes of job output the executor keeps on disk.",
+    );
+    let _ = writeln!(
+        out,
+        "jobworker_output_bytes_on_disk {}",
+        e.output_bytes_on_disk
+    );
+    head(
+        out,
+        "jobworker_output_bytes_total",
+        "counter",
+        "Bytes of output written by jobs that ended since the executor started.",
+    );
     let _ = writeln!(out, "jobworker_output_bytes_total {}", e.output_bytes_total);
-    head(out, "jobworker_audit_sequence", "gauge", "Sequence number of the audit trail's last durable record.");
+    head(
+        out,
+        "jobworker_audit_sequence",
+        "gauge",
+        "Sequence number of the audit trail's last durable record.",
+    );
     let _ = writeln!(out, "jobworker_audit_sequence {}", e.audit_seq);
-    head(out, "jobworker_audit_commit_failures_total", "counter", "Audit trail commits that failed (what waited for them was refused).");
-    let _ = writeln!(out, "jobworker_audit_commit_failures_total {}", e.audit_failures);
-    head(out, "jobworker_audit_commits_total", "counter", "Audit trail commits (one fsync each).");
+    head(
+        out,
+        "jobworker_audit_commit_failures_total",
+        "counter",
+        "Audit trail commits that failed (what waited for them was refused).",
+    );
+    let _ = writeln!(
+        out,
+        "jobworker_audit_commit_failures_total {}",
+        e.audit_failures
+    );
+    head(
+        out,
+        "jobworker_audit_commits_total",
+        "counter",
+        "Audit trail commits (one fsync each).",
+    );
     let _ = writeln!(out, "jobworker_audit_commits_total {}", e.audit_commits);
-    head(out, "jobworker_audit_records_total", "counter", "Audit records written.");
+    head(
+        out,
+        "jobworker_audit_records_total",
+        "counter",
+        "Audit records written.",
+    );
     let _ = writeln!(out, "jobworker_audit_records_total {}", e.audit_records);
-    head(out, "jobworker_audit_api_records_dropped_total", "counter", "API server records the executor dropped (its queue for them was full).");
-    let _ = writeln!(out, "jobworker_audit_api_records_dropped_total {}", e.audit_api_dropped);
+    head(
+        out,
+        "jobworker_audit_api_records_dropped_total",
+        "counter",
+        "API server records the executor dropped (its queue for them was full).",
+    );
+    let _ = writeln!(
+        out,
+        "jobworker_audit_api_records_dropped_total {}",
+        e.audit_api_dropped
+    );
 }
 
 /// Scrapes served at once; more wait in the kernel's queue.
@@ -348,7 +531,13 @@ async fn scrape(mut stream: TcpStream, metrics: &Metrics, executor: &ExecutorCli
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > MAX_HEAD {
-            let _ = respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request head too large\n").await;
+            let _ = respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n",
+            )
+            .await;
             return;
         }
     }
@@ -357,23 +546,53 @@ async fn scrape(mut stream: TcpStream, metrics: &Metrics, executor: &ExecutorCli
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" && method != "HEAD" {
-        let _ = respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET\n").await;
+        let _ = respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n",
+        )
+        .await;
         return;
     }
     if path != "/metrics" && !path.starts_with("/metrics?") {
-        let _ = respond(&mut stream, "404 Not Found", "text/plain", "the metrics are at /metrics\n").await;
+        let _ = respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            "the metrics are at /metrics\n",
+        )
+        .await;
         return;
     }
-    let figures = match executor.call(Request::Metrics, Some(EXECUTOR_TIMEOUT)).await {
+    let figures = match executor
+        .call(Request::Metrics, Some(EXECUTOR_TIMEOUT))
+        .await
+    {
         Ok(Response::Metrics(m)) => Some(m),
         _ => None,
     };
     let body = metrics.render(figures.as_deref());
-    let body = if method == "HEAD" { String::new() } else { body };
-    let _ = respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &body).await;
+    let body = if method == "HEAD" {
+        String::new()
+    } else {
+        body
+    };
+    let _ = respond(
+        &mut stream,
+        "200 OK",
+        "text/plain; version=0.0.4; charset=utf-8",
+        &body,
+    )
+    .await;
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -389,9 +608,18 @@ mod tests {
 
     #[test]
     fn methods_come_from_a_fixed_list() {
-        assert_eq!(METHODS[method_index("/jobworker.v1.JobWorker/StartJob")], "StartJob");
-        assert_eq!(METHODS[method_index("/grpc.health.v1.Health/Check")], "Health/Check");
-        assert_eq!(METHODS[method_index("/jobworker.v1.JobWorker/Nope")], "other");
+        assert_eq!(
+            METHODS[method_index("/jobworker.v1.JobWorker/StartJob")],
+            "StartJob"
+        );
+        assert_eq!(
+            METHODS[method_index("/grpc.health.v1.Health/Check")],
+            "Health/Check"
+        );
+        assert_eq!(
+            METHODS[method_index("/jobworker.v1.JobWorker/Nope")],
+            "other"
+        );
         assert_eq!(METHODS[method_index("/x.y/StartJob")], "other");
         assert_eq!(METHODS[method_index("garbage")], "other");
     }
@@ -402,10 +630,26 @@ mod tests {
         m.rpc(0, 0, Duration::from_micros(300));
         m.rpc(0, 5, Duration::from_secs(60));
         let page = m.render(None);
-        assert!(page.contains("jobworker_rpc_requests_total{method=\"StartJob\",code=\"OK\"} 1"), "{page}");
-        assert!(page.contains("jobworker_rpc_requests_total{method=\"StartJob\",code=\"NOT_FOUND\"} 1"), "{page}");
-        assert!(page.contains("jobworker_rpc_duration_seconds_bucket{method=\"StartJob\",le=\"0.0005\"} 1"), "{page}");
-        assert!(page.contains("jobworker_rpc_duration_seconds_bucket{method=\"StartJob\",le=\"+Inf\"} 2"), "{page}");
+        assert!(
+            page.contains("jobworker_rpc_requests_total{method=\"StartJob\",code=\"OK\"} 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains("jobworker_rpc_requests_total{method=\"StartJob\",code=\"NOT_FOUND\"} 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "jobworker_rpc_duration_seconds_bucket{method=\"StartJob\",le=\"0.0005\"} 1"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "jobworker_rpc_duration_seconds_bucket{method=\"StartJob\",le=\"+Inf\"} 2"
+            ),
+            "{page}"
+        );
         assert!(page.contains("jobworker_executor_up 0"), "{page}");
     }
 }

@@ -108,7 +108,8 @@ impl Observer {
             event,
         };
         if self.queue.try_send(record).is_err() {
-            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.metrics.audit_dropped(1);
         }
     }
@@ -120,7 +121,9 @@ impl Observer {
         let reason: String = reason.chars().take(200).collect();
         let mut w = self.tls.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if w.started.is_none_or(|s| now.duration_since(s) >= TLS_WINDOW) {
+        if w.started
+            .is_none_or(|s| now.duration_since(s) >= TLS_WINDOW)
+        {
             let flushed = std::mem::take(&mut w.pending);
             w.started = Some(now);
             drop(w);
@@ -134,7 +137,10 @@ impl Observer {
         }
         let full = w.pending.len() >= MAX_TLS_PAIRS;
         let key = if full {
-            (IpAddr::from([0, 0, 0, 0]), "(many peers and reasons)".to_string())
+            (
+                IpAddr::from([0, 0, 0, 0]),
+                "(many peers and reasons)".to_string(),
+            )
         } else {
             key
         };
@@ -212,7 +218,11 @@ async fn report_loop(
         match executor.call(Request::Report(batch), None).await {
             Ok(Response::Reported { accepted }) => {
                 if u64::from(accepted) < n {
-                    tracing::warn!(sent = n, accepted, "the executor dropped audit records it had no room for");
+                    tracing::warn!(
+                        sent = n,
+                        accepted,
+                        "the executor dropped audit records it had no room for"
+                    );
                 }
             }
             Ok(other) => tracing::error!("audit report: unexpected answer {other:?}"),

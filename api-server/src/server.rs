@@ -40,9 +40,9 @@ pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let listener =
         bind(config.listen).with_context(|| format!("listen: cannot bind {}", config.listen))?;
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            bind(addr).with_context(|| format!("metrics.listen: cannot bind {addr}"))?,
-        ),
+        Some(addr) => {
+            Some(bind(addr).with_context(|| format!("metrics.listen: cannot bind {addr}"))?)
+        }
         None => None,
     };
     Ok(Prepared {
@@ -127,14 +127,16 @@ impl Prepared {
             .build_v1()
             .context("building the reflection service")?;
 
-        let service = JobWorkerServer::new(JobWorkerService::new(
-            executor,
-            Authorizer::new(config.admins.iter().cloned()),
-            config.max_streams,
-            config.stop_timeout,
-            shutdown.clone(),
+        let service = JobWorkerServer::new(
+            JobWorkerService::new(
+                executor,
+                Authorizer::new(config.admins.iter().cloned()),
+                config.max_streams,
+                config.stop_timeout,
+                shutdown.clone(),
+            )
+            .with_observer(observer.clone()),
         )
-        .with_observer(observer.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let (incoming, accept_task) = listener::incoming(

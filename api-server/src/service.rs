@@ -438,15 +438,21 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .await
             .map_err(|e| e.to_status())?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(relay(stream, tx, slot, self.shutdown.clone(), |frame| match frame {
-            ExecResponse::AuditLine(l) => Relay::Send(pb::AuditRecord {
-                seq: l.seq,
-                json: l.line,
-                truncated: l.truncated,
-            }),
-            ExecResponse::StreamEnd => Relay::End,
-            _ => Relay::Unexpected,
-        }));
+        tokio::spawn(relay(
+            stream,
+            tx,
+            slot,
+            self.shutdown.clone(),
+            |frame| match frame {
+                ExecResponse::AuditLine(l) => Relay::Send(pb::AuditRecord {
+                    seq: l.seq,
+                    json: l.line,
+                    truncated: l.truncated,
+                }),
+                ExecResponse::StreamEnd => Relay::End,
+                _ => Relay::Unexpected,
+            },
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -469,15 +475,23 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .map_err(|e| shown_in(e.to_status(), &caller.identity))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut skipped = 0;
-        tokio::spawn(relay(stream, tx, slot, self.shutdown.clone(), move |frame| match frame {
-            ExecResponse::Event(e) => Relay::Send(convert::job_event(e, std::mem::take(&mut skipped))),
-            ExecResponse::Lost(n) => {
-                skipped += n;
-                Relay::Skip
-            }
-            ExecResponse::StreamEnd => Relay::End,
-            _ => Relay::Unexpected,
-        }));
+        tokio::spawn(relay(
+            stream,
+            tx,
+            slot,
+            self.shutdown.clone(),
+            move |frame| match frame {
+                ExecResponse::Event(e) => {
+                    Relay::Send(convert::job_event(e, std::mem::take(&mut skipped)))
+                }
+                ExecResponse::Lost(n) => {
+                    skipped += n;
+                    Relay::Skip
+                }
+                ExecResponse::StreamEnd => Relay::End,
+                _ => Relay::Unexpected,
+            },
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -491,7 +505,11 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let id = convert::job_id(&request.get_ref().id)?;
         crate::observe::note_job(&request, id);
         let r = request.into_inner();
-        let interval_ms = if r.interval_ms == 0 { 1000 } else { r.interval_ms };
+        let interval_ms = if r.interval_ms == 0 {
+            1000
+        } else {
+            r.interval_ms
+        };
         let bounds = jobworker_protocol::observe::MIN_USAGE_INTERVAL_MS
             ..=jobworker_protocol::observe::MAX_USAGE_INTERVAL_MS;
         if !bounds.contains(&interval_ms) {
@@ -514,15 +532,23 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .map_err(|e| shown_in(e.to_status(), &caller.identity))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         use pb::job_usage_response::Event as UsageEvent;
-        tokio::spawn(relay(stream, tx, slot, self.shutdown.clone(), |frame| match frame {
-            ExecResponse::Usage(u) => Relay::Send(pb::JobUsageResponse {
-                event: Some(UsageEvent::Usage(convert::job_usage(u))),
-            }),
-            ExecResponse::End(status) => Relay::Last(pb::JobUsageResponse {
-                event: Some(UsageEvent::Ended(convert::job_status(*status))),
-            }),
-            _ => Relay::Unexpected,
-        }));
+        tokio::spawn(relay(
+            stream,
+            tx,
+            slot,
+            self.shutdown.clone(),
+            |frame| match frame {
+                ExecResponse::Usage(u) => Relay::Send(pb::JobUsageResponse {
+                    event: Some(UsageEvent::Usage(convert::job_usage(u))),
+                }),
+                // Without `follow`, a running job's stream ends after its sample.
+                ExecResponse::End(status) if !status.state.is_finished() => Relay::End,
+                ExecResponse::End(status) => Relay::Last(pb::JobUsageResponse {
+                    event: Some(UsageEvent::Ended(convert::job_status(*status))),
+                }),
+                _ => Relay::Unexpected,
+            },
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -134,7 +134,10 @@ pub async fn audit(client: &Client, args: &AuditArgs) -> Result<u8, CliError> {
         match stream.message().await {
             Ok(Some(r)) => {
                 if r.truncated {
-                    crate::commands::note(&format!("record {} is longer than the server sends; cut", r.seq));
+                    crate::commands::note(&format!(
+                        "record {} is longer than the server sends; cut",
+                        r.seq
+                    ));
                 }
                 match args.output {
                     Output::Json => print(&format!("{}\n", r.json))?,
@@ -153,10 +156,14 @@ pub fn audit_text(json: &str) -> String {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) else {
         return format!("{}\n", crate::error::one_line(json));
     };
-    let field = |k: &str| map.get(k).map(|v| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }).unwrap_or_default();
+    let field = |k: &str| {
+        map.get(k)
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
     let mut out = format!(
         "{:>6} {} {:<8} {:<15}",
         field("seq"),
@@ -275,7 +282,10 @@ pub async fn stats(client: &Client, args: &StatsArgs) -> Result<u8, CliError> {
                 Output::Json => print(&format!("{}\n", usage_json(&u)))?,
                 Output::Human => {
                     if std::mem::take(&mut header) {
-                        print(&format!("{:<24} {:>12} {:>6} {:>7}\n", "TIME", "MEMORY", "PIDS", "CPU"))?;
+                        print(&format!(
+                            "{:<24} {:>12} {:>6} {:>7}\n",
+                            "TIME", "MEMORY", "PIDS", "CPU"
+                        ))?;
                     }
                     print(&format!(
                         "{:<24} {:>12} {:>6} {:>7}\n",
@@ -294,7 +304,9 @@ pub async fn stats(client: &Client, args: &StatsArgs) -> Result<u8, CliError> {
                         "{}\n",
                         serde_json::json!({"ended": serde_json::from_str::<serde_json::Value>(&render::job_json(&s)).unwrap_or_default()})
                     ))?,
-                    Output::Human => print(&format!("job {shown} ended: {}\n", render::outcome(&s)))?,
+                    Output::Human => {
+                        print(&format!("job {shown} ended: {}\n", render::outcome(&s)))?
+                    }
                 }
                 return Ok(exit::OK);
             }
@@ -358,7 +370,11 @@ pub fn usage_text(u: &pb::JobUsage) -> String {
         out.push_str(&format!("{:<12} {}\n", "pids now:", p));
     }
     if u.cpu_millis.is_some() {
-        out.push_str(&format!("{:<12} {} cores\n", "cpu now:", cores(u.cpu_millis)));
+        out.push_str(&format!(
+            "{:<12} {} cores\n",
+            "cpu now:",
+            cores(u.cpu_millis)
+        ));
     }
     out
 }

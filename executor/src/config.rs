@@ -143,7 +143,9 @@ pub enum AuditCommand {
     /// must begin with its segment record, sequence numbers must rise by one, and each
     /// record's prev must be the SHA-256 of the record before it. Exits 0 when the trail
     /// is intact, 1 naming the first broken record otherwise.
-    #[command(after_long_help = "Examples:\n  jobworker-executor audit verify\n  jobworker-executor audit verify /var/lib/jobworker/audit\n  jobworker-executor --config /etc/jobworker/executor.toml audit verify\n  # compare the end with the head hash of the last `audit trail closed` log line:\n  jobworker-executor audit verify --head 3f5c...e1")]
+    #[command(
+        after_long_help = "Examples:\n  jobworker-executor audit verify\n  jobworker-executor audit verify /var/lib/jobworker/audit\n  jobworker-executor --config /etc/jobworker/executor.toml audit verify\n  # compare the end with the head hash of the last `audit trail closed` log line:\n  jobworker-executor audit verify --head 3f5c...e1"
+    )]
     Verify {
         /// The trail's directory [default: the configured audit directory].
         dir: Option<PathBuf>,
@@ -541,7 +543,9 @@ fn audit(
     if segments < 2 {
         return Err(invalid(
             "audit.segments",
-            format!("{segments}: at least 2 segments are kept (the current one and the one before)"),
+            format!(
+                "{segments}: at least 2 segments are kept (the current one and the one before)"
+            ),
         ));
     }
     Ok(crate::audit::AuditConfig {

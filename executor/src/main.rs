@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use jobworker_executor::audit::record::{Body, hex, parse_hash};
 use jobworker_executor::audit::{self, Audit};
-use jobworker_executor::config::{AuditCommand, Backend, Command, Config, DEFAULT_STATE_DIR, Flags};
+use jobworker_executor::config::{
+    AuditCommand, Backend, Command, Config, DEFAULT_STATE_DIR, Flags,
+};
 use jobworker_executor::engine::Engine;
 use jobworker_executor::server::{self, Peers};
 use jobworker_executor::{cgroup, init, sys, template};
@@ -173,8 +175,8 @@ async fn serve(cfg: Config, listen_fds: i32) -> anyhow::Result<()> {
         .await
         .context("audit trail: recording the start")?;
     let shutdown = CancellationToken::new();
-    let engine = Engine::new(cfg.clone(), cgroups, audit.clone(), shutdown.clone())
-        .context("job engine")?;
+    let engine =
+        Engine::new(cfg.clone(), cgroups, audit.clone(), shutdown.clone()).context("job engine")?;
     let peers = Peers {
         uids: cfg.allowed_uids.clone(),
         gids: cfg.allowed_gids.clone(),

@@ -168,14 +168,17 @@ impl Spawner {
             pipe: spec_w,
             pid,
         };
-        Ok((Spawned {
-            pid,
-            pidfd,
-            stdout: out_r.into(),
-            stderr: err_r.into(),
-            stdin: stdin.map(|(_, w)| w.into()),
-            report,
-        }, handover))
+        Ok((
+            Spawned {
+                pid,
+                pidfd,
+                stdout: out_r.into(),
+                stderr: err_r.into(),
+                stdin: stdin.map(|(_, w)| w.into()),
+                report,
+            },
+            handover,
+        ))
     }
 
     /// `/dev/null`, for an exec's stdin.

@@ -15,7 +15,13 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .expect("running mount")
@@ -48,7 +54,9 @@ impl Drop for Tmpfs {
 
 #[tokio::test]
 async fn with_the_trail_unwritable_a_start_is_unavailable_and_nothing_of_the_job_runs() {
-    if skip_unless_root("with_the_trail_unwritable_a_start_is_unavailable_and_nothing_of_the_job_runs") {
+    if skip_unless_root(
+        "with_the_trail_unwritable_a_start_is_unavailable_and_nothing_of_the_job_runs",
+    ) {
         return;
     }
     let scratch = Scratch::new("audit-full");
@@ -76,7 +84,10 @@ async fn with_the_trail_unwritable_a_start_is_unavailable_and_nothing_of_the_job
     // gives space by the page): starts succeed until it is used up, at most a page.
     let mut ran = 1;
     let refused = loop {
-        assert!(ran < 64, "starts never failed with the trail's file system full");
+        assert!(
+            ran < 64,
+            "starts never failed with the trail's file system full"
+        );
         let mark = format!("try-{ran}");
         match c.run(&["sh", "-c", &touch(&mark)]).await {
             Ok(id) => {
@@ -117,12 +128,17 @@ async fn with_the_trail_unwritable_a_start_is_unavailable_and_nothing_of_the_job
         .into_iter()
         .filter(|r| r["event"] == "job_started")
         .collect();
-    assert_eq!(started.len(), ran + 1, "only the jobs that ran were started");
+    assert_eq!(
+        started.len(),
+        ran + 1,
+        "only the jobs that ran were started"
+    );
 }
 
 #[tokio::test]
 async fn rotation_keeps_the_configured_segments_and_the_chain_verifies_across_them() {
-    if skip_unless_root("rotation_keeps_the_configured_segments_and_the_chain_verifies_across_them") {
+    if skip_unless_root("rotation_keeps_the_configured_segments_and_the_chain_verifies_across_them")
+    {
         return;
     }
     let exec = Executor::start(ExecutorOptions::default().flags(&[
@@ -152,7 +168,10 @@ async fn rotation_keeps_the_configured_segments_and_the_chain_verifies_across_th
     // the segment before.
     let records = audit_records(&dir);
     assert_eq!(records[0]["event"], "segment");
-    assert!(records[0]["seq"].as_u64().unwrap() > 1, "the oldest segments were deleted");
+    assert!(
+        records[0]["seq"].as_u64().unwrap() > 1,
+        "the oldest segments were deleted"
+    );
     // The executor's log has the head of every closed segment.
     let log = std::fs::read_to_string(exec.dir.join("executor.log")).unwrap();
     assert!(log.contains("audit segment closed"), "no rotation logged");
@@ -167,23 +186,41 @@ async fn records_name_who_did_what_and_a_restart_records_lost_jobs() {
     let mut c = exec.client().await;
     let spec = JobSpec {
         argv: vec!["sleep".into(), "1000".into()],
-        env: vec![EnvVar { name: "SECRET".into(), value: "hunter2".into() }],
+        env: vec![EnvVar {
+            name: "SECRET".into(),
+            value: "hunter2".into(),
+        }],
         ..Default::default()
     };
     let id = c.start("alice", spec).await.unwrap();
     exec.kill9();
     exec.relaunch();
     let records = audit_records(&exec.audit_dir());
-    let started = records.iter().find(|r| r["event"] == "job_started").unwrap();
+    let started = records
+        .iter()
+        .find(|r| r["event"] == "job_started")
+        .unwrap();
     assert_eq!(started["job"], id.to_string());
     assert_eq!(started["owner"], "alice");
     assert_eq!(started["env"], serde_json::json!(["SECRET"]));
-    assert!(!serde_json::to_string(&records).unwrap().contains("hunter2"), "an environment value in the trail");
+    assert!(
+        !serde_json::to_string(&records).unwrap().contains("hunter2"),
+        "an environment value in the trail"
+    );
     assert!(started["pid"].as_u64().unwrap() > 0 && started["uid"].as_u64().unwrap() >= 600_000);
-    let events: Vec<&str> = records.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
     assert_eq!(
         events,
-        ["segment", "executor_started", "job_started", "executor_started", "job_lost"],
+        [
+            "segment",
+            "executor_started",
+            "job_started",
+            "executor_started",
+            "job_lost"
+        ],
         "{records:?}"
     );
     let lost = records.last().unwrap();

@@ -32,10 +32,10 @@ pub use job::{
     EnvVar, ExecEnd, ExecSpec, IoLimits, JobId, JobSpec, JobState, JobStatus, Limits, QuotaAmounts,
     QuotaLimits, QuotaReport, Scope, StartFailure, Stream, Streams, TtySize,
 };
+pub use message::{
+    LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, MAX_QUOTA_REPORTS, OutputFrom, Request, Response,
+};
 pub use observe::{
     ApiCall, ApiEvent, ApiRecord, AuditLine, AuditQuery, ExecutorMetrics, JobEvent, JobEventKind,
     JobUsage,
-};
-pub use message::{
-    LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, MAX_QUOTA_REPORTS, OutputFrom, Request, Response,
 };

@@ -259,14 +259,18 @@ impl Api {
     /// the body.
     pub fn scrape(&self) -> (String, String) {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.metrics).expect("connecting to the metrics listener");
+        let mut s =
+            std::net::TcpStream::connect(self.metrics).expect("connecting to the metrics listener");
         s.set_read_timeout(Some(LIMIT)).expect("a read timeout");
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .expect("sending the request");
         let mut text = String::new();
         s.read_to_string(&mut text).expect("reading the page");
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
     }
 
     /// Its log so far.

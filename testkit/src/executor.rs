@@ -414,7 +414,8 @@ impl ExecClient {
             scope,
             id,
             caller: "admin".into(),
-        }).await
+        })
+        .await
     }
 
     async fn request_output(

@@ -182,7 +182,8 @@ impl Files {
         }
         match &new {
             Some((_, path, file)) => {
-                let done = write_durably(file, buf.as_bytes()).and_then(|()| sync_dir(&self.cfg.dir));
+                let done =
+                    write_durably(file, buf.as_bytes()).and_then(|()| sync_dir(&self.cfg.dir));
                 if let Err(e) = done {
                     let _ = fs::remove_file(path);
                     return Err(with_path(e, "writing", path));
@@ -191,7 +192,11 @@ impl Files {
             None => {
                 let file = self.file.as_ref().expect("a segment is open");
                 if let Err(e) = write_durably(file, buf.as_bytes()) {
-                    if file.set_len(self.len).and_then(|()| file.sync_data()).is_err() {
+                    if file
+                        .set_len(self.len)
+                        .and_then(|()| file.sync_data())
+                        .is_err()
+                    {
                         self.dirty = true;
                     }
                     let path = self.cfg.dir.join(segment_name(self.number));
@@ -232,8 +237,12 @@ impl Files {
         let excess = segments.len().saturating_sub(self.cfg.segments);
         for (_, path) in &segments[..excess] {
             match fs::remove_file(path) {
-                Ok(()) => tracing::info!(segment = %path.display(), "audit segment deleted (beyond the segments kept)"),
-                Err(e) => tracing::error!(segment = %path.display(), "deleting an audit segment: {e}"),
+                Ok(()) => {
+                    tracing::info!(segment = %path.display(), "audit segment deleted (beyond the segments kept)")
+                }
+                Err(e) => {
+                    tracing::error!(segment = %path.display(), "deleting an audit segment: {e}")
+                }
             }
         }
     }
@@ -282,7 +291,10 @@ fn last_record(file: &mut File, path: &Path) -> io::Result<Option<(u64, u64, Has
         file.set_len(complete)?;
         file.sync_data()?;
     }
-    let start = tail[..end].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let start = tail[..end]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
     if start == 0 && from > 0 {
         return Err(io::Error::other(format!(
             "{}: its last record is longer than {MAX_TAIL} bytes",

@@ -170,7 +170,10 @@ impl Audit {
         let mut q = lock(&self.shared.queue);
         if q.closing || q.own.len() >= MAX_PENDING {
             drop(q);
-            tracing::error!("audit trail: {} records wait for a commit; refused", MAX_PENDING);
+            tracing::error!(
+                "audit trail: {} records wait for a commit; refused",
+                MAX_PENDING
+            );
             let _ = tx.send(Err(AuditError));
             return rx;
         }
@@ -204,7 +207,10 @@ impl Audit {
         for r in records {
             if q.api.len() >= API_QUEUE || q.closing {
                 q.api_dropped += 1;
-                self.shared.counters.api_dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .api_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             q.api.push_back(Pending {
@@ -255,7 +261,13 @@ impl Audit {
         let start = from.max(oldest);
         let lost = start - from;
         let skip = (start - oldest) as usize;
-        let out: Vec<Arc<JobEvent>> = m.events.iter().skip(skip).take(max).map(|e| e.1.clone()).collect();
+        let out: Vec<Arc<JobEvent>> = m
+            .events
+            .iter()
+            .skip(skip)
+            .take(max)
+            .map(|e| e.1.clone())
+            .collect();
         let next = start + out.len() as u64;
         (out, next, lost)
     }
@@ -405,7 +417,10 @@ fn write_loop(shared: &Shared, mut files: files::Files) {
                 shared.counters.failures.fetch_add(1, Ordering::Relaxed);
                 // Loud for the first failures, then once in a hundred.
                 if failures_logged < 10 || failures_logged % 100 == 0 {
-                    tracing::error!(records = batch.len(), "audit trail: commit failed: {e}; what waited for it is refused");
+                    tracing::error!(
+                        records = batch.len(),
+                        "audit trail: commit failed: {e}; what waited for it is refused"
+                    );
                 }
                 failures_logged += 1;
                 for p in batch {

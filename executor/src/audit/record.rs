@@ -224,7 +224,11 @@ impl Body {
                 owner.clone(),
                 JobEventKind::StopRequested { by: by.clone() },
             ),
-            Body::JobEnded(e) => (e.job.0, e.owner.clone(), JobEventKind::Ended(e.status.clone())),
+            Body::JobEnded(e) => (
+                e.job.0,
+                e.owner.clone(),
+                JobEventKind::Ended(e.status.clone()),
+            ),
             _ => return None,
         };
         Some(JobEvent {
@@ -377,7 +381,12 @@ mod tests {
         for ms in [0, 951_782_400_123, 1_798_761_599_999, 4_102_444_800_000] {
             assert_eq!(parse_rfc3339_ms(&rfc3339_ms(ms)), Some(ms));
         }
-        for bad in ["", "2026-12-31 23:59:59.999Z", "2026-13-01T00:00:00.000Z", "2026-12-31T23:59:59Z"] {
+        for bad in [
+            "",
+            "2026-12-31 23:59:59.999Z",
+            "2026-13-01T00:00:00.000Z",
+            "2026-12-31T23:59:59Z",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }
@@ -398,7 +407,10 @@ mod tests {
                 "ab".repeat(16)
             )
         );
-        assert_eq!(parse_hash(&hex(&hash(l.as_bytes()))), Some(hash(l.as_bytes())));
+        assert_eq!(
+            parse_hash(&hex(&hash(l.as_bytes()))),
+            Some(hash(l.as_bytes()))
+        );
         assert_eq!(parse_hash("AB"), None);
     }
 }

@@ -19,10 +19,12 @@ use super::record::{Hash, hash, hex, parse_hash};
 
 /// Checks the trail in `dir`, one segment at a time, oldest first.
 pub fn verify_dir(dir: &std::path::Path, head: Option<&Hash>) -> Result<Summary, VerifyError> {
-    let segments = super::files::list(dir).map_err(|e| VerifyError::Io(format!("{}: {e}", dir.display())))?;
+    let segments =
+        super::files::list(dir).map_err(|e| VerifyError::Io(format!("{}: {e}", dir.display())))?;
     let mut v = Verifier::default();
     for (number, path) in segments {
-        let bytes = std::fs::read(&path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -153,7 +155,11 @@ impl Verifier {
             let line = &rest[..end];
             rest = &rest[end + 1..];
             let text = std::str::from_utf8(line).map_err(|_| {
-                broken(line_no, expected, "the line is not UTF-8: it was changed".into())
+                broken(
+                    line_no,
+                    expected,
+                    "the line is not UTF-8: it was changed".into(),
+                )
             })?;
             let rec: Head<'_> = serde_json::from_str(text).map_err(|e| {
                 broken(
@@ -334,14 +340,19 @@ mod tests {
     }
 
     fn lines(seg: &[u8]) -> Vec<Vec<u8>> {
-        seg.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
+        seg.split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect()
     }
 
     #[test]
     fn an_intact_trail_verifies_across_segments() {
         let segs = trail(10, 4);
         let s = check(&segs).unwrap();
-        assert_eq!((s.segments, s.records, s.first_seq, s.last_seq), (3, 10, 1, 10));
+        assert_eq!(
+            (s.segments, s.records, s.first_seq, s.last_seq),
+            (3, 10, 1, 10)
+        );
         // Without its oldest segment (rotated away), it still verifies from there.
         let kept: Vec<Segment<'_>> = (1..3)
             .map(|i| Segment {
@@ -396,12 +407,20 @@ mod tests {
         let head = check(&segs).unwrap().head;
         let ls = lines(&segs[0]);
         let cut = ls[..5].concat();
-        let s = [Segment { name: "s1".into(), number: 1, bytes: &cut }];
+        let s = [Segment {
+            name: "s1".into(),
+            number: 1,
+            bytes: &cut,
+        }];
         assert!(verify(&s, None).is_ok());
         let e = verify(&s, Some(&head)).unwrap_err();
         assert_eq!(e.seq, 5, "{e}");
         let half = &segs[0][..segs[0].len() - 3];
-        let s = [Segment { name: "s1".into(), number: 1, bytes: half }];
+        let s = [Segment {
+            name: "s1".into(),
+            number: 1,
+            bytes: half,
+        }];
         assert!(verify(&s, None).unwrap_err().reason.contains("incomplete"));
     }
 }

@@ -17,9 +17,9 @@ use jobworker_protocol::{ErrorKind, ExecSpec, JobId, Scope, WireError};
 use tokio::sync::oneshot;
 
 use super::job::Job;
+use super::launch;
 use super::{Engine, Refusal};
 use crate::audit::record::{Body, Id};
-use super::launch;
 use crate::ipc::exec;
 use crate::ipc::report::Failure;
 use crate::sys::Exit;
@@ -90,7 +90,9 @@ impl Engine {
         spec: ExecSpec,
     ) -> Result<Result<ExecHandle, Failure>, WireError> {
         let refuse = |reason, e| self.refused("exec", caller, Some(*id), reason, e);
-        let job = self.find(scope, id).map_err(|e| refuse(Refusal::NotFound, e))?;
+        let job = self
+            .find(scope, id)
+            .map_err(|e| refuse(Refusal::NotFound, e))?;
         let not_running = || {
             WireError::new(
                 ErrorKind::FailedPrecondition,

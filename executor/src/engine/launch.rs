@@ -10,7 +10,7 @@ use crate::cgroup::JobGroup;
 use crate::config::Config;
 use crate::ipc::spec::InitSpec;
 use crate::output::OutputWriter;
-use crate::spawn::{CgroupJoin, SpecHandover, Spawned};
+use crate::spawn::{CgroupJoin, Spawned, SpecHandover};
 use crate::sys;
 
 /// Fixed part of every job's environment; user variables may override all but the id.

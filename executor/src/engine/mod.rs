@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use exec::{ExecHandle, ExecOutput, MAX_EXECS_PER_JOB};
-pub use observe::{Refusal, UsageSampler};
 pub use limits::{CheckedStart, check_start, human_duration, resolve_limits};
+pub use observe::{Refusal, UsageSampler};
 
 use crate::audit::Audit;
 use crate::audit::record::{Body, Id, JobStarted};
@@ -223,7 +223,8 @@ impl Engine {
         self: &Arc<Self>,
         req: CheckedStart,
     ) -> Result<(JobId, Result<Attached, Failure>), WireError> {
-        let refuse = |reason: Refusal, e: WireError| self.refused("start", &req.owner, None, reason, e);
+        let refuse =
+            |reason: Refusal, e: WireError| self.refused("start", &req.owner, None, reason, e);
         if self.shutdown.is_cancelled() {
             return Err(refuse(
                 Refusal::ShuttingDown,
@@ -272,7 +273,8 @@ impl Engine {
             stdin: req.spec.stdin,
             limits: req.effective.clone(),
             deadline: crate::audit::record::rfc3339_ms(
-                started_at_ms.saturating_add(u64::try_from(req.timeout.as_millis()).unwrap_or(u64::MAX)),
+                started_at_ms
+                    .saturating_add(u64::try_from(req.timeout.as_millis()).unwrap_or(u64::MAX)),
             ),
             uid,
             pid: spawned.pid,

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jobworker_protocol::observe::{ENDED_STATES, REFUSAL_REASONS};
-use jobworker_protocol::{
-    ExecutorMetrics, JobId, JobState, JobStatus, JobUsage, Scope, WireError,
-};
+use jobworker_protocol::{ExecutorMetrics, JobId, JobState, JobStatus, JobUsage, Scope, WireError};
 
 use super::job::Job;
 use super::{Engine, lock, now_ms};
@@ -90,7 +88,10 @@ impl Counters {
     }
 
     fn ended(&self, status: &JobStatus) {
-        if let Some(i) = ENDED_STATES.iter().position(|s| *s == status.state.as_str()) {
+        if let Some(i) = ENDED_STATES
+            .iter()
+            .position(|s| *s == status.state.as_str())
+        {
             self.ended[i].fetch_add(1, Ordering::Relaxed);
         }
         self.output_bytes
@@ -128,7 +129,13 @@ impl Engine {
         if request == "start" || request == "run" {
             self.counters.refused(reason);
         }
-        tracing::debug!(request, identity, reason = reason.as_str(), "refused: {}", e.message);
+        tracing::debug!(
+            request,
+            identity,
+            reason = reason.as_str(),
+            "refused: {}",
+            e.message
+        );
         self.audit.note(Body::Refused {
             request: request.to_owned(),
             identity: Some(cut(identity, 256)),
@@ -142,7 +149,8 @@ impl Engine {
     /// A job that ended: counted, and its end appended to the trail.
     pub(super) fn record_end(&self, status: &JobStatus) {
         self.counters.ended(status);
-        self.audit.note(Body::JobEnded(Box::new(JobEnded::of(status.clone()))));
+        self.audit
+            .note(Body::JobEnded(Box::new(JobEnded::of(status.clone()))));
     }
 
     /// Records the jobs recovery found running (marked lost at or after `since`).
@@ -218,7 +226,11 @@ impl Engine {
             output_bytes_total: c.output_bytes.load(Ordering::Relaxed),
             jobs_started: c.started.load(Ordering::Relaxed),
             jobs_ended: c.ended.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
-            starts_refused: c.refused.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
+            starts_refused: c
+                .refused
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect(),
             audit_seq: a.seq.load(Ordering::Relaxed),
             audit_failures: a.failures.load(Ordering::Relaxed),
             audit_api_dropped: a.api_dropped.load(Ordering::Relaxed),
@@ -230,10 +242,7 @@ impl Engine {
     /// A sampler of job `id`'s live usage (which `scope` must see).
     pub fn usage_sampler(&self, scope: &Scope, id: &JobId) -> Result<UsageSampler, WireError> {
         let job = self.find(scope, id)?;
-        Ok(UsageSampler {
-            job,
-            last: None,
-        })
+        Ok(UsageSampler { job, last: None })
     }
 
     /// A sample of what the job uses now; `None` once it has ended.
