@@ -416,7 +416,7 @@ fn write_loop(shared: &Shared, mut files: files::Files) {
             Err(e) => {
                 shared.counters.failures.fetch_add(1, Ordering::Relaxed);
                 // Loud for the first failures, then once in a hundred.
-                if failures_logged < 10 || failures_logged % 100 == 0 {
+                if failures_logged < 10 || failures_logged.is_multiple_of(100) {
                     tracing::error!(
                         records = batch.len(),
                         "audit trail: commit failed: {e}; what waited for it is refused"
