@@ -977,6 +977,37 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_trail_defaults_to_the_state_dir_and_its_bounds_are_checked() {
+        let c = Config::merge(flags(), FileConfig::default(), &db()).unwrap();
+        assert_eq!(c.audit.dir, Path::new(DEFAULT_STATE_DIR).join("audit"));
+        assert_eq!(c.audit.segment_bytes, DEFAULT_AUDIT_SEGMENT_BYTES);
+        assert_eq!(c.audit.segments, DEFAULT_AUDIT_SEGMENTS);
+        let file = |text: &str| parse_file(Path::new("x.toml"), text).unwrap();
+        let c = Config::merge(
+            flags(),
+            file("[audit]\ndir = \"/var/log/jw\"\nsegment_bytes = 4096\nsegments = 3"),
+            &db(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.audit.dir.as_path(),
+                c.audit.segment_bytes,
+                c.audit.segments
+            ),
+            (Path::new("/var/log/jw"), 4096, 3)
+        );
+        for (text, key) in [
+            ("[audit]\nsegment_bytes = 10", "audit.segment_bytes"),
+            ("[audit]\nsegments = 1", "audit.segments"),
+            ("[audit]\ndir = \"relative\"", "audit.dir"),
+        ] {
+            let e = Config::merge(flags(), file(text), &db()).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_types_name_the_key() {
         let e = parse_file(Path::new("x.toml"), "sockte = \"/a\"").unwrap_err();
         assert!(e.to_string().contains("sockte"), "{e}");
