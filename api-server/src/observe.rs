@@ -182,6 +182,7 @@ async fn report_loop(
     mut rx: mpsc::Receiver<ApiRecord>,
     shutdown: CancellationToken,
 ) {
+    let mut failing = false;
     let mut tick = tokio::time::interval(TLS_WINDOW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -217,6 +218,7 @@ async fn report_loop(
         let n = batch.len() as u64;
         match executor.call(Request::Report(batch), None).await {
             Ok(Response::Reported { accepted }) => {
+                failing = false;
                 if u64::from(accepted) < n {
                     tracing::warn!(
                         sent = n,
@@ -227,7 +229,13 @@ async fn report_loop(
             }
             Ok(other) => tracing::error!("audit report: unexpected answer {other:?}"),
             Err(e) => {
-                tracing::warn!(records = n, "audit report: {e}; these records are lost");
+                // Loud once per outage: every call of it would say the same.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(
+                        records = n,
+                        "audit report: {e}; records are lost until the executor answers"
+                    );
+                }
                 observer.metrics.audit_dropped(n);
             }
         }

@@ -45,10 +45,13 @@ pub const API_QUEUE: usize = 4096;
 pub const API_PER_COMMIT: usize = 256;
 /// Most of the executor's records in one commit.
 const OWN_PER_COMMIT: usize = 4096;
-/// Records kept in memory for followers of the trail.
+/// Records kept in memory for followers of the trail, at most, and their bytes at most.
 pub const RECENT_RECORDS: usize = 4096;
-/// Job events kept in memory for `Events` requests.
+pub const RECENT_RECORD_BYTES: usize = 16 << 20;
+/// Job events kept in memory for `Events` requests, at most, and their bytes at most
+/// (counted roughly: their argv and a fixed part).
 pub const RECENT_EVENTS: usize = 1024;
+pub const RECENT_EVENT_BYTES: usize = 16 << 20;
 
 /// What a refused start or exec tells its caller when the trail cannot be written.
 pub const UNAVAILABLE: &str = "the audit trail is unavailable";
@@ -104,9 +107,49 @@ pub struct Recent {
 #[derive(Default)]
 struct Memory {
     records: VecDeque<Arc<Recent>>,
-    /// Job events with their position among all events ever kept.
-    events: VecDeque<(u64, Arc<JobEvent>)>,
+    record_bytes: usize,
+    /// Job events with their position among all events ever kept, and their size.
+    events: VecDeque<(u64, Arc<JobEvent>, usize)>,
+    event_bytes: usize,
     next_event: u64,
+}
+
+impl Memory {
+    fn keep_record(&mut self, r: Recent) {
+        self.record_bytes += r.line.len();
+        self.records.push_back(Arc::new(r));
+        while self.records.len() > RECENT_RECORDS || self.record_bytes > RECENT_RECORD_BYTES {
+            match self.records.pop_front() {
+                Some(old) => self.record_bytes -= old.line.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn keep_event(&mut self, ev: JobEvent) {
+        let size = 256
+            + match &ev.kind {
+                jobworker_protocol::JobEventKind::Started { argv }
+                | jobworker_protocol::JobEventKind::Exec { argv, .. } => {
+                    argv.iter().map(|a| a.len() + 8).sum()
+                }
+                jobworker_protocol::JobEventKind::Ended(s) => {
+                    s.argv.iter().map(|a| a.len() + 8).sum::<usize>()
+                        + s.error.as_ref().map_or(0, String::len)
+                }
+                jobworker_protocol::JobEventKind::StopRequested { .. } => 0,
+            };
+        let n = self.next_event;
+        self.next_event += 1;
+        self.event_bytes += size;
+        self.events.push_back((n, Arc::new(ev), size));
+        while self.events.len() > RECENT_EVENTS || self.event_bytes > RECENT_EVENT_BYTES {
+            match self.events.pop_front() {
+                Some(old) => self.event_bytes -= old.2,
+                None => break,
+            }
+        }
+    }
 }
 
 /// The trail's counters, for metrics.
@@ -381,22 +424,14 @@ fn write_loop(shared: &Shared, mut files: files::Files) {
                         let identities = body
                             .map(|b| b.identities().into_iter().map(str::to_owned).collect())
                             .unwrap_or_default();
-                        if m.records.len() == RECENT_RECORDS {
-                            m.records.pop_front();
-                        }
-                        m.records.push_back(Arc::new(Recent {
+                        m.keep_record(Recent {
                             seq: w.seq,
                             time_ms,
                             line: w.line.as_str().into(),
                             identities,
-                        }));
+                        });
                         if let Some(ev) = body.and_then(|b| b.job_event(w.seq, time_ms)) {
-                            if m.events.len() == RECENT_EVENTS {
-                                m.events.pop_front();
-                            }
-                            let n = m.next_event;
-                            m.events.push_back((n, Arc::new(ev)));
-                            m.next_event += 1;
+                            m.keep_event(ev);
                         }
                     }
                 }
