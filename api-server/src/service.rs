@@ -101,6 +101,7 @@ impl JobWorkerService {
         request: ExecRequest,
         inbound: Streaming<C>,
         slot: OwnedSemaphorePermit,
+        note: &Request<()>,
     ) -> Result<Response<ReceiverStream<Result<M, Status>>>, Status> {
         let shown = |s: Status| shown_in(s, &caller.identity);
         let mut session = self
@@ -112,6 +113,9 @@ impl JobWorkerService {
         let first: M = attach::first(&mut session, self.stop_timeout)
             .await
             .map_err(shown)?;
+        if let Some(id) = first.started() {
+            crate::observe::note_job(note, id);
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let _ = tx.try_send(Ok(first));
         tokio::spawn(attach::pump(
@@ -336,6 +340,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<Streaming<pb::RunJobRequest>>,
     ) -> Result<Response<Self::RunJobStream>, Status> {
         let caller = self.caller(&request)?;
+        let note = with_note(&request, tonic::Request::new(()));
         let mut inbound = request.into_inner();
         let start = match inbound.message().await.map_err(errors::inbound)? {
             Some(pb::RunJobRequest {
@@ -349,7 +354,9 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             owner: caller.identity.clone(),
             spec,
         };
-        let response = self.attached(&caller, request, inbound, slot).await?;
+        let response = self
+            .attached(&caller, request, inbound, slot, &note)
+            .await?;
         tracing::info!(owner = %Shown(&caller.identity), "job run, attached");
         Ok(response)
     }
@@ -378,7 +385,9 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             caller: caller.identity.clone(),
             spec,
         };
-        let response = self.attached(&caller, request, inbound, slot).await?;
+        let response = self
+            .attached(&caller, request, inbound, slot, &note)
+            .await?;
         tracing::info!(caller = %Shown(&caller.identity), job = %id, "exec attached");
         Ok(response)
     }
