@@ -66,6 +66,11 @@ pub trait ServerMessage: Send + 'static {
     fn of(frame: SessionFrame) -> Option<Self>
     where
         Self: Sized;
+
+    /// The job this message says was started, for the call's audit record.
+    fn started(&self) -> Option<jobworker_protocol::JobId> {
+        None
+    }
 }
 
 fn pb_stream(s: Stream) -> i32 {
@@ -73,6 +78,13 @@ fn pb_stream(s: Stream) -> i32 {
 }
 
 impl ServerMessage for pb::RunJobResponse {
+    fn started(&self) -> Option<jobworker_protocol::JobId> {
+        match &self.event {
+            Some(pb::run_job_response::Event::Started(id)) => id.parse().ok(),
+            _ => None,
+        }
+    }
+
     fn of(frame: SessionFrame) -> Option<Self> {
         use pb::run_job_response::Event;
         let (event, stream) = match frame {

@@ -40,6 +40,10 @@
 //! [identity]
 //! extra_chars = ".-_@"     # besides ASCII letters and digits; ASCII punctuation or space
 //! unicode_letters = false  # also letters and digits of other scripts
+//!
+//! [metrics]
+//! enabled = true
+//! listen = "127.0.0.1:9464"  # Prometheus text format at /metrics; plain HTTP
 //! ```
 
 use std::net::SocketAddr;
@@ -54,6 +58,8 @@ use crate::auth::{DEFAULT_EXTRA_CHARS, IdentityRules, Shown};
 /// Default listen address: loopback only, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 50051);
 pub const DEFAULT_EXECUTOR_SOCKET: &str = "/run/jobworker/executor.sock";
+/// Default address of the metrics page: loopback only.
+pub const DEFAULT_METRICS_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 9464);
 
 /// Command-line flags. Each one overrides the same setting in the file.
 #[derive(Debug, Clone, Default, Parser)]
@@ -104,6 +110,10 @@ pub struct Flags {
     /// (`executor.health_interval_ms`).
     #[arg(long, value_name = "MS")]
     pub health_interval_ms: Option<u64>,
+    /// Address of the metrics listener, plain HTTP (`metrics.listen`) [default:
+    /// 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Run without the seccomp filter (for debugging only; `seccomp = false`).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -129,6 +139,15 @@ struct FileConfig {
     http2: FileHttp2,
     #[serde(default)]
     identity: FileIdentity,
+    #[serde(default)]
+    metrics: FileMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    enabled: Option<bool>,
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +247,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Which certificate common names are identities (`[identity]`).
     pub identity: IdentityRules,
+    /// Where the metrics page is served; `None`: nowhere (`metrics.enabled = false`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A configuration error; the message names the key.
@@ -358,8 +379,20 @@ impl Config {
             Ok(v)
         };
         const HOUR: u64 = 3_600_000;
+        let metrics_listen = match (flags.metrics_listen, &file.metrics.listen) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => Some(text.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{text:?} is not an address and port such as 127.0.0.1:9464"),
+                )
+            })?),
+            (None, None) => Some(SocketAddr::from(DEFAULT_METRICS_ADDR)),
+        }
+        .filter(|_| flags.metrics_listen.is_some() || file.metrics.enabled.unwrap_or(true));
 
         Ok(Config {
+            metrics_listen,
             listen,
             tls,
             admins,

@@ -351,6 +351,45 @@ pub fn quota(r: QuotaReport) -> pb::Quota {
     }
 }
 
+/// A job event for the API.
+pub fn job_event(e: jobworker_protocol::JobEvent, skipped: u64) -> pb::JobEvent {
+    use jobworker_protocol::JobEventKind;
+    use pb::job_event::Event;
+    let event = match e.kind {
+        JobEventKind::Started { argv } => Event::Started(pb::JobStarted { argv }),
+        JobEventKind::Exec { caller, argv } => Event::Exec(pb::JobExec { caller, argv }),
+        JobEventKind::StopRequested { by } => Event::StopRequested(pb::JobStopRequested { by }),
+        JobEventKind::Ended(status) => Event::Ended(job_status(*status)),
+    };
+    pb::JobEvent {
+        seq: e.seq,
+        time: Some(timestamp(e.time_ms)),
+        id: e.id.to_string(),
+        owner: e.owner,
+        event: Some(event),
+        skipped,
+    }
+}
+
+/// A job's live usage for the API.
+pub fn job_usage(u: jobworker_protocol::JobUsage) -> pb::JobUsage {
+    pb::JobUsage {
+        memory_bytes: u.memory_bytes,
+        pids: u.pids,
+        cpu_usec: u.cpu_usec,
+        cpu_millis: u.cpu_millis,
+        window_ms: u.window_ms,
+        sampled_at: Some(timestamp(u.at_ms)),
+    }
+}
+
+/// Milliseconds since the Unix epoch of a timestamp (before 1970: 0).
+pub fn timestamp_ms(t: &prost_types::Timestamp) -> u64 {
+    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let ms = u64::try_from(t.nanos / 1_000_000).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,9 +53,14 @@ pub fn to_status(kind: ErrorKind, message: &str) -> Status {
     }
 }
 
-/// A [`WireError`] as a gRPC status.
+/// A [`WireError`] as a gRPC status. The executor's own messages are meant for users,
+/// so an executor that answers UNAVAILABLE (shutting down, its audit trail unavailable)
+/// is quoted; failing to reach it at all is "executor unavailable".
 pub fn wire_to_status(e: &WireError) -> Status {
-    to_status(e.kind, &e.message)
+    match e.kind {
+        ErrorKind::Unavailable if !e.message.is_empty() => Status::unavailable(&e.message),
+        _ => to_status(e.kind, &e.message),
+    }
 }
 
 /// Bad input found at the edge, before the executor is asked.

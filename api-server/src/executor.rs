@@ -90,6 +90,13 @@ fn response_name(r: &Response) -> &'static str {
         Response::ExecEnded(_) => "exec ended",
         Response::Resolved { .. } => "resolved",
         Response::Error(_) => "error",
+        Response::Reported { .. } => "reported",
+        Response::AuditLine(_) => "audit line",
+        Response::Event(_) => "event",
+        Response::Lost(_) => "lost",
+        Response::StreamEnd => "stream end",
+        Response::Usage(_) => "usage",
+        Response::Metrics(_) => "metrics",
     }
 }
 
@@ -106,6 +113,7 @@ pub struct ExecutorClient {
     socket: PathBuf,
     timeouts: Timeouts,
     health: Health,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl ExecutorClient {
@@ -114,7 +122,14 @@ impl ExecutorClient {
             socket,
             timeouts,
             health,
+            metrics: None,
         }
+    }
+
+    /// With each request's latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn health(&self) -> &Health {
@@ -177,9 +192,35 @@ impl ExecutorClient {
         timeout: Option<Duration>,
     ) -> Result<Response, ExecutorError> {
         let what = request.name();
+        let started = std::time::Instant::now();
         let result = self.call_inner(request, timeout).await;
+        if let Some(m) = &self.metrics {
+            m.executor_request(what, started.elapsed());
+        }
         self.observe(what, &result);
         result
+    }
+
+    /// Opens a stream of response frames (`Audit`, `Events`, `Usage`): its own
+    /// connection, on which `request` is sent; frames then come without a timeout until
+    /// the stream's last one. Dropping it closes the connection.
+    pub async fn stream(&self, request: Request) -> Result<ResponseStream, ExecutorError> {
+        let what = request.name();
+        let result = async {
+            let mut transport = self.connect().await?;
+            match tokio::time::timeout(self.timeouts.request, transport.send(request)).await {
+                Err(_) => Err(ExecutorError::Timeout(self.timeouts.request)),
+                Ok(Err(e)) => Err(ExecutorError::Unreachable(e)),
+                Ok(Ok(())) => Ok(transport),
+            }
+        }
+        .await;
+        self.observe(what, &result);
+        Ok(ResponseStream {
+            transport: result?,
+            client: self.clone(),
+            done: false,
+        })
     }
 
     async fn call_inner(
@@ -392,5 +433,40 @@ impl OutputStream {
             }
         }
         Some(result)
+    }
+}
+
+/// An executor connection answering one request with many frames. Dropping it closes
+/// the connection.
+pub struct ResponseStream {
+    transport: ClientTransport<UnixStream>,
+    client: ExecutorClient,
+    done: bool,
+}
+
+impl ResponseStream {
+    /// The next frame; `None` after an error or once the caller said the stream is done.
+    /// An `Error` frame comes as `Err`.
+    pub async fn next(&mut self) -> Option<Result<Response, ExecutorError>> {
+        if self.done {
+            return None;
+        }
+        let result = match self.transport.next().await {
+            None => Err(ExecutorError::Closed),
+            Some(Err(e)) => Err(ExecutorError::Unreachable(e)),
+            Some(Ok(Response::Error(e))) => Err(ExecutorError::Refused(e)),
+            Some(Ok(r)) => Ok(r),
+        };
+        if result.is_err() {
+            self.done = true;
+            self.client.observe("stream", &result);
+        }
+        Some(result)
+    }
+
+    /// Marks the stream as ended by its last frame.
+    pub fn finish(&mut self) {
+        self.done = true;
+        self.client.health.executor_answered();
     }
 }

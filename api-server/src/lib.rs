@@ -24,6 +24,9 @@
 //! - [`executor`]: the executor client (timeouts, one connection per call or stream);
 //! - [`errors`]: the one mapping from error kinds to gRPC statuses;
 //! - [`health`]: the gRPC health service, driven by executor reachability;
+//! - [`observe`]: a record of every call and failed handshake, reported to the
+//!   executor's audit trail, and the metrics of the same;
+//! - [`metrics`]: the Prometheus page and its listener;
 //! - [`server`]: assembling the above, serving, and graceful shutdown;
 //! - [`seccomp`]: the allow-list applied once the server is set up.
 
@@ -38,6 +41,8 @@ pub mod health;
 pub mod idle;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
+pub mod observe;
 pub mod privilege;
 pub mod seccomp;
 pub mod server;

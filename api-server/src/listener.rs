@@ -51,6 +51,8 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Whether the connection was admitted, and if so its identity's usage.
     pub access: Access,
+    /// The client certificate's serial and fingerprint, for the audit trail.
+    pub cert: Arc<crate::observe::CertInfo>,
 }
 
 /// A connection's standing against the connection caps.
@@ -184,6 +186,8 @@ pub struct AcceptSettings {
     pub identity: Arc<IdentityRules>,
     /// The caps of authenticated connections and their calls.
     pub caps: Caps,
+    /// Where failed handshakes are counted and reported.
+    pub observer: Option<Arc<crate::observe::Observer>>,
 }
 
 /// Starts the accept loop. Returns the stream of authenticated connections to give to
@@ -295,27 +299,33 @@ async fn handshake(
     let io = match accepted {
         Err(_) => {
             tracing::info!(%remote, "TLS handshake timed out");
+            if let Some(o) = &settings.observer {
+                o.tls_failure(remote, 0, "the handshake timed out");
+            }
             return None;
         }
         Ok(Err(e)) => {
-            tracing::info!(
-                %remote,
-                "TLS handshake failed: {}",
-                crate::tls::describe_handshake_error(&e)
-            );
+            let why = crate::tls::describe_handshake_error(&e);
+            tracing::info!(%remote, "TLS handshake failed: {why}");
+            if let Some(o) = &settings.observer {
+                o.tls_failure(remote, crate::observe::tls_class(&e), &why);
+            }
             return None;
         }
         Ok(Ok(io)) => io,
     };
     // The verifier already refused certificates without a usable identity; this only
     // reads it again from the verified leaf.
-    let identity = match io
+    let leaf = io
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| identity_from_certificate(leaf, &settings.identity))
-    {
+        .and_then(|chain| chain.first());
+    let cert = Arc::new(
+        leaf.map(|l| crate::observe::CertInfo::of(l))
+            .unwrap_or_default(),
+    );
+    let identity = match leaf.map(|leaf| identity_from_certificate(leaf, &settings.identity)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
             tracing::info!(%remote, "connection refused: {e}");
@@ -356,6 +366,7 @@ async fn handshake(
             remote,
             activity: Arc::new(Activity::new()),
             access,
+            cert,
         },
         ending,
         timer: Box::pin(timer),

@@ -60,6 +60,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let seccomp = config.seccomp;
     let prepared = server::prepare(config).await?;
     let addr = prepared.local_addr()?;
+    let metrics_addr = prepared.metrics_addr()?;
     // Installed before the seccomp filter: installing them needs calls it refuses.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -72,6 +73,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("listening on {addr}");
     // The line tests and scripts wait for: the server is ready.
     let mut stdout = std::io::stdout().lock();
+    if let Some(m) = metrics_addr {
+        tracing::info!("metrics on http://{m}/metrics");
+        writeln!(stdout, "jobworker-api metrics on {m}")?;
+    }
     writeln!(stdout, "jobworker-api listening on {addr}")?;
     stdout.flush()?;
     drop(stdout);

@@ -21,6 +21,8 @@ use crate::health::{self, Health};
 use crate::idle::TrackCallsLayer;
 use crate::limits::{CallLimitsLayer, Caps};
 use crate::listener::{self, AcceptSettings};
+use crate::metrics::Metrics;
+use crate::observe::{CallRecordLayer, Observer};
 use crate::service::JobWorkerService;
 use crate::tls;
 
@@ -28,6 +30,7 @@ use crate::tls;
 pub struct Prepared {
     config: Config,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     tls: Arc<ServerConfig>,
 }
 
@@ -36,9 +39,16 @@ pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let tls = tls::server_config(&config.tls, &config.identity)?;
     let listener =
         bind(config.listen).with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            Some(bind(addr).with_context(|| format!("metrics.listen: cannot bind {addr}"))?)
+        }
+        None => None,
+    };
     Ok(Prepared {
         config,
         listener,
+        metrics_listener,
         tls,
     })
 }
@@ -65,12 +75,22 @@ impl Prepared {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The metrics listener's address, when there is one.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        Ok(self
+            .metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?)
+    }
+
     /// Serves until `signal` completes, then stops accepting, ends open output streams,
     /// and waits up to the configured grace period for connections to finish.
     pub async fn serve(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let config = self.config;
         let shutdown = CancellationToken::new();
 
+        let metrics = Arc::new(Metrics::default());
         let executor = ExecutorClient::new(
             config.executor_socket.clone(),
             Timeouts {
@@ -78,7 +98,20 @@ impl Prepared {
                 request: config.request_timeout,
             },
             Health::new(),
-        );
+        )
+        .with_metrics(metrics.clone());
+        // Reports outlive the drain: the calls that end during it are recorded too.
+        let reports_end = CancellationToken::new();
+        let (observer, report_task) =
+            Observer::start(executor.clone(), metrics.clone(), reports_end.clone());
+        let metrics_task = self.metrics_listener.map(|l| {
+            tokio::spawn(crate::metrics::serve(
+                l,
+                metrics.clone(),
+                executor.clone(),
+                shutdown.clone(),
+            ))
+        });
         let (reporter, health_service) = health::service();
         health::init(&reporter).await;
         let health_task = tokio::spawn(health::run(
@@ -94,13 +127,16 @@ impl Prepared {
             .build_v1()
             .context("building the reflection service")?;
 
-        let service = JobWorkerServer::new(JobWorkerService::new(
-            executor,
-            Authorizer::new(config.admins.iter().cloned()),
-            config.max_streams,
-            config.stop_timeout,
-            shutdown.clone(),
-        ))
+        let service = JobWorkerServer::new(
+            JobWorkerService::new(
+                executor,
+                Authorizer::new(config.admins.iter().cloned()),
+                config.max_streams,
+                config.stop_timeout,
+                shutdown.clone(),
+            )
+            .with_observer(observer.clone()),
+        )
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let (incoming, accept_task) = listener::incoming(
@@ -119,6 +155,7 @@ impl Prepared {
                     calls_per_identity: config.max_calls_per_identity as usize,
                     streams_per_identity: config.max_streams_per_identity as usize,
                 },
+                observer: Some(observer.clone()),
             },
             shutdown.clone(),
         );
@@ -127,6 +164,7 @@ impl Prepared {
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .max_concurrent_streams(Some(config.max_streams_per_connection))
+            .layer(CallRecordLayer::new(observer.clone()))
             .layer(errors::StatusLayer)
             .layer(TrackCallsLayer)
             .layer(CallLimitsLayer)
@@ -160,6 +198,12 @@ impl Prepared {
         // Both end on the cancellation.
         let _ = accept_task.await;
         let _ = health_task.await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+        // What is queued is sent once more, under the executor's request timeout.
+        reports_end.cancel();
+        let _ = report_task.await;
         result
     }
 }

@@ -32,6 +32,8 @@ use crate::listener::ConnInfo;
 pub const STREAM_BUFFER: usize = 4;
 
 pub struct JobWorkerService {
+    /// Metrics of output bytes and streams, when the server keeps them.
+    observer: Option<Arc<crate::observe::Observer>>,
     executor: ExecutorClient,
     auth: Authorizer,
     streams: Arc<Semaphore>,
@@ -49,6 +51,7 @@ impl JobWorkerService {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            observer: None,
             executor,
             auth,
             streams: Arc::new(Semaphore::new(max_streams as usize)),
@@ -56,6 +59,15 @@ impl JobWorkerService {
             stop_timeout,
             shutdown,
         }
+    }
+
+    /// With metrics of output bytes and open streams in `observer`.
+    pub fn with_observer(mut self, observer: Arc<crate::observe::Observer>) -> Self {
+        observer
+            .metrics
+            .set_streams(self.streams.clone(), self.max_streams);
+        self.observer = Some(observer);
+        self
     }
 
     /// The caller of a request; also marks the request as having reached its handler
@@ -91,6 +103,7 @@ impl JobWorkerService {
         request: ExecRequest,
         inbound: Streaming<C>,
         slot: OwnedSemaphorePermit,
+        note: &Request<()>,
     ) -> Result<Response<ReceiverStream<Result<M, Status>>>, Status> {
         let shown = |s: Status| shown_in(s, &caller.identity);
         let mut session = self
@@ -102,6 +115,9 @@ impl JobWorkerService {
         let first: M = attach::first(&mut session, self.stop_timeout)
             .await
             .map_err(shown)?;
+        if let Some(id) = first.started() {
+            crate::observe::note_job(note, id);
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let _ = tx.try_send(Ok(first));
         tokio::spawn(attach::pump(
@@ -170,6 +186,8 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::StartJobResponse>, Status> {
         let caller = self.caller(&request)?;
+        let request_note = tonic::Request::new(());
+        let request_note = with_note(&request, request_note);
         let spec = convert::job_spec(request.into_inner())?;
         let response = self
             .call(
@@ -183,6 +201,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .await?;
         match response {
             ExecResponse::Started { id } => {
+                crate::observe::note_job(&request_note, id);
                 tracing::info!(owner = %Shown(&caller.identity), job = %id, "job started");
                 Ok(Response::new(pb::StartJobResponse { id: id.to_string() }))
             }
@@ -196,12 +215,14 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
     ) -> Result<Response<pb::StopJobResponse>, Status> {
         let caller = self.caller(&request)?;
         let id = self.job(&caller, &request.get_ref().id).await?;
+        crate::observe::note_job(&request, id);
         let response = self
             .call(
                 &caller,
                 ExecRequest::Stop {
                     scope: caller.scope(),
                     id,
+                    caller: caller.identity.clone(),
                 },
                 Some(self.stop_timeout),
             )
@@ -223,6 +244,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
         let caller = self.caller(&request)?;
         let id = self.job(&caller, &request.get_ref().id).await?;
+        crate::observe::note_job(&request, id);
         let response = self
             .call(
                 &caller,
@@ -312,8 +334,10 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::StreamJobOutputRequest>,
     ) -> Result<Response<Self::StreamJobOutputStream>, Status> {
         let caller = self.caller(&request)?;
+        let note = with_note(&request, tonic::Request::new(()));
         let r = request.into_inner();
         let id = self.job(&caller, &r.id).await?;
+        crate::observe::note_job(&note, id);
         let slot = self.slot()?;
         let (from, streams) = convert::output_selection(&r)?;
         let output = self
@@ -328,7 +352,13 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             .await
             .map_err(|e| shown_in(e.to_status(), &caller.identity))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(pump(output, tx, slot, self.shutdown.clone()));
+        tokio::spawn(pump(
+            output,
+            tx,
+            slot,
+            self.shutdown.clone(),
+            self.observer.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -339,6 +369,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<Streaming<pb::RunJobRequest>>,
     ) -> Result<Response<Self::RunJobStream>, Status> {
         let caller = self.caller(&request)?;
+        let note = with_note(&request, tonic::Request::new(()));
         let mut inbound = request.into_inner();
         let start = match inbound.message().await.map_err(errors::inbound)? {
             Some(pb::RunJobRequest {
@@ -352,7 +383,9 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             owner: caller.identity.clone(),
             spec,
         };
-        let response = self.attached(&caller, request, inbound, slot).await?;
+        let response = self
+            .attached(&caller, request, inbound, slot, &note)
+            .await?;
         tracing::info!(owner = %Shown(&caller.identity), "job run, attached");
         Ok(response)
     }
@@ -364,6 +397,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<Streaming<pb::ExecJobRequest>>,
     ) -> Result<Response<Self::ExecJobStream>, Status> {
         let caller = self.caller(&request)?;
+        let note = with_note(&request, tonic::Request::new(()));
         let mut inbound = request.into_inner();
         let start = match inbound.message().await.map_err(errors::inbound)? {
             Some(pb::ExecJobRequest {
@@ -373,6 +407,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         };
         let (reference, spec) = convert::exec_start(start)?;
         let id = self.job(&caller, &reference).await?;
+        crate::observe::note_job(&note, id);
         let slot = self.slot()?;
         let request = ExecRequest::Exec {
             scope: caller.scope(),
@@ -380,7 +415,9 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             caller: caller.identity.clone(),
             spec,
         };
-        let response = self.attached(&caller, request, inbound, slot).await?;
+        let response = self
+            .attached(&caller, request, inbound, slot, &note)
+            .await?;
         tracing::info!(caller = %Shown(&caller.identity), job = %id, "exec attached");
         Ok(response)
     }
@@ -396,6 +433,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             scope: caller.scope(),
             id,
             force: r.force,
+            caller: caller.identity.clone(),
         };
         match self.call(&caller, remove, Some(self.stop_timeout)).await? {
             ExecResponse::Status(status) => {
@@ -414,6 +452,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
     ) -> Result<Response<pb::WaitJobResponse>, Status> {
         let caller = self.caller(&request)?;
         let id = self.job(&caller, &request.get_ref().id).await?;
+        crate::observe::note_job(&request, id);
         let _slot = self.slot()?;
         let wait = ExecRequest::Wait {
             scope: caller.scope(),
@@ -431,6 +470,220 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             other => Err(unexpected("wait", &other)),
         }
     }
+
+    type StreamAuditStream = ReceiverStream<Result<pb::AuditRecord, Status>>;
+
+    async fn stream_audit(
+        &self,
+        request: Request<pb::StreamAuditRequest>,
+    ) -> Result<Response<Self::StreamAuditStream>, Status> {
+        let caller = self.caller(&request)?;
+        if !caller.admin {
+            return Err(to_status(
+                ErrorKind::PermissionDenied,
+                "the audit trail needs the admin role",
+            ));
+        }
+        let r = request.into_inner();
+        let owner = (!r.owner.is_empty()).then_some(r.owner);
+        if let Some(o) = &owner {
+            jobworker_protocol::validate::owner(o).map_err(|e| errors::invalid(e.message))?;
+        }
+        let query = jobworker_protocol::AuditQuery {
+            since_ms: r.since.as_ref().map(convert::timestamp_ms),
+            owner,
+            follow: r.follow,
+        };
+        let slot = self.slot()?;
+        let stream = self
+            .executor
+            .stream(ExecRequest::Audit(query))
+            .await
+            .map_err(|e| e.to_status())?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(relay(
+            stream,
+            tx,
+            slot,
+            self.shutdown.clone(),
+            |frame| match frame {
+                ExecResponse::AuditLine(l) => Relay::Send(pb::AuditRecord {
+                    seq: l.seq,
+                    json: l.line,
+                    truncated: l.truncated,
+                }),
+                ExecResponse::StreamEnd => Relay::End,
+                _ => Relay::Unexpected,
+            },
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type StreamEventsStream = ReceiverStream<Result<pb::JobEvent, Status>>;
+
+    async fn stream_events(
+        &self,
+        request: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let caller = self.caller(&request)?;
+        let follow = request.get_ref().follow;
+        let slot = self.slot()?;
+        let stream = self
+            .executor
+            .stream(ExecRequest::Events {
+                scope: caller.scope(),
+                follow,
+            })
+            .await
+            .map_err(|e| shown_in(e.to_status(), &caller.identity))?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut skipped = 0;
+        tokio::spawn(relay(
+            stream,
+            tx,
+            slot,
+            self.shutdown.clone(),
+            move |frame| match frame {
+                ExecResponse::Event(e) => {
+                    Relay::Send(convert::job_event(e, std::mem::take(&mut skipped)))
+                }
+                ExecResponse::Lost(n) => {
+                    skipped += n;
+                    Relay::Skip
+                }
+                ExecResponse::StreamEnd => Relay::End,
+                _ => Relay::Unexpected,
+            },
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type StreamJobUsageStream = ReceiverStream<Result<pb::JobUsageResponse, Status>>;
+
+    async fn stream_job_usage(
+        &self,
+        request: Request<pb::StreamJobUsageRequest>,
+    ) -> Result<Response<Self::StreamJobUsageStream>, Status> {
+        let caller = self.caller(&request)?;
+        let id = self.job(&caller, &request.get_ref().id).await?;
+        crate::observe::note_job(&request, id);
+        let r = request.into_inner();
+        let interval_ms = if r.interval_ms == 0 {
+            1000
+        } else {
+            r.interval_ms
+        };
+        let bounds = jobworker_protocol::observe::MIN_USAGE_INTERVAL_MS
+            ..=jobworker_protocol::observe::MAX_USAGE_INTERVAL_MS;
+        if !bounds.contains(&interval_ms) {
+            return Err(errors::invalid(format!(
+                "interval_ms: {} to {} (0 means 1000)",
+                bounds.start(),
+                bounds.end()
+            )));
+        }
+        let slot = self.slot()?;
+        let stream = self
+            .executor
+            .stream(ExecRequest::Usage {
+                scope: caller.scope(),
+                id,
+                interval_ms,
+                follow: r.follow,
+            })
+            .await
+            .map_err(|e| shown_in(e.to_status(), &caller.identity))?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        use pb::job_usage_response::Event as UsageEvent;
+        tokio::spawn(relay(
+            stream,
+            tx,
+            slot,
+            self.shutdown.clone(),
+            |frame| match frame {
+                ExecResponse::Usage(u) => Relay::Send(pb::JobUsageResponse {
+                    event: Some(UsageEvent::Usage(convert::job_usage(u))),
+                }),
+                // Without `follow`, a running job's stream ends after its sample.
+                ExecResponse::End(status) if !status.state.is_finished() => Relay::End,
+                ExecResponse::End(status) => Relay::Last(pb::JobUsageResponse {
+                    event: Some(UsageEvent::Ended(convert::job_status(*status))),
+                }),
+                _ => Relay::Unexpected,
+            },
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A request carrying `from`'s call note, so a handler that consumes its request can
+/// still note the call's job.
+fn with_note<T>(from: &Request<T>, mut to: Request<()>) -> Request<()> {
+    if let Some(n) = from.extensions().get::<crate::observe::CallNote>() {
+        to.extensions_mut().insert(n.clone());
+    }
+    to
+}
+
+/// What [`relay`] does with an executor frame.
+enum Relay<M> {
+    Send(M),
+    /// Send it, and it is the last.
+    Last(M),
+    Skip,
+    End,
+    Unexpected,
+}
+
+/// Moves an executor stream's frames to the client, turned into messages by `map`,
+/// until its end, the client's leaving or shutdown; the slot and the executor
+/// connection go when it returns.
+async fn relay<M: Send + 'static>(
+    mut stream: crate::executor::ResponseStream,
+    tx: mpsc::Sender<Result<M, Status>>,
+    slot: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+    mut map: impl FnMut(ExecResponse) -> Relay<M> + Send + 'static,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = tx.closed() => break,
+            _ = shutdown.cancelled() => {
+                let _ = tx.try_send(Err(errors::shutting_down()));
+                break;
+            }
+            f = stream.next() => f,
+        };
+        let (message, last) = match frame {
+            None => break,
+            Some(Err(e)) => (Err(e.to_status()), true),
+            Some(Ok(frame)) => match map(frame) {
+                Relay::Send(m) => (Ok(m), false),
+                Relay::Last(m) => {
+                    stream.finish();
+                    (Ok(m), true)
+                }
+                Relay::Skip => continue,
+                Relay::End => {
+                    stream.finish();
+                    break;
+                }
+                Relay::Unexpected => {
+                    tracing::error!("unexpected executor frame in a stream");
+                    (Err(to_status(ErrorKind::Internal, "")), true)
+                }
+            },
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            sent = tx.send(message) => if sent.is_err() { break },
+        }
+        if last {
+            break;
+        }
+    }
+    drop(slot);
+    drop(stream);
 }
 
 /// Moves frames from the executor to the client until the output ends, the client goes
@@ -441,9 +694,10 @@ async fn pump(
     tx: mpsc::Sender<Result<pb::StreamJobOutputResponse, Status>>,
     slot: OwnedSemaphorePermit,
     shutdown: CancellationToken,
+    observer: Option<Arc<crate::observe::Observer>>,
 ) {
     let mut slot = Some(slot);
-    pump_frames(&mut output, &tx, &mut slot, &shutdown).await;
+    pump_frames(&mut output, &tx, &mut slot, &shutdown, observer.as_deref()).await;
     // The slot first, then the executor connection: whoever sees the connection gone
     // can open a new stream at once.
     drop(slot);
@@ -455,6 +709,7 @@ async fn pump_frames(
     tx: &mpsc::Sender<Result<pb::StreamJobOutputResponse, Status>>,
     slot: &mut Option<OwnedSemaphorePermit>,
     shutdown: &CancellationToken,
+    observer: Option<&crate::observe::Observer>,
 ) {
     loop {
         let frame = tokio::select! {
@@ -467,7 +722,12 @@ async fn pump_frames(
         };
         let (message, last) = match frame {
             None => return,
-            Some(Ok(OutputFrame::Chunk(stream, data))) => (Ok(chunk(stream, data)), false),
+            Some(Ok(OutputFrame::Chunk(stream, data))) => {
+                if let Some(o) = observer {
+                    o.metrics.output_bytes(data.len() as u64);
+                }
+                (Ok(chunk(stream, data)), false)
+            }
             Some(Ok(OutputFrame::End(status))) => {
                 (Ok(event(Event::Status(convert::job_status(*status)))), true)
             }

@@ -355,6 +355,18 @@ pub enum Command {
     #[command(after_long_help = CONTEXT_EXAMPLES)]
     Context(ContextArgs),
 
+    /// Read the executor's audit trail (administrators only)
+    #[command(after_long_help = crate::observe::AUDIT_EXAMPLES)]
+    Audit(crate::observe::AuditArgs),
+
+    /// Print your jobs' lifecycle events: started, exec, stop requested, ended
+    #[command(after_long_help = crate::observe::EVENTS_EXAMPLES)]
+    Events(crate::observe::EventsArgs),
+
+    /// Show a running job's live usage: memory, processes, CPU rate
+    #[command(after_long_help = crate::observe::STATS_EXAMPLES)]
+    Stats(crate::observe::StatsArgs),
+
     /// Print shell completions
     #[command(after_long_help = COMPLETIONS_EXAMPLES)]
     Completions {

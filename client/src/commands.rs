@@ -29,6 +29,9 @@ pub async fn execute(command: Command, settings: Settings) -> Result<u8, CliErro
         Command::Stop(args) => stop(&client, &args).await,
         Command::Quota(args) => quota(&client, &args).await,
         Command::Rm(args) => rm(&client, &args).await,
+        Command::Audit(args) => crate::observe::audit(&client, &args).await,
+        Command::Events(args) => crate::observe::events(&client, &args).await,
+        Command::Stats(args) => crate::observe::stats(&client, &args).await,
         // Handled before connecting; see `crate::main_with_args`.
         Command::Completions { .. } => Ok(exit::OK),
         // Handled without a server; see `crate::context`.
@@ -360,9 +363,33 @@ async fn status(client: &Client, args: &IdArgs) -> Result<u8, CliError> {
     let s = response
         .status
         .ok_or_else(|| CliError::other("the server's answer has no status"))?;
+    // A running job's use of its resources now, besides its totals.
+    let usage = if s.state == JobState::Running as i32 {
+        crate::observe::live_usage(client, &args.id).await
+    } else {
+        None
+    };
     match args.output {
-        Output::Human => print(&render::job_text(&s))?,
-        Output::Json => print(&render::job_json(&s))?,
+        Output::Human => {
+            let mut text = render::job_text(&s);
+            if let Some(u) = &usage {
+                text.push_str(&crate::observe::usage_text(u));
+            }
+            print(&text)?
+        }
+        Output::Json => match &usage {
+            None => print(&render::job_json(&s))?,
+            Some(u) => {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&render::job_json(&s)).unwrap_or_default();
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("usage".into(), crate::observe::usage_value(u));
+                }
+                let mut text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                text.push('\n');
+                print(&text)?
+            }
+        },
     }
     Ok(exit::OK)
 }

@@ -26,6 +26,7 @@ pub mod connect;
 pub mod context;
 pub mod devpki;
 pub mod error;
+pub mod observe;
 pub mod parse;
 pub mod render;
 pub mod settings;

@@ -85,11 +85,11 @@ pub fn state_name(state: i32) -> &'static str {
 }
 
 /// A protobuf timestamp as a time, when it is one.
-fn time_of(ts: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
+pub fn time_of(ts: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
     ts.as_ref().and_then(|t| SystemTime::try_from(*t).ok())
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 

@@ -12,7 +12,7 @@ use crate::users;
 ///
 /// Runs as root and listens only on a Unix socket. Every setting can be given in the
 /// TOML file named by --config; a flag overrides the file.
-#[derive(Debug, Parser, Default)]
+#[derive(Debug, Clone, Parser, Default)]
 #[command(name = "jobworker-executor", version, about, long_about = None)]
 #[command(
     after_long_help = "Example:\n  jobworker-executor --config /etc/jobworker/executor.toml\n  jobworker-executor --socket /run/jobworker/executor.sock --allow-uid 998 --job-user jobworker-job"
@@ -124,6 +124,49 @@ pub struct Flags {
     /// Largest private /tmp size a job may ask for, in bytes [default: 1 GiB].
     #[arg(long, value_name = "BYTES")]
     pub ceiling_tmp_bytes: Option<u64>,
+    /// Directory of the audit trail [default: STATE_DIR/audit].
+    #[arg(long, value_name = "DIR")]
+    pub audit_dir: Option<PathBuf>,
+    /// Size at which an audit segment is closed and the next one begun, in bytes
+    /// [default: 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub audit_segment_bytes: Option<u64>,
+    /// Audit segments kept; the oldest beyond this are deleted [default: 16].
+    #[arg(long, value_name = "N")]
+    pub audit_segments: Option<usize>,
+    /// Tools instead of the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `jobworker-executor` does besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `jobworker-executor audit ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Checks the whole hash chain of the audit trail and names the first broken record.
+    ///
+    /// Every segment, oldest first: each line must be a complete record, each segment
+    /// must begin with its segment record, sequence numbers must rise by one, and each
+    /// record's prev must be the SHA-256 of the record before it. Exits 0 when the trail
+    /// is intact, 1 naming the first broken record otherwise.
+    #[command(
+        after_long_help = "Examples:\n  jobworker-executor audit verify\n  jobworker-executor audit verify /var/lib/jobworker/audit\n  jobworker-executor --config /etc/jobworker/executor.toml audit verify\n  # compare the end with the head hash of the last `audit trail closed` log line:\n  jobworker-executor audit verify --head 3f5c...e1"
+    )]
+    Verify {
+        /// The trail's directory [default: the configured audit directory].
+        dir: Option<PathBuf>,
+        /// The hash the last record must have (from the executor's log, `head=`): shows
+        /// a tail that was cut off.
+        #[arg(long, value_name = "SHA256")]
+        head: Option<String>,
+    },
 }
 
 /// A range of user and group ids, `FIRST-LAST` (inclusive).
@@ -215,6 +258,16 @@ struct FileConfig {
     cgroup: FileCgroup,
     #[serde(default)]
     ceilings: FileCeilings,
+    #[serde(default)]
+    audit: FileAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAudit {
+    dir: Option<PathBuf>,
+    segment_bytes: Option<u64>,
+    segments: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,10 +390,17 @@ pub struct Config {
     pub cgroup_backend: Backend,
     pub cgroup_parent: Option<String>,
     pub ceilings: Ceilings,
+    pub audit: crate::audit::AuditConfig,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/jobworker/executor.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jobworker";
+/// Default size at which an audit segment is closed.
+pub const DEFAULT_AUDIT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default number of audit segments kept.
+pub const DEFAULT_AUDIT_SEGMENTS: usize = 16;
+/// Smallest audit segment size allowed (a segment always takes at least one commit).
+pub const MIN_AUDIT_SEGMENT_BYTES: u64 = 1024;
 /// The default range of job ids: 65,536 ids that no Debian or systemd convention uses.
 pub const DEFAULT_JOB_IDS: IdRange = IdRange {
     first: 600_000,
@@ -461,6 +521,7 @@ impl Config {
             timeout,
         };
         let quotas = quotas(&flags, &file, &caps, &ceilings)?;
+        let audit = audit(&flags, &file, &state_dir)?;
         Ok(Config {
             socket,
             socket_gid,
@@ -488,8 +549,50 @@ impl Config {
                 .unwrap_or_default(),
             cgroup_parent: flags.cgroup_parent.or(file.cgroup.parent),
             ceilings,
+            audit,
         })
     }
+}
+
+/// The audit trail's place and rotation.
+fn audit(
+    flags: &Flags,
+    file: &FileConfig,
+    state_dir: &Path,
+) -> Result<crate::audit::AuditConfig, ConfigError> {
+    let dir = flags
+        .audit_dir
+        .clone()
+        .or(file.audit.dir.clone())
+        .unwrap_or_else(|| state_dir.join("audit"));
+    absolute("audit.dir", &dir)?;
+    let segment_bytes = flags
+        .audit_segment_bytes
+        .or(file.audit.segment_bytes)
+        .unwrap_or(DEFAULT_AUDIT_SEGMENT_BYTES);
+    if segment_bytes < MIN_AUDIT_SEGMENT_BYTES {
+        return Err(invalid(
+            "audit.segment_bytes",
+            format!("{segment_bytes} is below {MIN_AUDIT_SEGMENT_BYTES}"),
+        ));
+    }
+    let segments = flags
+        .audit_segments
+        .or(file.audit.segments)
+        .unwrap_or(DEFAULT_AUDIT_SEGMENTS);
+    if segments < 2 {
+        return Err(invalid(
+            "audit.segments",
+            format!(
+                "{segments}: at least 2 segments are kept (the current one and the one before)"
+            ),
+        ));
+    }
+    Ok(crate::audit::AuditConfig {
+        dir,
+        segment_bytes,
+        segments,
+    })
 }
 
 /// Who may connect: uids and gids, groups resolved in `db`; at least one.
@@ -914,6 +1017,37 @@ mod tests {
         assert_eq!(c.cgroup_parent.as_deref(), Some("jw"));
         assert_eq!(c.ceilings.cpu_millis, 500);
         assert_eq!(c.ceilings.memory_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn the_audit_trail_defaults_to_the_state_dir_and_its_bounds_are_checked() {
+        let c = Config::merge(flags(), FileConfig::default(), &db()).unwrap();
+        assert_eq!(c.audit.dir, Path::new(DEFAULT_STATE_DIR).join("audit"));
+        assert_eq!(c.audit.segment_bytes, DEFAULT_AUDIT_SEGMENT_BYTES);
+        assert_eq!(c.audit.segments, DEFAULT_AUDIT_SEGMENTS);
+        let file = |text: &str| parse_file(Path::new("x.toml"), text).unwrap();
+        let c = Config::merge(
+            flags(),
+            file("[audit]\ndir = \"/var/log/jw\"\nsegment_bytes = 4096\nsegments = 3"),
+            &db(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.audit.dir.as_path(),
+                c.audit.segment_bytes,
+                c.audit.segments
+            ),
+            (Path::new("/var/log/jw"), 4096, 3)
+        );
+        for (text, key) in [
+            ("[audit]\nsegment_bytes = 10", "audit.segment_bytes"),
+            ("[audit]\nsegments = 1", "audit.segments"),
+            ("[audit]\ndir = \"relative\"", "audit.dir"),
+        ] {
+            let e = Config::merge(flags(), file(text), &db()).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The jobworker executor: the small root daemon that alone creates namespaces and
 //! cgroups, runs jobs, keeps their output and streams it back over its Unix socket.
 //!
+//! - [`audit`]: the hash-chained audit trail (group commit, rotation, verification);
 //! - [`config`]: the TOML file and flags, validated at start-up;
 //! - [`server`]: the Unix socket, peer checks, one handler per request kind;
 //! - [`engine`]: the job table and each job's supervisor;
@@ -18,6 +19,7 @@
 //! - [`sys`]: every raw system call, from the `jobworker-sys` crate (`executor/sys/`),
 //!   the only crate of the workspace allowed `unsafe`; this crate forbids it.
 
+pub mod audit;
 pub mod cgroup;
 pub mod config;
 pub mod engine;

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use jobworker_executor::config::{Backend, Config, Flags};
+use jobworker_executor::audit::record::{Body, hex, parse_hash};
+use jobworker_executor::audit::{self, Audit};
+use jobworker_executor::config::{
+    AuditCommand, Backend, Command, Config, DEFAULT_STATE_DIR, Flags,
+};
 use jobworker_executor::engine::Engine;
 use jobworker_executor::server::{self, Peers};
 use jobworker_executor::{cgroup, init, sys, template};
@@ -32,6 +36,9 @@ fn main() -> ExitCode {
     sys::set_umask(0o077);
 
     let flags = Flags::parse();
+    if let Some(Command::Audit(cmd)) = flags.command.clone() {
+        return audit_command(&flags, cmd);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("JOBWORKER_LOG")
@@ -45,6 +52,53 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("jobworker-executor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `jobworker-executor audit ...`: runs without root, serves nothing.
+fn audit_command(flags: &Flags, cmd: AuditCommand) -> ExitCode {
+    let AuditCommand::Verify { dir, head } = cmd;
+    let head = match head.as_deref().map(parse_hash) {
+        Some(None) => {
+            eprintln!("jobworker-executor: --head: expected 64 lowercase hexadecimal digits");
+            return ExitCode::from(2);
+        }
+        Some(Some(h)) => Some(h),
+        None => None,
+    };
+    let dir = match dir.or_else(|| flags.audit_dir.clone()) {
+        Some(d) => d,
+        None if flags.config.is_some() => {
+            let mut flags = flags.clone();
+            flags.command = None;
+            match Config::load(flags) {
+                Ok(cfg) => cfg.audit.dir,
+                Err(e) => {
+                    eprintln!("jobworker-executor: configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => Path::new(DEFAULT_STATE_DIR).join("audit"),
+    };
+    match audit::verify::verify_dir(&dir, head.as_ref()) {
+        Ok(s) => {
+            println!(
+                "{}: intact: {} records (seq {} to {}) in {} segments; anchor {}; head {}",
+                dir.display(),
+                s.records,
+                s.first_seq,
+                s.last_seq,
+                s.segments,
+                hex(&s.anchor),
+                hex(&s.head)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jobworker-executor: audit verify {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }
@@ -121,9 +175,24 @@ async fn serve(
         bind(&cfg.socket, cfg.socket_gid)?
     };
 
+    let audit = Audit::open(cfg.audit.clone()).context("audit trail")?;
+    audit
+        .append(Body::ExecutorStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            cgroup_backend: cgroups.name().into(),
+        })
+        .await
+        .context("audit trail: recording the start")?;
     let shutdown = CancellationToken::new();
-    let engine =
-        Engine::new(cfg.clone(), cgroups, totals, shutdown.clone()).context("job engine")?;
+    let engine = Engine::new(
+        cfg.clone(),
+        cgroups,
+        totals,
+        audit.clone(),
+        shutdown.clone(),
+    )
+    .context("job engine")?;
     let peers = Peers {
         uids: cfg.allowed_uids.clone(),
         gids: cfg.allowed_gids.clone(),
@@ -134,6 +203,7 @@ async fn serve(
         job_ids = %format!("{}-{}", cfg.job_ids.first, cfg.job_ids.last),
         allowed_uids = ?peers.uids,
         allowed_gids = ?peers.gids,
+        audit_dir = %cfg.audit.dir.display(),
         "executor ready"
     );
 
@@ -149,9 +219,16 @@ async fn serve(
     ));
     wait_for_signal().await?;
     tracing::info!("shutting down: stopping running jobs");
+    let _ = audit
+        .append(Body::ExecutorStopping {
+            running_jobs: engine.running_jobs(),
+        })
+        .await;
     shutdown.cancel();
     engine.wait_jobs().await;
     let _ = server.await;
+    // Every job's end is recorded by now: the trail's head is logged as it closes.
+    tokio::task::block_in_place(|| audit.close());
     if listen_fds == 0 {
         let _ = std::fs::remove_file(&cfg.socket);
     }

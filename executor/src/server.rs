@@ -26,6 +26,11 @@
 //! | `Exec` | [`session::exec`] | a stream slot, scope, caller, exec spec; then an attached session |
 //! | `Wait` | [`wait`] | a stream slot, scope |
 //! | `Input`, `InputEnd`, `Resize` | [`no_session`] | refused: nothing is attached |
+//! | `Report` | [`observe::report`] | count and every record's fields, before any is queued |
+//! | `Audit` | [`observe::audit`] | the owner filter |
+//! | `Events` | [`observe::events`] | scope |
+//! | `Usage` | [`observe::usage`] | scope, interval |
+//! | `Metrics` | [`observe::metrics`] | none |
 
 use std::io;
 use std::os::fd::AsFd;
@@ -43,9 +48,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Engine, check_start};
+use crate::engine::{Engine, Refusal, check_start};
 use crate::output::OutputReader;
 
+mod observe;
 mod session;
 
 /// Who may connect.
@@ -266,7 +272,7 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
         Request::Hello { .. } => hello_again(conn).await,
         Request::Ping => ping(conn).await,
         Request::Start { owner, spec } => start(conn, owner, spec).await,
-        Request::Stop { scope, id } => stop(conn, scope, id).await,
+        Request::Stop { scope, id, caller } => stop(conn, scope, id, caller).await,
         Request::Status { scope, id } => status(conn, scope, id).await,
         Request::List {
             scope,
@@ -275,7 +281,12 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
             filter,
         } => list(conn, scope, after, limit, filter).await,
         Request::Resolve { scope, reference } => resolve(conn, scope, reference).await,
-        Request::Remove { scope, id, force } => remove(conn, scope, id, force).await,
+        Request::Remove {
+            scope,
+            id,
+            force,
+            caller,
+        } => remove(conn, scope, id, force, caller).await,
         Request::Quota { scope } => quota(conn, scope).await,
         Request::Output { .. }
         | Request::Run { .. }
@@ -288,6 +299,16 @@ async fn dispatch(conn: &mut Conn, req: Request) -> Flow {
             long_call(conn, req).await
         }
         Request::Input(_) | Request::InputEnd | Request::Resize(_) => no_session(conn).await,
+        Request::Report(records) => observe::report(conn, records).await,
+        Request::Audit(query) => observe::audit(conn, query).await,
+        Request::Events { scope, follow } => observe::events(conn, scope, follow).await,
+        Request::Usage {
+            scope,
+            id,
+            interval_ms,
+            follow,
+        } => observe::usage(conn, scope, id, interval_ms, follow).await,
+        Request::Metrics => observe::metrics(conn).await,
     }
 }
 
@@ -356,22 +377,27 @@ async fn ping(conn: &mut Conn) -> Flow {
 }
 
 async fn start(conn: &mut Conn, owner: String, spec: JobSpec) -> Flow {
+    let who = owner.clone();
     let checked = match check_start(owner, spec, conn.engine.ceilings(), conn.engine.defaults()) {
         Ok(c) => c,
-        Err(e) => return conn.reply(Response::Error(e)).await,
+        Err(e) => {
+            let reason = Refusal::of_check(&e);
+            let e = conn.engine.refused("start", &who, None, reason, e);
+            return conn.reply(Response::Error(e)).await;
+        }
     };
     let started = conn.engine.start(checked).await;
     conn.reply_with(started, |id| Response::Started { id })
         .await
 }
 
-async fn stop(conn: &mut Conn, scope: Scope, id: JobId) -> Flow {
-    if let Err(e) = validate::scope(&scope) {
+async fn stop(conn: &mut Conn, scope: Scope, id: JobId, caller: String) -> Flow {
+    if let Err(e) = validate::scope(&scope).and_then(|()| validate::owner(&caller)) {
         return conn.reply(Response::Error(e)).await;
     }
     let engine = conn.engine.clone();
     let stopped = tokio::select! {
-        r = engine.stop(&scope, &id) => r,
+        r = engine.stop(&scope, &id, &caller) => r,
         _ = conn.peer_gone() => return Flow::Close,
     };
     conn.reply_with(stopped, |s| Response::Status(Box::new(s)))
@@ -409,13 +435,13 @@ async fn resolve(conn: &mut Conn, scope: Scope, reference: String) -> Flow {
 
 /// Deletes an ended job (a running one with `force`, stopping it first); answers with
 /// its last status.
-async fn remove(conn: &mut Conn, scope: Scope, id: JobId, force: bool) -> Flow {
-    if let Err(e) = validate::scope(&scope) {
+async fn remove(conn: &mut Conn, scope: Scope, id: JobId, force: bool, caller: String) -> Flow {
+    if let Err(e) = validate::scope(&scope).and_then(|()| validate::owner(&caller)) {
         return conn.reply(Response::Error(e)).await;
     }
     let engine = conn.engine.clone();
     let removed = tokio::select! {
-        r = engine.remove(&scope, &id, force) => r,
+        r = engine.remove(&scope, &id, force, &caller) => r,
         _ = conn.peer_gone() => return Flow::Close,
     };
     conn.reply_with(removed, |s| Response::Status(Box::new(s)))

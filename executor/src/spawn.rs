@@ -59,6 +59,25 @@ pub fn give_to<const N: usize>(uid: u32, fds: [Option<BorrowedFd<'_>>; N]) -> io
     Ok(())
 }
 
+/// A cloned init's spec, not yet handed over: the init waits for it before doing
+/// anything. Dropped without [`SpecHandover::give`], the init reads an empty spec and
+/// exits without starting anything.
+pub struct SpecHandover {
+    spec: Vec<u8>,
+    pipe: io::PipeWriter,
+    pid: sys::pid_t,
+}
+
+impl SpecHandover {
+    /// Writes the spec into the init's pipe and closes it: from here on the init sets
+    /// the job up and runs its command. May block while a large spec fills the pipe.
+    pub fn give(mut self) {
+        if let Err(e) = self.pipe.write_all(&self.spec) {
+            tracing::warn!(pid = self.pid, "handing the job init its spec: {e}");
+        }
+    }
+}
+
 /// Where the job joins its cgroup.
 pub enum CgroupJoin<'a> {
     /// cgroup v2: clone directly into the group (`CLONE_INTO_CGROUP`) and into a new
@@ -87,7 +106,9 @@ impl Spawner {
         })
     }
 
-    /// Clones the job init and hands it its spec. The returned pipes are close-on-exec
+    /// Clones the job init, which waits for its spec: [`SpecHandover::give`] hands it
+    /// over (after the job's start is recorded), and dropping the handover instead makes
+    /// the init exit without starting anything. The returned pipes are close-on-exec
     /// in this process. Blocks for the template's answer; call it off the async runtime's
     /// worker threads.
     pub fn spawn(
@@ -95,10 +116,10 @@ impl Spawner {
         spec: &InitSpec,
         cgroup: CgroupJoin<'_>,
         stdin: bool,
-    ) -> io::Result<Spawned> {
+    ) -> io::Result<(Spawned, SpecHandover)> {
         let uid = spec.uid;
         let spec = spec.encode();
-        let (spec_r, mut spec_w) = io::pipe()?;
+        let (spec_r, spec_w) = io::pipe()?;
         // Room for the whole spec, so writing it never waits for the init (a pipe holds
         // 64 KiB unless told otherwise; best effort: a larger spec is written as the
         // init reads it).
@@ -142,20 +163,22 @@ impl Spawner {
         let (pid, pidfd) = self.clone_init(ns, fds)?;
         // Only an init whose pidfd this process holds gets its spec; if the write fails
         // (the init is already gone), the init's supervisor reports how it ended.
-        if let Err(e) = spec_w.write_all(&spec) {
-            tracing::warn!(pid, "handing the job init its spec: {e}");
-        }
-        drop(spec_w);
-        // Our copies of the child's ends close here, so the pipes and the socket see EOF
-        // exactly when the job's processes (output) or its init (report) are gone.
-        Ok(Spawned {
+        let handover = SpecHandover {
+            spec,
+            pipe: spec_w,
             pid,
-            pidfd,
-            stdout: out_r.into(),
-            stderr: err_r.into(),
-            stdin: stdin.map(|(_, w)| w.into()),
-            report,
-        })
+        };
+        Ok((
+            Spawned {
+                pid,
+                pidfd,
+                stdout: out_r.into(),
+                stderr: err_r.into(),
+                stdin: stdin.map(|(_, w)| w.into()),
+                report,
+            },
+            handover,
+        ))
     }
 
     /// `/dev/null`, for an exec's stdin.

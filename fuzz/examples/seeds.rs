@@ -70,6 +70,7 @@ fn main() {
                 Request::Stop {
                     scope: alice.clone(),
                     id,
+                    caller: "alice".into(),
                 },
                 Request::Status {
                     scope: Scope::Any,
@@ -133,6 +134,7 @@ fn main() {
                     scope: alice.clone(),
                     id,
                     force: true,
+                    caller: "alice".into(),
                 },
             ],
         ),
@@ -154,6 +156,51 @@ fn main() {
                     scope: alice.clone(),
                     id,
                 },
+            ],
+        ),
+        (
+            "observe",
+            vec![
+                hello.clone(),
+                Request::Report(vec![
+                    ApiRecord {
+                        time_ms: 1_800_000_000_000,
+                        event: ApiEvent::Call(ApiCall {
+                            identity: "alice".into(),
+                            cert_serial: "01".into(),
+                            cert_sha256: "ab".repeat(32),
+                            peer: "127.0.0.1:40000".into(),
+                            method: "StartJob".into(),
+                            job: Some(id),
+                            code: "OK".into(),
+                            duration_us: 1234,
+                        }),
+                    },
+                    ApiRecord {
+                        time_ms: 1_800_000_000_001,
+                        event: ApiEvent::TlsFailure {
+                            peer: "127.0.0.1:40001".into(),
+                            reason: "unknown issuer".into(),
+                            count: 3,
+                        },
+                    },
+                ]),
+                Request::Audit(AuditQuery {
+                    since_ms: Some(1_800_000_000_000),
+                    owner: Some("alice".into()),
+                    follow: true,
+                }),
+                Request::Events {
+                    scope: alice.clone(),
+                    follow: true,
+                },
+                Request::Usage {
+                    scope: alice.clone(),
+                    id,
+                    interval_ms: 1000,
+                    follow: false,
+                },
+                Request::Metrics,
             ],
         ),
         (
@@ -193,6 +240,23 @@ fn main() {
             failure: Some(StartFailure::NotFound),
             error: Some("command not found".into()),
         }),
+        Response::Reported { accepted: 2 },
+        Response::AuditLine(AuditLine {
+            seq: 7,
+            line: "{\"seq\":7}".into(),
+            truncated: false,
+        }),
+        Response::Lost(3),
+        Response::StreamEnd,
+        Response::Usage(JobUsage {
+            memory_bytes: Some(1 << 20),
+            pids: Some(2),
+            cpu_usec: Some(1000),
+            cpu_millis: Some(500),
+            window_ms: 1000,
+            at_ms: 1_800_000_000_000,
+        }),
+        Response::Metrics(Box::default()),
     ];
     std::fs::write(
         dir.join("responses"),

@@ -12,6 +12,7 @@
 use bytes::BytesMut;
 use jobworker_executor::config::{Ceilings, Defaults};
 use jobworker_executor::engine::check_start;
+use jobworker_protocol::observe;
 use jobworker_protocol::{
     MAX_CHUNK_LEN, MAX_FRAME_LEN, Request, Response, WireError, codec, validate,
 };
@@ -91,8 +92,11 @@ fn dispatch(request: &Request) -> Result<(), WireError> {
             }
             Ok(())
         }
-        Request::Stop { scope, .. }
-        | Request::Status { scope, .. }
+        Request::Stop { scope, caller, .. } => {
+            validate::scope(scope)?;
+            validate::owner(caller)
+        }
+        Request::Status { scope, .. }
         | Request::Wait { scope, .. }
         | Request::Quota { scope }
         | Request::Output { scope, .. } => validate::scope(scope),
@@ -125,7 +129,38 @@ fn dispatch(request: &Request) -> Result<(), WireError> {
             validate::scope(scope)?;
             validate::reference(reference)
         }
-        Request::Remove { scope, .. } => validate::scope(scope),
+        Request::Remove { scope, caller, .. } => {
+            validate::scope(scope)?;
+            validate::owner(caller)
+        }
+        Request::Report(records) => {
+            if records.len() > observe::MAX_API_RECORDS {
+                return Err(WireError::invalid("too many records"));
+            }
+            for r in records {
+                observe::check_api_record(r)?;
+                // What is accepted is bounded: every string within the field limit.
+                if let jobworker_protocol::ApiEvent::Call(c) = &r.event {
+                    assert!(c.identity.len() <= observe::MAX_API_FIELD_LEN);
+                }
+            }
+            Ok(())
+        }
+        Request::Audit(q) => q.owner.as_deref().map_or(Ok(()), validate::owner),
+        Request::Events { scope, .. } => validate::scope(scope),
+        Request::Usage {
+            scope, interval_ms, ..
+        } => {
+            validate::scope(scope)?;
+            if (observe::MIN_USAGE_INTERVAL_MS..=observe::MAX_USAGE_INTERVAL_MS)
+                .contains(interval_ms)
+            {
+                Ok(())
+            } else {
+                Err(WireError::invalid("interval"))
+            }
+        }
+        Request::Metrics => Ok(()),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::job::Stream;
 use crate::message::{MAX_CHUNK_LEN, Request, Response};
 
 /// Version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame accepted or sent, in bytes (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;

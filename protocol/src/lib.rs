@@ -5,6 +5,8 @@
 //!
 //! - [`job`]: job identifiers, specifications, resource limits and status records;
 //! - [`message`]: the request and response enums, one variant per request kind;
+//! - [`observe`]: the API server's audit records, reading the trail, job events, live
+//!   usage and the executor's figures for metrics;
 //! - [`error`]: serializable error kinds with messages;
 //! - [`validate`]: the bounds every request must respect, shared by both sides so the
 //!   API server can reject bad input early and the executor can re-check it without
@@ -18,6 +20,7 @@ pub mod codec;
 pub mod error;
 pub mod job;
 pub mod message;
+pub mod observe;
 pub mod validate;
 
 pub use codec::{
@@ -32,4 +35,8 @@ pub use job::{
 };
 pub use message::{
     LIST_PAGE_BYTES, MAX_CHUNK_LEN, MAX_LIST_PAGE, MAX_QUOTA_REPORTS, OutputFrom, Request, Response,
+};
+pub use observe::{
+    ApiCall, ApiEvent, ApiRecord, AuditLine, AuditQuery, ExecutorMetrics, JobEvent, JobEventKind,
+    JobUsage,
 };

@@ -14,6 +14,7 @@ use crate::job::{
     ExecEnd, ExecSpec, JobId, JobSpec, JobStatus, ListFilter, QuotaReport, Scope, Stream, Streams,
     TtySize,
 };
+use crate::observe::{ApiRecord, AuditLine, AuditQuery, ExecutorMetrics, JobEvent, JobUsage};
 
 /// Largest output chunk in one frame.
 pub const MAX_CHUNK_LEN: usize = 64 * 1024;
@@ -50,8 +51,13 @@ pub enum Request {
     /// Start a job owned by `owner` (the caller's verified identity).
     Start { owner: String, spec: JobSpec },
     /// Stop a job: SIGTERM to its whole process tree, SIGKILL after the grace period.
-    /// Answered with the job's status once it has ended.
-    Stop { scope: Scope, id: JobId },
+    /// Answered with the job's status once it has ended. `caller` is who asks (for the
+    /// audit trail): the owner, or an administrator.
+    Stop {
+        scope: Scope,
+        id: JobId,
+        caller: String,
+    },
     /// Status of one job.
     Status { scope: Scope, id: JobId },
     /// One page of the jobs in `scope` that `filter` matches, oldest first, starting
@@ -102,12 +108,36 @@ pub enum Request {
     /// least 6 hexadecimal digits. Answered with `Resolved`.
     Resolve { scope: Scope, reference: String },
     /// Delete an ended job's record and output; a running one only with `force`, which
-    /// stops it first. Answered with its last status.
+    /// stops it first. Answered with its last status. `caller` is who asks (for the
+    /// audit trail's record of that stop), as in `Stop`.
     Remove {
         scope: Scope,
         id: JobId,
         force: bool,
+        caller: String,
     },
+    /// Records of the API server's own decisions, at most
+    /// [`crate::observe::MAX_API_RECORDS`], for the audit trail (marked as reported by
+    /// the API server). Answered with `Reported`.
+    Report(Vec<ApiRecord>),
+    /// The audit trail (administrators only; the API server checks the role): `AuditLine`s
+    /// oldest first, then `StreamEnd`; with `follow`, new records as they become durable
+    /// until the peer leaves.
+    Audit(AuditQuery),
+    /// Lifecycle events of the jobs in `scope`: the recent ones kept in memory, then,
+    /// with `follow`, each new one as its record becomes durable. `Event`s, `Lost` when
+    /// some were skipped, `StreamEnd` without `follow`.
+    Events { scope: Scope, follow: bool },
+    /// A running job's live usage, sampled over `interval_ms`: one `Usage` (or, with
+    /// `follow`, one per interval), then `End` with the job's status once it has ended.
+    Usage {
+        scope: Scope,
+        id: JobId,
+        interval_ms: u32,
+        follow: bool,
+    },
+    /// The executor's figures, answered with `Metrics`.
+    Metrics,
 }
 
 impl Request {
@@ -130,6 +160,11 @@ impl Request {
             Request::Resize(_) => "resize",
             Request::Resolve { .. } => "resolve",
             Request::Remove { .. } => "remove",
+            Request::Report(_) => "report",
+            Request::Audit(_) => "audit",
+            Request::Events { .. } => "events",
+            Request::Usage { .. } => "usage",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -166,4 +201,19 @@ pub enum Response {
     Resolved { id: JobId },
     /// The request failed.
     Error(WireError),
+    /// Answer to `Report`: how many records were queued for the trail (the rest were
+    /// dropped, and counted, because the executor's queue for them was full).
+    Reported { accepted: u32 },
+    /// One record of the audit trail.
+    AuditLine(AuditLine),
+    /// One job lifecycle event.
+    Event(JobEvent),
+    /// This many events were skipped: the reader fell behind the events kept in memory.
+    Lost(u64),
+    /// The end of an `Audit` or `Events` answer without `follow`.
+    StreamEnd,
+    /// A running job's usage.
+    Usage(JobUsage),
+    /// Answer to `Metrics`.
+    Metrics(Box<ExecutorMetrics>),
 }

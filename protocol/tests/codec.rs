@@ -83,6 +83,23 @@ fn every_request() -> Vec<Request> {
         Request::Stop {
             scope: Scope::Owner("bob".into()),
             id,
+            caller: "bob".into(),
+        },
+        Request::Metrics,
+        Request::Events {
+            scope: Scope::Owner("bob".into()),
+            follow: true,
+        },
+        Request::Audit(jobworker_protocol::AuditQuery {
+            since_ms: Some(1),
+            owner: Some("alice".into()),
+            follow: false,
+        }),
+        Request::Usage {
+            scope: Scope::Any,
+            id,
+            interval_ms: 1000,
+            follow: true,
         },
         Request::Status {
             scope: Scope::Any,

@@ -126,9 +126,12 @@ fn copy_for_nobody(src: &Path, dir: &Path, name: &str, mode: u32) -> PathBuf {
 pub struct Api {
     // Dropped first: the process, then its directory.
     daemon: Daemon,
-    /// Its stdout (only the `listening on` line is expected there).
+    /// Its stdout (only the `metrics on` and `listening on` lines are expected there).
     _stdout: Log,
     pub addr: SocketAddr,
+    /// Where its metrics page is served (the kit gives it `--metrics-listen
+    /// 127.0.0.1:0`).
+    pub metrics: SocketAddr,
     log: PathBuf,
     pub dir: Scratch,
 }
@@ -189,6 +192,8 @@ impl Api {
             }
         }
         toml.push_str(&opts.extra_toml);
+        // A port of its own: tests run many servers at once.
+        cmd.arg("--metrics-listen").arg("127.0.0.1:0");
         if !toml.is_empty() {
             let config = write_for_nobody(d, "api.toml", toml.as_bytes(), 0o644);
             cmd.arg("--config").arg(config);
@@ -210,6 +215,13 @@ impl Api {
         let mut daemon = Daemon::spawn("api", &mut cmd, log.clone(), opts.on_drop);
         let stdout = daemon.child_mut().stdout.take().expect("piped stdout");
         let stdout = Log::tap("api stdout", stdout, &dir.join("api.stdout"));
+        let metrics = stdout
+            .next_with("jobworker-api metrics on ", LIMIT)
+            .and_then(|l| {
+                l.split("jobworker-api metrics on ")
+                    .nth(1)
+                    .and_then(|a| a.trim().parse().ok())
+            });
         let Some(line) = stdout.next_with("jobworker-api listening on ", LIMIT) else {
             let status = daemon.exited();
             panic!("jobworker-api did not start ({status:?})");
@@ -219,10 +231,12 @@ impl Api {
             .nth(1)
             .and_then(|a| a.trim().parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let metrics = metrics.unwrap_or_else(|| panic!("jobworker-api printed no metrics address"));
         Api {
             daemon,
             _stdout: stdout,
             addr,
+            metrics,
             log,
             dir,
         }
@@ -239,6 +253,24 @@ impl Api {
     /// `https://localhost:PORT`.
     pub fn url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// Its metrics page (`GET /metrics` on the metrics listener): the status line and
+    /// the body.
+    pub fn scrape(&self) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(self.metrics).expect("connecting to the metrics listener");
+        s.set_read_timeout(Some(LIMIT)).expect("a read timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("sending the request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("reading the page");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
     }
 
     /// Its log so far.

@@ -254,6 +254,11 @@ impl Executor {
         self.log().drain();
     }
 
+    /// Its audit trail's directory (the default, in its state directory).
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state.join("audit")
+    }
+
     /// A client on its socket (the peer must be allowed: root by default).
     pub async fn client(&self) -> ExecClient {
         ExecClient::connect(&self.socket)
@@ -405,7 +410,12 @@ impl ExecClient {
 
     pub async fn stop(&mut self, id: JobId) -> Result<JobStatus, WireError> {
         let scope = Scope::Any;
-        self.status_of(Request::Stop { scope, id }).await
+        self.status_of(Request::Stop {
+            scope,
+            id,
+            caller: "admin".into(),
+        })
+        .await
     }
 
     pub async fn request_output(
@@ -526,6 +536,41 @@ impl ExecClient {
     pub fn into_inner(self) -> ClientTransport<UnixStream> {
         self.t
     }
+}
+
+/// `jobworker-executor audit verify DIR`: whether it passed, and what it printed
+/// (stdout, then stderr).
+pub fn audit_verify(dir: &Path) -> (bool, String) {
+    let out = Command::new(bins::path("jobworker-executor"))
+        .args(["audit", "verify"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running jobworker-executor audit verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The records of the audit trail in `dir`, oldest first, each parsed.
+pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the audit directory")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    names.sort();
+    let mut records = Vec::new();
+    for n in names {
+        let text = std::fs::read_to_string(&n).expect("an audit segment");
+        for line in text.lines() {
+            records.push(serde_json::from_str(line).expect("a JSON record"));
+        }
+    }
+    records
 }
 
 /// A job spec running `argv` with the executor's default limits.

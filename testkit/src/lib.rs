@@ -59,7 +59,8 @@ pub use bins::probe;
 pub use cgroup::{CgroupParent, TestParent};
 pub use env::{JOB_IDS, LIMIT, NOBODY, is_root, note, skip_unless_root};
 pub use executor::{
-    ExecClient, Executor, ExecutorOptions, Streamed, assert_unaffected, pattern, spec,
+    ExecClient, Executor, ExecutorOptions, Streamed, assert_unaffected, audit_records,
+    audit_verify, pattern, spec,
 };
 pub use process::{Daemon, Stop, signal, wait_exit};
 pub use scratch::{Checkpoint, Gate, Scratch};

@@ -151,6 +151,14 @@ pub struct Usage {
     pub oom_killed: bool,
 }
 
+/// What a running job uses now; `None` when the kernel does not report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveUsage {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpu_usec: Option<u64>,
+}
+
 /// The group of one job: the directories created for it, which [`Cgroups::remove`]
 /// deletes. Dropping it leaves the group on the host (the next start-up reaps it).
 #[derive(Debug)]
@@ -353,6 +361,14 @@ impl Cgroups {
         match self {
             Cgroups::V1(b) => b.usage(g),
             Cgroups::V2(b) => b.usage(g),
+        }
+    }
+
+    /// What the job uses now: memory, processes, CPU time so far.
+    pub fn live(&self, g: &JobGroup) -> LiveUsage {
+        match self {
+            Cgroups::V1(b) => b.live(g),
+            Cgroups::V2(b) => b.live(g),
         }
     }
 

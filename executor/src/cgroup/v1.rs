@@ -301,6 +301,15 @@ impl V1 {
         }
     }
 
+    pub(super) fn live(&self, g: &JobGroup) -> super::LiveUsage {
+        super::LiveUsage {
+            memory_bytes: fs::read_number(&self.dir("memory", &g.id).join("memory.usage_in_bytes")),
+            pids: fs::read_number(&self.dir("pids", &g.id).join("pids.current")),
+            cpu_usec: fs::read_number(&self.dir("cpuacct", &g.id).join("cpuacct.usage"))
+                .map(|ns| ns / 1000),
+        }
+    }
+
     pub(super) fn dirs(&self) -> &Dirs {
         &self.dirs
     }

@@ -372,6 +372,15 @@ impl V2 {
         }
     }
 
+    pub(super) fn live(&self, g: &JobGroup) -> super::LiveUsage {
+        let dir = self.dir(g);
+        super::LiveUsage {
+            memory_bytes: fs::read_number(&dir.join("memory.current")),
+            pids: fs::read_number(&dir.join("pids.current")),
+            cpu_usec: fs::read_keyed(&dir.join("cpu.stat"), "usage_usec"),
+        }
+    }
+
     pub(super) fn dirs(&self) -> &Dirs {
         &self.dirs
     }

@@ -16,9 +16,10 @@ use std::time::Duration;
 use jobworker_protocol::{ErrorKind, ExecSpec, JobId, Scope, WireError};
 use tokio::sync::oneshot;
 
-use super::Engine;
 use super::job::Job;
 use super::launch;
+use super::{Engine, Refusal};
+use crate::audit::record::{Body, Id};
 use crate::ipc::exec;
 use crate::ipc::report::Failure;
 use crate::sys::Exit;
@@ -77,15 +78,21 @@ struct OurEnds {
 }
 
 impl Engine {
-    /// Starts `spec` in running job `id` (which `scope` must see); returns once it runs,
-    /// or why it could not start. The caller validated the scope and the spec.
+    /// Starts `spec` in running job `id` (which `scope` must see) for `caller`; returns
+    /// once it runs, or why it could not start. The caller validated the scope and the
+    /// spec. The exec is recorded in the audit trail before it is asked of the init; if
+    /// the record cannot be written, nothing runs.
     pub async fn exec(
         &self,
         scope: &Scope,
         id: &JobId,
+        caller: &str,
         spec: ExecSpec,
     ) -> Result<Result<ExecHandle, Failure>, WireError> {
-        let job = self.find(scope, id)?;
+        let refuse = |reason, e| self.refused("exec", caller, Some(*id), reason, e);
+        let job = self
+            .find(scope, id)
+            .map_err(|e| refuse(Refusal::NotFound, e))?;
         let not_running = || {
             WireError::new(
                 ErrorKind::FailedPrecondition,
@@ -94,13 +101,29 @@ impl Engine {
         };
         let orders = match (&job.exec_tx, job.ended()) {
             (Some(tx), false) => tx.clone(),
-            _ => return Err(not_running()),
+            _ => return Err(refuse(Refusal::NotRunning, not_running())),
         };
         if job.execs.fetch_add(1, Ordering::SeqCst) >= MAX_EXECS_PER_JOB {
             job.execs.fetch_sub(1, Ordering::SeqCst);
-            return Err(WireError::exhausted(format!(
-                "job {id} already has {MAX_EXECS_PER_JOB} execs running"
-            )));
+            return Err(refuse(
+                Refusal::Capacity,
+                WireError::exhausted(format!(
+                    "job {id} already has {MAX_EXECS_PER_JOB} execs running"
+                )),
+            ));
+        }
+        let record = Body::Exec {
+            job: Id(job.id),
+            owner: job.owner.clone(),
+            caller: caller.to_owned(),
+            argv: spec.argv.clone(),
+            env: spec.env.iter().map(|v| v.name.clone()).collect(),
+            tty: spec.tty.is_some(),
+            stdin: spec.stdin,
+        };
+        if let Err(e) = self.audit.append(record).await {
+            job.execs.fetch_sub(1, Ordering::SeqCst);
+            return Err(refuse(Refusal::Audit, e.into()));
         }
         let slot = ExecSlot(job.clone());
         let exec = self.next_exec.fetch_add(1, Ordering::Relaxed);

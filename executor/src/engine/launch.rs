@@ -10,21 +10,22 @@ use crate::cgroup::JobGroup;
 use crate::config::Config;
 use crate::ipc::spec::InitSpec;
 use crate::output::OutputWriter;
-use crate::spawn::{CgroupJoin, Spawned};
+use crate::spawn::{CgroupJoin, Spawned, SpecHandover};
 use crate::sys;
 
 /// Fixed part of every job's environment; user variables may override all but the id.
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Engine {
-    /// Creates the job's directory, output file and cgroup, then clones its init. On an
-    /// error, what was created is removed again (the caller removes the directory).
+    /// Creates the job's directory, output file and cgroup, then clones its init, which
+    /// waits for its spec (the handover). On an error, what was created is removed again
+    /// (the caller removes the directory).
     pub(super) fn launch(
         &self,
         id: &JobId,
         req: &CheckedStart,
         uid: u32,
-    ) -> Result<(Spawned, JobGroup, OutputWriter), WireError> {
+    ) -> Result<(Spawned, JobGroup, OutputWriter, SpecHandover), WireError> {
         let internal = |what: &str, e: io::Error| {
             tracing::error!(job = %id, "{what}: {e}");
             WireError::internal(format!("{what} failed"))
@@ -48,7 +49,7 @@ impl Engine {
         let spawned =
             tokio::task::block_in_place(|| self.spawner.spawn(&init, join, req.spec.stdin));
         match spawned {
-            Ok(s) => Ok((s, group, writer)),
+            Ok((s, handover)) => Ok((s, group, writer, handover)),
             Err(e) => {
                 if let Err(e) = self.cgroups.remove(&group) {
                     tracing::error!(job = %id, "removing the cgroup of a job that did not start: {e}");

@@ -12,7 +12,9 @@
 //! - [`job_io`]: what the supervisor reads and writes while the job runs: its output,
 //!   its terminal, the init's reports and exec requests;
 //! - [`exec`]: another process in a running job, started by the job's init;
-//! - [`final_status`]: the rule that turns how a job ended into its final status (pure).
+//! - [`final_status`]: the rule that turns how a job ended into its final status (pure);
+//! - [`observe`]: what the engine tells about itself: its audit records of refusals,
+//!   counters for metrics, a running job's live usage, job events.
 //!
 //! Locks: the table lock and each job's `live` lock are plain mutexes held only for
 //! memory operations, never across an await, and never the table lock while holding a
@@ -24,6 +26,7 @@ mod job;
 mod job_io;
 mod launch;
 mod limits;
+mod observe;
 mod quota;
 mod supervisor;
 mod table;
@@ -45,7 +48,10 @@ use tokio_util::task::TaskTracker;
 
 pub use exec::{ExecHandle, ExecOutput, MAX_EXECS_PER_JOB};
 pub use limits::{CheckedStart, check_start, human_duration, resolve_limits};
+pub use observe::{Refusal, UsageSampler};
 
+use crate::audit::Audit;
+use crate::audit::record::{Body, Id, JobStarted};
 use crate::cgroup::Cgroups;
 use crate::config::{Ceilings, Config, Defaults};
 use crate::ipc::report::Failure;
@@ -71,6 +77,10 @@ pub struct Engine {
     shutdown: CancellationToken,
     /// Number of the next exec, in any job.
     next_exec: AtomicU32,
+    /// The audit trail: starts wait for their record, everything else is appended.
+    audit: Arc<Audit>,
+    /// Counters for metrics.
+    counters: observe::Counters,
 }
 
 /// Execs queued for one job's supervisor at most.
@@ -119,6 +129,7 @@ impl Engine {
         cfg: Config,
         cgroups: Cgroups,
         totals: crate::totals::Totals,
+        audit: Arc<Audit>,
         shutdown: CancellationToken,
     ) -> io::Result<Arc<Self>> {
         let store = Store::open(&cfg.state_dir)?;
@@ -137,6 +148,8 @@ impl Engine {
             tasks: TaskTracker::new(),
             shutdown,
             next_exec: AtomicU32::new(0),
+            audit,
+            counters: observe::Counters::default(),
         });
         engine.recover()?;
         engine
@@ -161,7 +174,9 @@ impl Engine {
             }
             Err(e) => tracing::error!("removing job groups of a previous run: {e}"),
         }
+        let recovering = now_ms();
         table::recover(&self.store, &self.table, self.cfg.max_output_bytes)?;
+        self.record_lost(recovering);
         let evicted = lock(&self.table).evict(self.cfg.max_finished_jobs);
         table::remove_evicted(&self.store, evicted);
         Ok(())
@@ -220,41 +235,88 @@ impl Engine {
         self: &Arc<Self>,
         req: CheckedStart,
     ) -> Result<(JobId, Result<Attached, Failure>), WireError> {
+        let refuse =
+            |reason: Refusal, e: WireError| self.refused("start", &req.owner, None, reason, e);
         if self.shutdown.is_cancelled() {
-            return Err(WireError::new(
-                ErrorKind::Unavailable,
-                "the executor is shutting down",
+            return Err(refuse(
+                Refusal::ShuttingDown,
+                WireError::new(ErrorKind::Unavailable, "the executor is shutting down"),
             ));
         }
         let permit = self.running.clone().try_acquire_owned().map_err(|_| {
-            WireError::exhausted(format!(
-                "{} jobs are running, the most this executor allows",
-                self.cfg.max_running_jobs
-            ))
+            refuse(
+                Refusal::Capacity,
+                WireError::exhausted(format!(
+                    "{} jobs are running, the most this executor allows",
+                    self.cfg.max_running_jobs
+                )),
+            )
         })?;
-        let share = Quotas::take(&self.quotas, &req.owner, amounts(&req))?;
+        let share = Quotas::take(&self.quotas, &req.owner, amounts(&req))
+            .map_err(|e| refuse(Refusal::Quota, e))?;
         let uid = lock(&self.ids).take().ok_or_else(|| {
-            WireError::exhausted("every job id of this executor's range is in use")
+            refuse(
+                Refusal::Capacity,
+                WireError::exhausted("every job id of this executor's range is in use"),
+            )
         })?;
-        let id = self.new_id()?;
+        let id = self
+            .new_id()
+            .inspect_err(|_| lock(&self.ids).give_back(uid))
+            .map_err(|e| refuse(Refusal::Internal, e))?;
         // The name is taken before anything is created, so two starts cannot both have
         // it; a start that fails gives it back.
         if let Some(name) = &req.spec.name
             && let Err(e) = lock(&self.table).claim_name(&req.owner, name, id)
         {
             lock(&self.ids).give_back(uid);
-            return Err(e);
+            return Err(refuse(Refusal::NameTaken, e));
         }
         let give_back_name = || {
             if let Some(name) = &req.spec.name {
                 lock(&self.table).release_name(&req.owner, name, id);
             }
         };
-        let (mut spawned, group, writer) = self.launch(&id, &req, uid).inspect_err(|_| {
-            lock(&self.ids).give_back(uid);
+        let (mut spawned, group, writer, handover) = self
+            .launch(&id, &req, uid)
+            .inspect_err(|_| {
+                lock(&self.ids).give_back(uid);
+                give_back_name();
+                let _ = self.store.remove(&id);
+            })
+            .map_err(|e| refuse(Refusal::Internal, e))?;
+        let started_at_ms = now_ms();
+        // No record, no job: the init waits for its spec until the start is durable in
+        // the audit trail. If it cannot be written, the init never gets its spec and
+        // nothing of the job runs.
+        let record = Body::JobStarted(Box::new(JobStarted {
+            job: Id(id),
+            owner: req.owner.clone(),
+            name: req.spec.name.clone(),
+            labels: (req.spec.labels.iter())
+                .map(|l| format!("{}={}", l.key, l.value))
+                .collect(),
+            argv: req.spec.argv.clone(),
+            env: req.spec.env.iter().map(|v| v.name.clone()).collect(),
+            workdir: req.spec.workdir.clone(),
+            tty: req.spec.tty.is_some(),
+            stdin: req.spec.stdin,
+            limits: req.effective.clone(),
+            deadline: crate::audit::record::rfc3339_ms(
+                started_at_ms
+                    .saturating_add(u64::try_from(req.timeout.as_millis()).unwrap_or(u64::MAX)),
+            ),
+            uid,
+            pid: spawned.pid,
+        }));
+        if let Err(e) = self.audit.append(record).await {
+            drop(handover);
             give_back_name();
-            let _ = self.store.remove(&id);
-        })?;
+            self.abandon(id, uid, spawned, group).await;
+            return Err(refuse(Refusal::Audit, e.into()));
+        }
+        tokio::task::block_in_place(|| handover.give());
+        self.counters.started();
         let group = Arc::new(group);
         let info = JobInfo {
             id,
@@ -263,7 +325,7 @@ impl Engine {
             limits: req.effective,
             name: req.spec.name,
             labels: req.spec.labels,
-            started_at_ms: now_ms(),
+            started_at_ms,
             uid: Some(uid),
         };
         let live = Live::running(&group);
@@ -319,10 +381,27 @@ impl Engine {
         }
     }
 
-    /// Stops a job and returns its final status; stopping an ended job just returns it.
-    pub async fn stop(&self, scope: &Scope, id: &JobId) -> Result<JobStatus, WireError> {
-        let job = self.find(scope, id)?;
+    /// Stops a job for `caller` and returns its final status; stopping an ended job just
+    /// returns it. The request is recorded first (a stop goes ahead even when the trail
+    /// cannot be written: stopping is never held back).
+    pub async fn stop(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        caller: &str,
+    ) -> Result<JobStatus, WireError> {
+        let job = self
+            .find(scope, id)
+            .map_err(|e| self.refused("stop", caller, Some(*id), Refusal::NotFound, e))?;
         if !job.ended() {
+            let record = Body::StopRequested {
+                job: Id(job.id),
+                owner: job.owner.clone(),
+                by: caller.to_owned(),
+            };
+            if self.audit.append(record).await.is_err() {
+                tracing::error!(job = %id, caller, "stopping the job without its stop in the audit trail");
+            }
             job.stop_requested.store(true, Ordering::SeqCst);
             job.stop.notify_one();
             let mut rx = job.progress.clone();
@@ -417,6 +496,7 @@ impl Engine {
         scope: &Scope,
         id: &JobId,
         force: bool,
+        caller: &str,
     ) -> Result<JobStatus, WireError> {
         let job = self.find(scope, id)?;
         if !job.ended() {
@@ -426,7 +506,7 @@ impl Engine {
                     format!("job {id} is running: stop it first, or remove it with force"),
                 ));
             }
-            self.stop(scope, id).await?;
+            self.stop(scope, id, caller).await?;
         }
         // Its supervisor's last writes (the final record) come before the removal.
         let mut cleaned = job.cleaned.subscribe();

@@ -138,6 +138,7 @@ impl Engine {
         // not part of the time to a final status; it always follows the first record.
         recorded.await;
         let _ = self.record(status.clone()).await;
+        self.record_end(&status);
         tracing::info!(job = %id, state = status.state.as_str(), exit_code = ?status.exit_code, signal = ?status.signal, oom = status.oom_killed, "job ended");
 
         let evicted = lock(&self.table).finish_one(self.cfg.max_finished_jobs);

@@ -28,7 +28,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use super::{Conn, Flow, send_chunk};
-use crate::engine::{ExecHandle, ExecOutput, check_start};
+use crate::engine::{ExecHandle, ExecOutput, Refusal, check_start};
 use crate::sys::{self, Exit};
 
 /// Where the client's input goes.
@@ -158,9 +158,14 @@ async fn next_frame(conn: &mut Conn) -> Option<Request> {
 /// `Run`: starts the job, answers `Started`, streams its output from the first byte and
 /// ends with `End` (its final status), taking input meanwhile.
 pub(super) async fn run(conn: &mut Conn, owner: String, spec: JobSpec) -> Flow {
+    let who = owner.clone();
     let checked = match check_start(owner, spec, conn.engine.ceilings(), conn.engine.defaults()) {
         Ok(c) => c,
-        Err(e) => return conn.reply(Response::Error(e)).await,
+        Err(e) => {
+            let reason = Refusal::of_check(&e);
+            let e = conn.engine.refused("run", &who, None, reason, e);
+            return conn.reply(Response::Error(e)).await;
+        }
     };
     let (id, attached) = match conn.engine.run(checked).await {
         Ok(r) => r,
@@ -353,10 +358,13 @@ pub(super) async fn exec(
         .and_then(|()| validate::owner(&caller))
         .and_then(|()| validate::exec_spec(&spec));
     if let Err(e) = checked {
+        let e = conn
+            .engine
+            .refused("exec", &caller, Some(id), Refusal::Invalid, e);
         return conn.reply(Response::Error(e)).await;
     }
     let argv0 = spec.argv[0].clone();
-    let handle = match conn.engine.exec(&scope, &id, spec).await {
+    let handle = match conn.engine.exec(&scope, &id, &caller, spec).await {
         Ok(Ok(h)) => h,
         Ok(Err(failure)) => {
             tracing::info!(job = %id, %caller, %argv0, "exec failed to start: {}", failure.message);
