@@ -113,14 +113,7 @@ bench: bench-deps
 	$(CARGO) bench -p jobworker-api --bench stack --locked
 
 bench-deps:
-	@missing=""; for p in $(BENCH_PACKAGES); do \
-	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	    echo "bench: installing Debian packages:$$missing"; \
-	    if [ "$$(id -u)" != 0 ]; then echo "bench: need root to install packages"; exit 1; fi; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	.ci/apt-need $(BENCH_PACKAGES)
 
 ## Fuzzing (cargo-fuzz, nightly; .ci/fuzz installs what is missing). fuzz-short runs
 ## each target FUZZ_SHORT_SECONDS (part of test); fuzz runs each FUZZ_SECONDS.
