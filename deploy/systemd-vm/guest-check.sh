@@ -131,9 +131,14 @@ expect_match "job: world-writable host directory is read-only" 'Read-only file s
 expect "job: /tmp and /var/tmp are writable" "ok" "$(jobctl run -- sh -c 'touch /tmp/x /var/tmp/x && echo ok' 2>&1)"
 expect_match "job: state directory closed" 'Permission denied' "$(jobctl run -- ls /var/lib/jobworker 2>&1)"
 expect_match "job: executor.toml closed" 'Permission denied' "$(jobctl run -- cat /etc/jobworker/executor.toml 2>&1)"
-# DevicePolicy=closed: a device node that its mode would let anyone open.
-chmod 0666 /dev/ttyS1
-expect_match "job: device outside the allow-list refused" 'Operation not permitted' "$(jobctl run -- sh -c ': </dev/ttyS1' 2>&1)"
+# A device node of the host that its mode would let anyone open: not in the job's own
+# /dev, and refused elsewhere in the host's tree, which the job sees (the device cgroup of
+# DevicePolicy=closed, or a nodev mount).
+mknod -m 0666 /srv/ttyS0-node c 4 64
+expect_match "job: the host's devices are not in its /dev" 'No such file' "$(jobctl run -- sh -c ': </dev/ttyS0' 2>&1)"
+out=$(jobctl run -- sh -c ': </srv/ttyS0-node' 2>&1)
+info "job: a world-writable device node of the host: $out"
+expect_match "job: a world-writable device node of the host refused" 'Operation not permitted|Permission denied' "$out"
 expect "job: /dev/null usable" "ok" "$(jobctl run -- sh -c 'echo x >/dev/null && echo ok' 2>&1)"
 
 # --- stop, restart, crash ---------------------------------------------------------------
