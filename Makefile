@@ -27,7 +27,7 @@ INSTALL_UNITS := jobworker-executor.socket jobworker-executor.service jobworker-
 install_config = if [ -e $(DESTDIR)$(CONFDIR)/$(2) ]; then echo "keeping $(DESTDIR)$(CONFDIR)/$(2)"; \
 	else install -m $(3) deploy/$(1) $(DESTDIR)$(CONFDIR)/$(2); fi
 
-.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall deb deb-deps test-deb test-systemd bench bench-deps fuzz fuzz-short
+.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall deb deb-deps test-deb test-systemd test-dev-run bench bench-deps fuzz fuzz-short
 
 all: build
 
@@ -45,10 +45,10 @@ run:
 certs:
 	$(CARGO) run --locked -q -p jobctl --bin jobworker-dev-certs -- dev-pki
 
-## The whole suite: gates first, then the units and the Debian package, the host tests
-## (root ones run as root), a short run of every fuzz target, then the cgroup v2 tests in
-## a VM.
-test: deps lint deny build test-units test-deb test-host fuzz-short test-vm
+## The whole suite: gates first, then the units, make run and the Debian package, the
+## host tests (root ones run as root), a short run of every fuzz target, then the cgroup
+## v2 tests in a VM.
+test: deps lint deny build test-units test-dev-run test-deb test-host fuzz-short test-vm
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
@@ -71,6 +71,11 @@ test-host:
 
 test-vm:
 	.ci/vm/test-vm.sh
+
+## Two instances of `make run` side by side, and their clean stop (as root; otherwise
+## SKIPPED): deploy/check-dev-run.sh.
+test-dev-run: build
+	deploy/check-dev-run.sh
 
 ## The systemd units: `systemd-analyze verify`, the exposure scores, and an install into
 ## a temporary DESTDIR (deploy/check-units.sh).
