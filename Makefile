@@ -47,8 +47,8 @@ certs:
 
 ## The whole suite: gates first, then the units, make run and the Debian package, the
 ## host tests (root ones run as root), a short run of every fuzz target, then the cgroup
-## v2 tests in a VM.
-test: deps lint deny build test-units test-dev-run test-deb test-host fuzz-short test-vm
+## v2 tests in a VM and the package under systemd in another.
+test: deps lint deny build test-units test-dev-run test-deb test-host fuzz-short test-vm test-systemd
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
@@ -129,7 +129,8 @@ test-deb: deb
 	deploy/debian/check-deb.sh $(DEB_FILE)
 
 ## The package installed, used, upgraded, removed and purged under a real systemd in a
-## QEMU guest (deploy/systemd-vm/run.sh; minutes, see docs/design.md, "Verification").
+## QEMU guest (deploy/systemd-vm/run.sh, as root; about five minutes under software
+## emulation, see docs/design.md, "Verification").
 test-systemd: deb
 	JOBWORKER_DEB=$(DEB_FILE) deploy/systemd-vm/run.sh
 
