@@ -135,10 +135,10 @@ fi
 # --- the processes ---------------------------------------------------------------------
 epid=$(executor_pid)
 apid=$(systemctl show -p MainPID --value jobworker-api.service)
-# CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8, CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21,
-# CAP_MKNOD 27
-expect "executor bounding set" "00000000082011e0" "$(status_field "$epid" CapBnd)"
-expect "executor effective set" "00000000082011e0" "$(status_field "$epid" CapEff)"
+# CAP_CHOWN 0, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8, CAP_NET_ADMIN 12,
+# CAP_SYS_ADMIN 21, CAP_MKNOD 27
+expect "executor bounding set" "00000000082011e1" "$(status_field "$epid" CapBnd)"
+expect "executor effective set" "00000000082011e1" "$(status_field "$epid" CapEff)"
 expect "executor no_new_privs" "1" "$(status_field "$epid" NoNewPrivs)"
 expect "executor seccomp" "2" "$(status_field "$epid" Seccomp)"
 expect "executor cgroup" "0::/system.slice/jobworker-executor.service/supervisor" "$(cat "/proc/$epid/cgroup")"
@@ -248,7 +248,7 @@ try_dropin() { # LABEL CONTENT
     info "$1: $(one_line <<<"$why") | executor log: $log"
     ok "$1: no job can run"
 }
-for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_MKNOD; do
+for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_MKNOD CAP_CHOWN; do
     try_dropin "CapabilityBoundingSet without $cap" "CapabilityBoundingSet=~$cap"
 done
 try_dropin "RestrictAddressFamilies without AF_INET" $'RestrictAddressFamilies=\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET6'
