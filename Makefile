@@ -1,5 +1,6 @@
 # jobworker: `make run` runs the service, `make test` runs the whole test suite,
-# `make bench` measures the whole stack (as root; see docs/benchmarks.md).
+# `make deb` builds the Debian package, `make bench` measures the whole stack (as root;
+# see docs/benchmarks.md).
 # All install what they need on a fresh Debian 12 machine with a Rust toolchain.
 
 CARGO       ?= cargo
@@ -26,7 +27,7 @@ INSTALL_UNITS := jobworker-executor.socket jobworker-executor.service jobworker-
 install_config = if [ -e $(DESTDIR)$(CONFDIR)/$(2) ]; then echo "keeping $(DESTDIR)$(CONFDIR)/$(2)"; \
 	else install -m $(3) deploy/$(1) $(DESTDIR)$(CONFDIR)/$(2); fi
 
-.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall bench bench-deps fuzz fuzz-short
+.PHONY: all build deps run certs test lint fmt-check clippy deny test-host test-vm test-units install uninstall deb deb-deps test-deb test-systemd test-dev-run bench bench-deps fuzz fuzz-short
 
 all: build
 
@@ -44,9 +45,10 @@ run:
 certs:
 	$(CARGO) run --locked -q -p jobctl --bin jobworker-dev-certs -- dev-pki
 
-## The whole suite: gates first, then the units, the host tests (root ones run as root), a
-## short run of every fuzz target, then the cgroup v2 tests in a VM.
-test: deps lint deny build test-units test-host fuzz-short test-vm
+## The whole suite: gates first, then the units, make run and the Debian package, the
+## host tests (root ones run as root), a short run of every fuzz target, then the cgroup
+## v2 tests in a VM and the package under systemd in another.
+test: deps lint deny build test-units test-dev-run test-deb test-host fuzz-short test-vm test-systemd
 	@echo "make test: all passed"
 
 lint: fmt-check clippy
@@ -69,6 +71,11 @@ test-host:
 
 test-vm:
 	.ci/vm/test-vm.sh
+
+## Two instances of `make run` side by side, and their clean stop (as root; otherwise
+## SKIPPED): deploy/check-dev-run.sh.
+test-dev-run: build
+	deploy/check-dev-run.sh
 
 ## The systemd units: `systemd-analyze verify`, the exposure scores, and an install into
 ## a temporary DESTDIR (deploy/check-units.sh).
@@ -98,6 +105,35 @@ install:
 	$(call install_config,executor.toml,executor.toml,0600)
 	$(call install_config,jobworker-api.toml,api.toml,0644)
 
+## The Debian package, $(DEB_DIR)/jobworker_<version>_<arch>.deb: the release binaries,
+## the units, the sysusers.d and tmpfiles.d entries, the example configuration as
+## conffiles, manual pages, and the maintainer scripts of deploy/debian; then lintian,
+## which must have nothing to say (the overrides in deploy/debian/lintian-overrides say
+## why each remaining tag stays). DEB_VERSION overrides the version.
+DEB_DIR      ?= target/debian
+DEB_VERSION  ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+DEB_ARCH     ?= $(shell dpkg --print-architecture)
+DEB_FILE      = $(DEB_DIR)/jobworker_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_PACKAGES := dpkg-dev help2man lintian binutils
+
+deb: deb-deps
+	JOBWORKER_DEB_DIR=$(DEB_DIR) DEB_VERSION=$(DEB_VERSION) deploy/debian/build.sh >/dev/null
+	lintian --display-info --display-level +pedantic --fail-on error,warning,info,pedantic $(DEB_FILE)
+	@echo "make deb: $(DEB_FILE)"
+
+deb-deps:
+	.ci/apt-need $(DEB_PACKAGES)
+
+## The package's contents, control data and maintainer scripts (deploy/debian/check-deb.sh).
+test-deb: deb
+	deploy/debian/check-deb.sh $(DEB_FILE)
+
+## The package installed, used, upgraded, removed and purged under a real systemd in a
+## QEMU guest (deploy/systemd-vm/run.sh, as root; about five minutes under software
+## emulation, see docs/design.md, "Verification").
+test-systemd: deb
+	JOBWORKER_DEB=$(DEB_FILE) deploy/systemd-vm/run.sh
+
 ## Removes what `make install` put, except the configuration and the state.
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(INSTALL_BINS))
@@ -113,14 +149,7 @@ bench: bench-deps
 	$(CARGO) bench -p jobworker-api --bench stack --locked
 
 bench-deps:
-	@missing=""; for p in $(BENCH_PACKAGES); do \
-	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	    echo "bench: installing Debian packages:$$missing"; \
-	    if [ "$$(id -u)" != 0 ]; then echo "bench: need root to install packages"; exit 1; fi; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	.ci/apt-need $(BENCH_PACKAGES)
 
 ## Fuzzing (cargo-fuzz, nightly; .ci/fuzz installs what is missing). fuzz-short runs
 ## each target FUZZ_SHORT_SECONDS (part of test); fuzz runs each FUZZ_SECONDS.

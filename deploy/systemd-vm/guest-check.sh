@@ -1,6 +1,7 @@
 #!/bin/bash
-# Runs inside the systemd guest that run.sh boots (as jobworker-vmcheck.service) and
-# prints one line per check on the console:
+# Runs inside the systemd guest that run.sh boots (as jobworker-vmcheck.service): installs
+# the package with apt, enables and uses the units, upgrades the package, removes it and
+# purges it. Prints one line per check on the console:
 #   VMCHECK PASS <what>
 #   VMCHECK FAIL <what>: <why>
 #   VMCHECK INFO <what>: <value>        facts for the documentation
@@ -13,6 +14,13 @@ export JOBWORKER_CA=/root/pki/ca.pem JOBWORKER_CERT=/root/pki/alice.pem JOBWORKE
 probe=/usr/local/libexec/jobworker-probe
 cg=/sys/fs/cgroup/system.slice/jobworker-executor.service
 dropins=/run/systemd/system/jobworker-executor.service.d
+debs=/var/tmp/jobworker
+units=(jobworker-executor.socket jobworker-executor.service jobworker-api.service)
+{
+    read -r version1
+    read -r version2
+} <"$debs/versions"
+export DEBIAN_FRONTEND=noninteractive
 
 passed=0
 failed=0
@@ -62,14 +70,49 @@ start_trap_job() {
     echo "$id"
 }
 
+# apt ARGS, its output kept in /var/tmp/apt.log; its last lines are printed when it fails.
+apt_run() {
+    if apt "$@" >/var/tmp/apt.log 2>&1; then
+        return 0
+    fi
+    tail -n 15 /var/tmp/apt.log | one_line
+    return 1
+}
+# The daemons' processes (by path: a process name holds only 15 characters).
+daemons() { pgrep -f '^/usr/bin/jobworker-(api|executor)' | one_line; }
+pkg_status() { dpkg-query -W -f='${db:Status-Abbrev}${Version}' jobworker 2>/dev/null; }
+# "yes" when no path given exists, else the ones that do.
+none_exist() {
+    local left=() p
+    for p in "$@"; do [[ -e $p || -L $p ]] && left+=("$p"); done
+    if ((${#left[@]} == 0)); then echo yes; else echo "${left[*]}"; fi
+}
+enable_links=(/etc/systemd/system/sockets.target.wants/jobworker-executor.socket
+    /etc/systemd/system/multi-user.target.wants/jobworker-api.service)
+
 info "kernel: $(uname -r), systemd $(systemctl --version | head -n 1 | cut -d' ' -f2)"
 
-# --- accounts and directories from sysusers.d/tmpfiles.d at boot --------------------------
-expect_match "sysusers created jobworker" '^jobworker:x:[0-9]+:[0-9]+:jobworker API server:/nonexistent:/usr/sbin/nologin$' "$(getent passwd jobworker)"
-expect "no account for jobs (each runs as an id of its own)" "" "$(getent passwd jobworker-job)"
-expect "tmpfiles created /var/lib/jobworker" "700 root root" "$(stat -c '%a %U %G' /var/lib/jobworker 2>&1)"
+# --- the package: installed, nothing enabled or started --------------------------------
+expect "no jobworker account before the package" "" "$(getent passwd jobworker)"
+if out=$(cd "$debs/1" && apt_run install -y ./jobworker_*.deb); then
+    ok "apt install ./jobworker_*.deb, offline"
+else
+    bad "apt install ./jobworker_*.deb: $out"
+fi
+expect "installed: version $version1" "ii $version1" "$(pkg_status)"
+expect_match "installed: postinst created jobworker" '^jobworker:x:[0-9]+:[0-9]+:jobworker API server:/nonexistent:/usr/sbin/nologin$' "$(getent passwd jobworker)"
+expect "installed: no account for jobs (each runs as an id of its own)" "" "$(getent passwd jobworker-job)"
+expect "installed: /var/lib/jobworker" "700 root root" "$(stat -c '%a %U %G' /var/lib/jobworker 2>&1)"
+expect "installed: /run/jobworker" "755 root root" "$(stat -c '%a %U %G' /run/jobworker 2>&1)"
+expect "installed: configuration" "600 root executor.toml 644 root api.toml" "$(stat -c '%a %U %n' /etc/jobworker/executor.toml /etc/jobworker/api.toml 2>&1 | sed 's|/etc/jobworker/||' | one_line)"
+expect "installed: nothing enabled" "disabled disabled" "$(systemctl is-enabled jobworker-executor.socket jobworker-api.service 2>&1 | one_line)"
+expect "installed: nothing started" "inactive inactive inactive" "$(systemctl is-active "${units[@]}" 2>&1 | one_line)"
+expect "installed: no daemon process" "" "$(daemons)"
+info "installed: $(systemctl cat jobworker-api.service 2>&1 | head -n 1)"
 
-# --- enabling, as documented ----------------------------------------------------------
+# --- enabling, as README.Debian says ----------------------------------------------------
+install -m 0644 /root/pki/server.pem /root/pki/ca.pem /etc/jobworker/
+install -m 0600 /root/pki/server.key /etc/jobworker/
 if out=$(systemctl enable --now jobworker-executor.socket jobworker-api.service 2>&1); then
     ok "systemctl enable --now jobworker-executor.socket jobworker-api.service"
 else
@@ -83,14 +126,19 @@ expect "executor started by socket activation" "active" "$(systemctl is-active j
 
 out=$(jobctl run -- echo hello 2>&1)
 expect "jobctl run -- echo hello" "hello" "$out"
+if id=$(jobctl start -- sh -c 'for i in 1 2 3; do echo "line $i"; sleep 1; done'); then
+    expect "jobctl logs -f streams a running job to its end" "line 1 line 2 line 3" "$(jobctl logs -f "$id" 2>&1 | one_line)"
+else
+    bad "jobctl start of a job to stream: $id"
+fi
 
 # --- the processes ---------------------------------------------------------------------
 epid=$(executor_pid)
 apid=$(systemctl show -p MainPID --value jobworker-api.service)
-# CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8, CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21,
-# CAP_MKNOD 27
-expect "executor bounding set" "00000000082011e0" "$(status_field "$epid" CapBnd)"
-expect "executor effective set" "00000000082011e0" "$(status_field "$epid" CapEff)"
+# CAP_CHOWN 0, CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_SETPCAP 8, CAP_NET_ADMIN 12,
+# CAP_SYS_ADMIN 21, CAP_MKNOD 27
+expect "executor bounding set" "00000000082011e1" "$(status_field "$epid" CapBnd)"
+expect "executor effective set" "00000000082011e1" "$(status_field "$epid" CapEff)"
 expect "executor no_new_privs" "1" "$(status_field "$epid" NoNewPrivs)"
 expect "executor seccomp" "2" "$(status_field "$epid" Seccomp)"
 expect "executor cgroup" "0::/system.slice/jobworker-executor.service/supervisor" "$(cat "/proc/$epid/cgroup")"
@@ -131,9 +179,14 @@ expect_match "job: world-writable host directory is read-only" 'Read-only file s
 expect "job: /tmp and /var/tmp are writable" "ok" "$(jobctl run -- sh -c 'touch /tmp/x /var/tmp/x && echo ok' 2>&1)"
 expect_match "job: state directory closed" 'Permission denied' "$(jobctl run -- ls /var/lib/jobworker 2>&1)"
 expect_match "job: executor.toml closed" 'Permission denied' "$(jobctl run -- cat /etc/jobworker/executor.toml 2>&1)"
-# DevicePolicy=closed: a device node that its mode would let anyone open.
-chmod 0666 /dev/ttyS1
-expect_match "job: device outside the allow-list refused" 'Operation not permitted' "$(jobctl run -- sh -c ': </dev/ttyS1' 2>&1)"
+# A device node of the host that its mode would let anyone open: not in the job's own
+# /dev, and refused elsewhere in the host's tree, which the job sees (the device cgroup of
+# DevicePolicy=closed, or a nodev mount).
+mknod -m 0666 /srv/ttyS0-node c 4 64
+expect_match "job: the host's devices are not in its /dev" 'No such file' "$(jobctl run -- sh -c ': </dev/ttyS0' 2>&1)"
+out=$(jobctl run -- sh -c ': </srv/ttyS0-node' 2>&1)
+info "job: a world-writable device node of the host: $out"
+expect_match "job: a world-writable device node of the host refused" 'Operation not permitted|Permission denied' "$out"
 expect "job: /dev/null usable" "ok" "$(jobctl run -- sh -c 'echo x >/dev/null && echo ok' 2>&1)"
 
 # --- stop, restart, crash ---------------------------------------------------------------
@@ -195,7 +248,7 @@ try_dropin() { # LABEL CONTENT
     info "$1: $(one_line <<<"$why") | executor log: $log"
     ok "$1: no job can run"
 }
-for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_MKNOD; do
+for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_NET_ADMIN CAP_MKNOD CAP_CHOWN; do
     try_dropin "CapabilityBoundingSet without $cap" "CapabilityBoundingSet=~$cap"
 done
 try_dropin "RestrictAddressFamilies without AF_INET" $'RestrictAddressFamilies=\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET6'
@@ -216,10 +269,48 @@ rm -f "$dropins/test.conf"
 restart_executor
 expect "all settings restored: jobs run" "hello" "$(jobctl run -- echo hello 2>&1)"
 
-# --- stopping everything ---------------------------------------------------------------
-systemctl stop jobworker-api.service jobworker-executor.service jobworker-executor.socket
-expect "stopped: socket removed" "no" "$([[ -e /run/jobworker/executor.sock ]] && echo yes || echo no)"
-expect "stopped: no process left" "" "$(systemctl show -p MainPID --value jobworker-executor.service jobworker-api.service | grep -v '^0$' | one_line)"
+# --- upgrade: to the package rebuilt as a later version --------------------------------
+echo "# edited by the administrator" >>/etc/jobworker/api.toml
+edited=$(sha256sum </etc/jobworker/api.toml)
+done_id=$(jobctl start -- sh -c 'echo before the upgrade')
+wait_for 60 sh -c "jobctl status -o json $done_id | grep -q exited"
+running_id=$(start_trap_job) || bad "upgrade: the trap job did not start"
+old_exec=$(executor_pid)
+old_api=$(systemctl show -p MainPID --value jobworker-api.service)
+if out=$(cd "$debs/2" && apt_run install -y ./jobworker_*.deb); then
+    ok "upgrade: apt install ./jobworker_*.deb (version $version2)"
+else
+    bad "upgrade: apt install: $out"
+fi
+expect "upgrade: version $version2" "ii $version2" "$(pkg_status)"
+expect "upgrade: the administrator's api.toml kept" "$edited" "$(sha256sum </etc/jobworker/api.toml)"
+expect "upgrade: no .dpkg-dist or .dpkg-new configuration" "yes" "$(none_exist /etc/jobworker/*.dpkg-*)"
+expect "upgrade: units still enabled" "enabled enabled" "$(systemctl is-enabled jobworker-executor.socket jobworker-api.service 2>&1 | one_line)"
+wait_for 120 api_ready
+expect "upgrade: the API server restarted" "yes" "$(p=$(systemctl show -p MainPID --value jobworker-api.service); [[ $p != 0 && $p != "$old_api" ]] && echo yes || echo "no: $old_api -> $p")"
+expect "upgrade: the executor restarted" "yes" "$(p=$(executor_pid); [[ $p != 0 && $p != "$old_exec" ]] && echo yes || echo "no: $old_exec -> $p")"
+expect "upgrade: a finished job's record kept" "exited before the upgrade" "$(jobctl status -o json "$done_id" | json_field state) $(jobctl logs "$done_id" 2>&1 | one_line)"
+expect_match "upgrade: the job running then was stopped, its record kept" '^stopped ready .*got-term$' "$(jobctl status -o json "$running_id" | json_field state) $(jobctl logs "$running_id" 2>&1 | one_line)"
+expect "upgrade: jobs run" "hello" "$(jobctl run -- echo hello 2>&1)"
+
+# --- removal: units stopped and disabled; configuration and state kept ------------------
+if out=$(apt_run remove -y jobworker); then ok "apt remove jobworker"; else bad "apt remove jobworker: $out"; fi
+expect "removed: status" "rc $version2" "$(pkg_status)"
+expect "removed: units stopped" "inactive inactive inactive" "$(systemctl is-active "${units[@]}" 2>&1 | one_line)"
+expect "removed: units disabled" "yes" "$(none_exist "${enable_links[@]}")"
+expect "removed: no daemon or job process left" "" "$(daemons)$(pgrep -x sleep | one_line)"
+expect "removed: socket removed" "yes" "$(none_exist /run/jobworker/executor.sock)"
+expect "removed: binaries and units gone" "yes" "$(none_exist /usr/bin/jobctl /usr/bin/jobworker-api /usr/bin/jobworker-executor /usr/lib/systemd/system/jobworker-api.service)"
+expect "removed: configuration kept" "$edited" "$(sha256sum </etc/jobworker/api.toml 2>&1)"
+expect "removed: the key kept" "600" "$(stat -c %a /etc/jobworker/server.key 2>&1)"
+expect "removed: job records kept" "yes" "$([[ -n $(ls -A /var/lib/jobworker 2>/dev/null) ]] && echo yes || echo no)"
+
+# --- purge: configuration and state gone ------------------------------------------------
+if out=$(apt_run purge -y jobworker); then ok "apt purge jobworker"; else bad "apt purge jobworker: $out"; fi
+expect "purged: not installed" "" "$(pkg_status | grep -v '^un' || true)"
+expect "purged: /etc/jobworker, /var/lib/jobworker, /run/jobworker gone" "yes" "$(none_exist /etc/jobworker /var/lib/jobworker /run/jobworker)"
+expect "purged: no enablement state left" "yes" "$(none_exist "${enable_links[@]}" $(find /var/lib/systemd/deb-systemd-helper-enabled -name 'jobworker*' 2>/dev/null))"
+info "purged: the jobworker account stays: $(getent passwd jobworker)"
 
 echo "VMCHECK-DONE $passed $failed"
 systemctl poweroff --no-block

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Boots a QEMU guest with systemd as PID 1 and checks the installed units for real:
-# `make install`, `systemctl enable --now jobworker-executor.socket jobworker-api.service`,
-# jobs run through jobctl, what the executor's and the API server's processes hold
-# (capabilities, no_new_privs, seccomp, cgroup), what a job can and cannot reach, the
-# LoadCredential= key, stop and restart behaviour, and, one drop-in at a time, that
-# each capability kept and each setting left out is really needed (see guest-check.sh).
+# Boots a QEMU guest with systemd as PID 1 and checks the Debian package and its units
+# for real (`make test-systemd`): `apt install ./jobworker_*.deb` (the accounts and
+# directories made, nothing enabled or started), `systemctl enable --now
+# jobworker-executor.socket jobworker-api.service`, jobs run and streamed through jobctl,
+# what the executor's and the API server's processes hold (capabilities, no_new_privs,
+# seccomp, cgroup), what a job can and cannot reach, the LoadCredential= key, stop and
+# restart behaviour, and, one drop-in at a time, that each capability kept and each
+# setting left out is really needed; then an upgrade to the package rebuilt as a later
+# version (job records and an edited configuration kept), removal (units stopped and
+# disabled) and purge (configuration and state gone). See guest-check.sh.
 #
-# A manual check, not part of `make test`: it takes minutes under software emulation
-# and its waits are bounded polls. The guest's userland is copied from the host's own
-# installed Debian packages (systemd, coreutils, perl-base, ... and their
-# dependencies), so nothing is downloaded but the kernel that .ci/vm/setup.sh fetches.
+# It takes minutes under software emulation (see docs/design.md, "Verification"); its
+# waits are bounded polls. The guest's userland is copied from the host's own installed
+# Debian packages (systemd, apt, dpkg, coreutils, perl-base, ... and their
+# dependencies), with a dpkg database that lists them as installed, so apt needs no
+# network; nothing is downloaded but the kernel that .ci/vm/setup.sh fetches.
 #
-# Exit status: 0 when every check passed in the guest, 1 when one failed, 2 when the
-# guest did not finish.
+# Exit status: 0 when every check passed in the guest (or, without root, after a
+# SKIPPED line), 1 when one failed, 2 when the guest did not finish.
 #
 # Environment (optional):
+#   JOBWORKER_DEB          the package to install (default: built here by
+#                          deploy/debian/build.sh, as `make deb` does)
 #   JOBWORKER_VM_DIR       cache directory shared with .ci/vm (default: <repo>/.vm)
 #   JOBWORKER_VM_TIMEOUT   seconds for the guest run (default 1800)
 set -euo pipefail
@@ -30,7 +37,10 @@ die() {
     exit 2
 }
 
-[[ $(id -u) == 0 ]] || die "run as root (the guest's files must be owned by root)"
+if [[ $(id -u) != 0 ]]; then
+    log "SKIPPED the systemd check: needs root (the guest's files must be owned by root)"
+    exit 0
+fi
 mkdir -p "$vm_dir"
 vm_dir=$(cd "$vm_dir" && pwd)
 JOBWORKER_VM_DIR=$vm_dir "$repo/.ci/vm/setup.sh"
@@ -43,8 +53,9 @@ rm -rf "$work"
 mkdir -p "$root"
 
 # --- userland: the host's installed packages ------------------------------------------
-packages=(systemd bash dash coreutils libc-bin util-linux mount procps iproute2 grep sed
-    findutils gawk base-files base-passwd perl-base acl)
+# The essential packages (dpkg needs them: diff, tar, ...), and what the checks use.
+mapfile -t packages < <(dpkg-query -W -f='${Essential} ${binary:Package}\n' | awk '$1 == "yes" { print $2 }')
+packages+=(systemd mount procps iproute2 gawk acl apt)
 mapfile -t closure < <(apt-cache depends --recurse --no-recommends --no-suggests \
     --no-conflicts --no-breaks --no-replaces --no-enhances "${packages[@]}" 2>/dev/null |
     grep -v '^[ <]' | LC_ALL=C sort -u)
@@ -66,12 +77,31 @@ for d in bin sbin lib lib64; do ln -s "usr/$d" "$root/$d"; done
 tar -C / --no-recursion -cf - -T "$work/files" |
     tar -C "$root" --keep-directory-symlink -xpf -
 
+# dpkg's database: the copied packages, as installed (their status and file lists from
+# the host's), so that apt finds the package's dependencies there and needs no network.
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/lib/dpkg/triggers" \
+    "$root/var/lib/dpkg/alternatives" "$root/var/lib/apt/lists/partial" \
+    "$root/var/cache/apt/archives/partial" "$root/var/log/apt" "$root/etc/apt/sources.list.d" \
+    "$root/etc/apt/preferences.d"
+: >"$root/etc/apt/sources.list"
+for p in "${installed[@]}"; do
+    dpkg-query -s "$p"
+    echo
+done >"$root/var/lib/dpkg/status"
+: >"$root/var/lib/dpkg/available"
+for p in "${installed[@]}"; do
+    for f in /var/lib/dpkg/info/"$p".*; do
+        [[ -e $f ]] && cp -p "$f" "$root/var/lib/dpkg/info/"
+    done
+done
+
 mkdir -p "$root"/{proc,sys,dev,run,tmp,var/tmp,var/lib,var/log,root,home,srv,mnt,etc/systemd/system}
 chmod 1777 "$root/tmp" "$root/var/tmp"
 chmod 0700 "$root/root"
-printf 'root:x:0:0:root:/root:/bin/bash\n' >"$root/etc/passwd"
+# _apt: apt's own account for its downloads (its postinst would have made it).
+printf 'root:x:0:0:root:/root:/bin/bash\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n' >"$root/etc/passwd"
 printf 'root:x:0:\n' >"$root/etc/group"
-printf 'root:*:19000:0:99999:7:::\n' >"$root/etc/shadow"
+printf 'root:*:19000:0:99999:7:::\n_apt:*:19000:0:99999:7:::\n' >"$root/etc/shadow"
 printf 'root:*::\n' >"$root/etc/gshadow"
 chmod 0640 "$root/etc/shadow" "$root/etc/gshadow"
 printf 'jobworker-vm\n' >"$root/etc/hostname"
@@ -90,20 +120,30 @@ chmod 0644 "$root/home/alice/notes.txt"
 mkdir -p "$root/srv/dropbox"
 chmod 1777 "$root/srv/dropbox"
 
-# --- jobworker: the real install -------------------------------------------------------
-log "make install DESTDIR=$root"
-make -s -C "$repo" install DESTDIR="$root" PREFIX=/usr/local >&2
-# Test aids, not part of the install: the probe (run as a job) and the PKI tool.
+# --- jobworker: the package, and the same package rebuilt as a later version -----------
+deb=${JOBWORKER_DEB:-}
+if [[ -z $deb ]]; then
+    log "building the package (deploy/debian/build.sh)"
+    deb=$("$repo/deploy/debian/build.sh")
+fi
+[[ -f $deb ]] || die "no package at $deb"
+version=$(dpkg-deb -f "$deb" Version)
+log "rebuilding $(basename "$deb") as version $version+rebuild1, for the upgrade"
+deb2=$(DEB_VERSION=$version+rebuild1 JOBWORKER_DEB_DIR=$work/rebuilt "$repo/deploy/debian/build.sh")
+# One directory each: `apt install ./jobworker_*.deb` in each names one package.
+install -d -m 0755 "$root/var/tmp/jobworker/1" "$root/var/tmp/jobworker/2"
+install -m 0644 "$deb" "$root/var/tmp/jobworker/1/"
+install -m 0644 "$deb2" "$root/var/tmp/jobworker/2/"
+printf '%s\n%s\n' "$version" "$version+rebuild1" >"$root/var/tmp/jobworker/versions"
+
+# Test aids, not part of the package: the probe (run as a job) and the PKI tool.
 cargo build --release --locked -p jobworker-testkit --bin jobworker-probe \
     -p jobctl --bin jobworker-dev-certs --manifest-path "$repo/Cargo.toml" >&2
 install -d -m 0755 "$root/usr/local/libexec"
 install -m 0755 "$repo/target/release/jobworker-probe" "$root/usr/local/libexec/jobworker-probe"
 "$repo/target/release/jobworker-dev-certs" "$work/pki" >&2
 install -d -m 0700 "$root/root/pki"
-cp "$work/pki"/{ca.pem,alice.pem,alice.key,bob.pem,bob.key} "$root/root/pki/"
-install -m 0644 "$work/pki/server.pem" "$root/etc/jobworker/server.pem"
-install -m 0644 "$work/pki/ca.pem" "$root/etc/jobworker/ca.pem"
-install -m 0600 "$work/pki/server.key" "$root/etc/jobworker/server.key"
+cp "$work/pki"/{ca.pem,server.pem,server.key,alice.pem,alice.key,bob.pem,bob.key} "$root/root/pki/"
 
 install -m 0755 "$here/guest-check.sh" "$root/usr/local/libexec/jobworker-vmcheck"
 cat >"$root/etc/systemd/system/jobworker-vmcheck.service" <<'EOF'

@@ -121,18 +121,24 @@ impl Pty {
     /// Waits (at most `within`) until `needle` has appeared on the terminal; returns
     /// everything seen so far.
     pub fn wait_for(&self, needle: &str, within: Duration) -> String {
+        self.wait_for_nth(needle, 1, within)
+    }
+
+    /// Waits (at most `within`) until `needle` has appeared on the terminal `n` times (a
+    /// prompt, once for each shell); returns everything seen so far.
+    pub fn wait_for_nth(&self, needle: &str, n: usize, within: Duration) -> String {
         let deadline = Instant::now() + within;
         let (lock, cv) = &*self.seen;
         let mut seen = lock.lock().unwrap();
         loop {
             let text = String::from_utf8_lossy(&seen).into_owned();
-            if text.contains(needle) {
+            if text.matches(needle).count() >= n {
                 return text;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "{needle:?} did not appear within {within:?}; seen: {text:?}"
+                "{needle:?} did not appear {n} times within {within:?}; seen: {text:?}"
             );
             seen = cv.wait_timeout(seen, left).unwrap().0;
         }
