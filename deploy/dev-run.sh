@@ -25,6 +25,8 @@
 #   JOBWORKER_DEV_LISTEN    the API server's address (default 127.0.0.1:50051 for the
 #                           instance dev, 127.0.0.1:0, a free port, for any other); the
 #                           address in use is printed, with the JOBWORKER_SERVER to set
+#   JOBWORKER_DEV_METRICS   the metrics page's address (default 127.0.0.1:9464 for dev,
+#                           a free port for any other)
 #   JOBWORKER_DEV_STATE     the state directory (default /var/lib/jobworker-NAME: jobs
 #                           survive restarts of make run)
 #   JOBWORKER_DEV_JOB_IDS   the job ids, FIRST-LAST (default: the executor's own range,
@@ -46,8 +48,10 @@ instance=${JOBWORKER_DEV_INSTANCE:-dev}
     die "JOBWORKER_DEV_INSTANCE must be 1-32 letters, digits or dashes, not '$instance'"
 if [[ $instance == dev ]]; then
     listen=${JOBWORKER_DEV_LISTEN:-127.0.0.1:50051}
+    metrics=${JOBWORKER_DEV_METRICS:-127.0.0.1:9464}
 else
     listen=${JOBWORKER_DEV_LISTEN:-127.0.0.1:0}
+    metrics=${JOBWORKER_DEV_METRICS:-127.0.0.1:0}
 fi
 job_ids=${JOBWORKER_DEV_JOB_IDS:-}
 state=${JOBWORKER_DEV_STATE:-/var/lib/jobworker-$instance}
@@ -146,6 +150,7 @@ done
 setpriv --reuid "$api_uid" --regid "$api_gid" --clear-groups --no-new-privs \
     "$run_dir/jobworker-api" \
     --listen "$listen" \
+    --metrics-listen "$metrics" \
     --tls-cert "$run_dir/api/server.pem" \
     --tls-key "$run_dir/api/server.key" \
     --tls-client-ca "$run_dir/api/ca.pem" \
@@ -162,6 +167,7 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 [[ -n $addr ]] || die "the API server did not say where it listens"
+metrics_addr=$(sed -n 's/^jobworker-api metrics on //p' "$run_dir/api.stdout")
 host=${addr%:*}
 case $host in
 127.0.0.1 | 0.0.0.0 | "[::]" | "[::1]") host=localhost ;; # a name of the server's certificate
@@ -186,7 +192,8 @@ fi
 cat >&2 <<EOF
 
   jobworker instance '$instance' is listening on $addr; executor socket
-  $run_dir/executor.sock, state $state. In another terminal, as $who:
+  $run_dir/executor.sock, state $state, metrics on http://$metrics_addr/metrics.
+  In another terminal, as $who:
 
     export JOBWORKER_SERVER=$server
     export JOBWORKER_CA=$repo/dev-pki/ca.pem
