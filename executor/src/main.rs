@@ -134,7 +134,20 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
         tracing::warn!("a ceiling above the total of all jobs: {lowered}");
     }
     match sys::raise_nofile_limit() {
-        Ok(n) => tracing::info!(limit = n, "open file limit"),
+        Ok(n) => {
+            tracing::info!(limit = n, "open file limit");
+            let need = open_files_needed(&cfg);
+            if n < need {
+                tracing::warn!(
+                    "the open file limit ({n}) is below what {} running jobs and {} \
+                     connections need (about {need}): starts will fail with \"Too many open \
+                     files\" before then; raise LimitNOFILE= in the unit, or lower \
+                     max_running_jobs",
+                    cfg.max_running_jobs,
+                    cfg.max_connections
+                );
+            }
+        }
         Err(e) => tracing::warn!("raising the open file limit: {e}"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +159,16 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(serve(cfg, totals, listen_fds))
+}
+
+/// Descriptors the executor may hold at once: four per running job (pidfd, output and
+/// report pipes, output file), two per connection (its socket, and a follower's output
+/// file), and a reserve for the rest (listener, template, audit trail, cgroup files).
+fn open_files_needed(cfg: &Config) -> u64 {
+    const PER_JOB: u64 = 4;
+    const PER_CONNECTION: u64 = 2;
+    const RESERVE: u64 = 256;
+    cfg.max_running_jobs as u64 * PER_JOB + cfg.max_connections as u64 * PER_CONNECTION + RESERVE
 }
 
 async fn serve(
@@ -192,6 +215,7 @@ async fn serve(
         audit.clone(),
         shutdown.clone(),
     )
+    .await
     .context("job engine")?;
     let peers = Peers {
         uids: cfg.allowed_uids.clone(),

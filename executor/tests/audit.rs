@@ -149,11 +149,39 @@ async fn rotation_keeps_the_configured_segments_and_the_chain_verifies_across_th
         "3",
     ]));
     let mut c = exec.client().await;
+    let mut last = None;
     for _ in 0..12 {
         let id = c.run(&["true"]).await.unwrap();
         c.wait(id).await;
+        last = Some(id);
     }
-    // Each job's end is appended after its final status is published: wait for the last.
+    // Each job's end is appended after its final status is published: follow the trail
+    // until the last job's end is durable. Nothing is appended after it, so the segments
+    // stay as they are while they are checked.
+    use futures::{SinkExt, StreamExt};
+    let last = format!("\"job\":\"{}\"", last.unwrap());
+    let mut t = exec.client().await.into_inner();
+    t.send(Request::Audit(AuditQuery {
+        since_ms: None,
+        owner: None,
+        follow: true,
+    }))
+    .await
+    .unwrap();
+    loop {
+        let next = tokio::time::timeout(LIMIT, t.next())
+            .await
+            .expect("the last job's end within the limit");
+        match next {
+            Some(Ok(Response::AuditLine(l))) => {
+                if l.line.contains("\"event\":\"job_ended\"") && l.line.contains(&last) {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(t);
     let dir = exec.audit_dir();
     exec.wait_log("audit segment deleted", LIMIT);
     let segments: Vec<_> = std::fs::read_dir(&dir)

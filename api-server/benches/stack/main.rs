@@ -110,7 +110,7 @@ impl Sizes {
                 throughput_bytes: GIB,
                 fanout_followers: 100,
                 fanout_bytes: 100 * MIB,
-                scale_jobs: 1000,
+                scale_jobs: 10_000,
                 scale_probes: 100,
                 stalled_bytes: GIB,
                 cli_runs: 100,
@@ -138,7 +138,14 @@ fn run() -> anyhow::Result<()> {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
-    let sizes = Sizes::new(quick);
+    let mut sizes = Sizes::new(quick);
+    // Scenario 5's count, for a machine that cannot hold the default.
+    if let Some(n) = std::env::var("BENCH_SCALE_JOBS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        sizes.scale_jobs = n;
+    }
     for tool in ["unshare", "bwrap", "crun", "busybox"] {
         if which(tool).is_none() {
             bail!("{tool} is missing: `make bench` installs it (bubblewrap, crun, busybox-static)");
@@ -147,7 +154,7 @@ fn run() -> anyhow::Result<()> {
     let machine = machine();
     println!("{}", machine_line(&machine));
 
-    let stack = Stack::start()?;
+    let stack = Stack::start(&sizes)?;
     let template_rss = stack.template_pid.map(|pid| mib(rss(pid).0));
     let template = match (stack.template_pid, template_rss) {
         (Some(pid), Some(r)) => format!("init template pid {pid}, RSS {r} MiB"),

@@ -429,10 +429,24 @@ pub async fn scenario_scale(
     let (exec0, api0) = stack.rss_now();
     let mut ids = Vec::new();
     let t = Instant::now();
+    // A machine that cannot hold them all: the count it held, and what ran out.
+    let mut ran_out = None;
     for _ in 0..jobs {
-        ids.push(start(&mut c, &["sleep", "3600"]).await?);
+        match start(&mut c, &["sleep", "3600"]).await {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                ran_out = Some(format!("{e:#}"));
+                break;
+            }
+        }
     }
     let fill = t.elapsed();
+    let wanted = jobs;
+    let jobs = ids.len();
+    if let Some(why) = &ran_out {
+        println!("   held {jobs} of {wanted}: {why}");
+    }
+    anyhow::ensure!(jobs > 0, "no sleeping job started");
     let (exec1, api1) = stack.rss_now();
     let (exec_fds, api_fds) = (fd_count(stack.exec_pid), fd_count(stack.api_pid));
     let (mut at_n, mut un_n) = (Vec::new(), Vec::new());
@@ -520,6 +534,13 @@ pub async fn scenario_scale(
     let s = "5 scale";
     report.row(
         s,
+        &format!("sleeping jobs held of {wanted}; seconds to start them"),
+        format!("{jobs}; {:.1} s", fill.as_secs_f64()),
+        ran_out.as_deref().unwrap_or(""),
+        "",
+    );
+    report.row(
+        s,
         &format!("RSS per running job executor / API ({jobs} jobs)"),
         format!("{:.1} / {:.1} KiB", per(exec1, exec0), per(api1, api0)),
         "",
@@ -529,7 +550,7 @@ pub async fn scenario_scale(
         s,
         &format!("open fds at {jobs} running: executor / API"),
         format!("{exec_fds} / {api_fds}"),
-        "soft RLIMIT_NOFILE is 1024 by default",
+        &format!("executor's RLIMIT_NOFILE {}", procfs_nofile(stack.exec_pid)),
         "",
     );
     report.row(
@@ -564,6 +585,8 @@ pub async fn scenario_scale(
         "5_scale".into(),
         json!({
             "jobs": jobs,
+            "jobs_wanted": wanted,
+            "ran_out": ran_out,
             "seconds_to_start_all": round3(fill.as_secs_f64()),
             "seconds_to_stop_all": round3(stop.as_secs_f64()),
             "rss_executor_before_bytes": exec0,
@@ -781,4 +804,16 @@ pub async fn scenario_keystroke(
         }),
     );
     Ok(())
+}
+
+/// The soft open-file limit of process `pid`, from `/proc/PID/limits`.
+fn procfs_nofile(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        })
+        .unwrap_or_else(|| "?".into())
 }

@@ -13,10 +13,13 @@ use tonic::transport::Channel;
 
 use crate::{GIB, MIB};
 
-/// Executor settings for the scenarios: room for 1,000 sleeping jobs plus probes, and
-/// for 1 GiB of output per job.
-pub const MAX_RUNNING_JOBS: u32 = 1100;
+/// Executor settings for the scenarios: room for 1 GiB of output per job, and (see
+/// [`Stack::start`]) for scenario 5's sleeping jobs plus probes.
 pub const MAX_OUTPUT_BYTES: u64 = GIB + GIB / 4;
+/// Open files the executor holds per running job (pidfd, output and report pipes,
+/// output file), and besides its jobs.
+const FDS_PER_JOB: u64 = 4;
+const FDS_BESIDES_JOBS: u64 = 8192;
 /// Limits every benchmark job asks for: a cgroup with real limits.
 pub fn job_limits() -> pb::Limits {
     pb::Limits {
@@ -46,13 +49,37 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub fn start() -> anyhow::Result<Stack> {
+    /// Every client of the benchmark is one owner (alice), who may run as many jobs as
+    /// the executor: scenario 5's sleeping jobs plus 100. What a host must allow for
+    /// that many (see docs/benchmarks.md, "Scale"): open files for the executor
+    /// ([`FDS_PER_JOB`] each, raised here as `LimitNOFILE=` would in its unit), and
+    /// processes (two per sleeping job: its init and `sleep`) within the total of
+    /// all jobs and the kernel's `pid_max`.
+    pub fn start(sizes: &crate::Sizes) -> anyhow::Result<Stack> {
         // The state directory (the jobs' output files) in the system's temporary
         // directory, as ever: the file system under the figures stays the same.
         let tmp = std::env::temp_dir();
+        let running = sizes.scale_jobs as u64 + 100;
+        let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?
+            .trim()
+            .parse()?;
+        // Each job asks for 64 pids: the owner's quota is the executor's; all jobs
+        // together may have the host's processes but a reserve for the host itself.
+        let total_pids = pid_max.saturating_sub(2048).max(1024);
+        let big = (u64::MAX / 4).to_string();
         let mut exec = ExecutorOptions::behind_api().flags(&[
             "--max-running-jobs",
-            &MAX_RUNNING_JOBS.to_string(),
+            &running.to_string(),
+            "--quota-running-jobs",
+            &running.to_string(),
+            "--quota-memory-bytes",
+            &big,
+            "--quota-cpu-millis",
+            &big,
+            "--quota-pids",
+            &big,
+            "--total-pids",
+            &total_pids.to_string(),
             "--max-output-bytes",
             &MAX_OUTPUT_BYTES.to_string(),
             "--max-finished-jobs",
@@ -84,6 +111,17 @@ impl Stack {
             dir.keep();
         }
         let exec_pid = inner.exec.pid();
+        let nofile = running * FDS_PER_JOB + FDS_BESIDES_JOBS;
+        let status = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(exec_pid.to_string())
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .status()
+            .context("running prlimit")?;
+        anyhow::ensure!(
+            status.success(),
+            "prlimit --nofile={nofile} for the executor: {status}"
+        );
         Ok(Stack {
             exec_pid,
             template_pid: procfs::init_templates(exec_pid).first().copied(),

@@ -71,6 +71,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[error("{UNAVAILABLE}")]
 pub struct AuditError;
 
+/// Learns a submitted record's number once it is durable, or that it could not be
+/// written.
+pub type Durable = oneshot::Receiver<Result<u64, AuditError>>;
+
 impl From<AuditError> for WireError {
     fn from(_: AuditError) -> WireError {
         WireError::new(ErrorKind::Unavailable, UNAVAILABLE)
@@ -208,7 +212,7 @@ impl Audit {
 
     /// Queues a record; the receiver learns its number once it is durable, or that it
     /// could not be written.
-    pub fn submit(&self, body: Body) -> oneshot::Receiver<Result<u64, AuditError>> {
+    pub fn submit(&self, body: Body) -> Durable {
         let (tx, rx) = oneshot::channel();
         let mut q = lock(&self.shared.queue);
         if q.closing || q.own.len() >= MAX_PENDING {

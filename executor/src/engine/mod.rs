@@ -125,7 +125,7 @@ impl Engine {
     /// Opens the state directory, loads the jobs recorded there (marking those that were
     /// running as lost), kills and removes job groups left by a previous run, and puts
     /// the totals of all jobs on their parent group.
-    pub fn new(
+    pub async fn new(
         cfg: Config,
         cgroups: Cgroups,
         totals: crate::totals::Totals,
@@ -151,7 +151,14 @@ impl Engine {
             audit,
             counters: observe::Counters::default(),
         });
-        engine.recover()?;
+        let lost = engine.recover()?;
+        // Ready only once the trail holds the jobs found lost: a reader of the trail
+        // after the restart finds them.
+        for recorded in lost {
+            if !matches!(recorded.await, Ok(Ok(_))) {
+                tracing::error!("audit trail: a lost job's record could not be written");
+            }
+        }
         engine
             .cgroups
             .set_totals(&totals)
@@ -165,7 +172,7 @@ impl Engine {
         Ok(engine)
     }
 
-    fn recover(&self) -> io::Result<()> {
+    fn recover(&self) -> io::Result<Vec<crate::audit::Durable>> {
         match self.cgroups.reap_stale() {
             Ok(ids) => {
                 for id in ids {
@@ -176,10 +183,10 @@ impl Engine {
         }
         let recovering = now_ms();
         table::recover(&self.store, &self.table, self.cfg.max_output_bytes)?;
-        self.record_lost(recovering);
+        let lost = self.record_lost(recovering);
         let evicted = lock(&self.table).evict(self.cfg.max_finished_jobs);
         table::remove_evicted(&self.store, evicted);
-        Ok(())
+        Ok(lost)
     }
 
     /// The backend in use, for logs.

@@ -156,8 +156,10 @@ impl Engine {
             .note(Body::JobEnded(Box::new(JobEnded::of(status.clone()))));
     }
 
-    /// Records the jobs recovery found running (marked lost at or after `since`).
-    pub(super) fn record_lost(&self, since: u64) {
+    /// Records the jobs recovery found running (marked lost at or after `since`);
+    /// returns the receivers that learn when each record is durable.
+    pub(super) fn record_lost(&self, since: u64) -> Vec<crate::audit::Durable> {
+        let mut recorded = Vec::new();
         let jobs = lock(&self.table)
             .page(&Scope::Any, None, usize::MAX, |_| true)
             .unwrap_or_default();
@@ -168,12 +170,13 @@ impl Engine {
                 .is_some_and(|s| s.state == JobState::Lost && s.ended_at_ms >= Some(since));
             if lost {
                 self.counters.ended(&job.status(&self.cgroups));
-                self.audit.note(Body::JobLost {
+                recorded.push(self.audit.submit(Body::JobLost {
                     job: Id(job.id),
                     owner: job.owner.clone(),
-                });
+                }));
             }
         }
+        recorded
     }
 
     /// Undoes a launch whose start could not be recorded: the init never got its spec
