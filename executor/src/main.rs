@@ -161,11 +161,12 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
     rt.block_on(serve(cfg, totals, listen_fds))
 }
 
-/// Descriptors the executor may hold at once: four per running job (pidfd, output and
-/// report pipes, output file), two per connection (its socket, and a follower's output
-/// file), and a reserve for the rest (listener, template, audit trail, cgroup files).
+/// Descriptors the executor may hold at once: seven per running job (pidfd, report
+/// pipe, the stdout and stderr pipes, and the job's stdout, stderr and index files), two
+/// per connection (its socket, and a follower's output file), and a reserve for the rest
+/// (listener, template, audit trail, cgroup files).
 fn open_files_needed(cfg: &Config) -> u64 {
-    const PER_JOB: u64 = 4;
+    const PER_JOB: u64 = 7;
     const PER_CONNECTION: u64 = 2;
     const RESERVE: u64 = 256;
     cfg.max_running_jobs as u64 * PER_JOB + cfg.max_connections as u64 * PER_CONNECTION + RESERVE

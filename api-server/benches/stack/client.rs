@@ -25,6 +25,32 @@ pub async fn start(c: &mut JobWorkerClient<Channel>, argv: &[&str]) -> anyhow::R
     Ok(c.start_job(start_request(argv)).await?.into_inner().id)
 }
 
+/// Runs a job in one `RunJob` call, as `jobctl run` does: its output (drained) and its
+/// final status come back on the same call. The request side stays open until the
+/// answer ends, as jobctl's does.
+pub async fn run_job(
+    c: &mut JobWorkerClient<Channel>,
+    argv: &[&str],
+) -> anyhow::Result<pb::JobStatus> {
+    use pb::run_job_response::Event as Run;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::RunJobRequest {
+        event: Some(pb::run_job_request::Event::Start(start_request(argv))),
+    })
+    .await?;
+    let mut s = c
+        .run_job(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(msg) = s.message().await? {
+        if let Some(Run::Status(status)) = msg.event {
+            drop(tx);
+            return Ok(status);
+        }
+    }
+    bail!("RunJob ended without the job's final status")
+}
+
 /// What a follower saw.
 pub struct Followed {
     pub bytes: u64,

@@ -30,8 +30,8 @@ pub async fn scenario_start_latency(
     let bundle = crun_bundle(&stack.dir.path)?;
     let mut crun = Crun::start(&bundle, &stack.dir.join("crun-root"))?;
     crun.run_once()?;
-    let (mut running, mut final_, mut un, mut bw, mut cr) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut running, mut final_, mut run, mut un, mut bw, mut cr) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..sizes.starts {
         let t = Instant::now();
         let id = start(&mut c, &["/bin/true"]).await?;
@@ -41,13 +41,20 @@ pub async fn scenario_start_latency(
         check_exited_zero(&f.status)?;
         running.push(ms(started));
         final_.push(ms(ended));
+        let t = Instant::now();
+        check_exited_zero(&run_job(&mut c, &["/bin/true"]).await?)?;
+        run.push(ms(t.elapsed()));
         un.push(ms(time_command(unshare_true()).await?));
         bw.push(ms(time_command(bwrap_true()).await?));
         // Blocks this thread for one run: nothing else is in flight meanwhile.
         cr.push(ms(crun.run_once()?));
     }
     drop(crun);
-    let (running, final_) = (Samples::new(running), Samples::new(final_));
+    let (running, final_, run) = (
+        Samples::new(running),
+        Samples::new(final_),
+        Samples::new(run),
+    );
     let (un, bw, cr) = (Samples::new(un), Samples::new(bw), Samples::new(cr));
     let s = "1 start latency";
     let f = |x: &Samples| format!("{:.2} / {:.2} ms", x.p50(), x.p99());
@@ -73,12 +80,21 @@ pub async fn scenario_start_latency(
         &format!("unshare {}", f(&un)),
         &ratio(final_.p50(), un.p50()),
     );
+    report.row(
+        s,
+        "RunJob -> final status (one call), p50/p99",
+        f(&run),
+        &format!("bwrap {}", f(&bw)),
+        &ratio(run.p50(), bw.p50()),
+    );
     report.json.insert(
         "1_start_latency".into(),
         json!({
             "jobs": sizes.starts,
             "start_to_running": running.json(),
             "start_to_final_status": final_.json(),
+            "run_to_final_status": run.json(),
+            "run_vs_bwrap_p50": round3(run.p50() / bw.p50()),
             "baseline_unshare": un.json(),
             "baseline_bwrap": bw.json(),
             "baseline_crun": cr.json(),
@@ -442,10 +458,14 @@ pub async fn scenario_scale(
     }
     let fill = t.elapsed();
     let wanted = jobs;
-    let jobs = ids.len();
     if let Some(why) = &ran_out {
-        println!("   held {jobs} of {wanted}: {why}");
+        println!("   held {} of {wanted}: {why}", ids.len());
+        // Room for the probes below: the last few are stopped again.
+        for id in ids.split_off(ids.len().saturating_sub(32)) {
+            c.stop_job(pb::StopJobRequest { id }).await?;
+        }
     }
+    let jobs = ids.len();
     anyhow::ensure!(jobs > 0, "no sleeping job started");
     let (exec1, api1) = stack.rss_now();
     let (exec_fds, api_fds) = (fd_count(stack.exec_pid), fd_count(stack.api_pid));

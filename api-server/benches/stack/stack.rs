@@ -16,9 +16,9 @@ use crate::{GIB, MIB};
 /// Executor settings for the scenarios: room for 1 GiB of output per job, and (see
 /// [`Stack::start`]) for scenario 5's sleeping jobs plus probes.
 pub const MAX_OUTPUT_BYTES: u64 = GIB + GIB / 4;
-/// Open files the executor holds per running job (pidfd, output and report pipes,
-/// output file), and besides its jobs.
-const FDS_PER_JOB: u64 = 4;
+/// Open files the executor holds per running job (pidfd, report pipe, stdout and stderr
+/// pipes, the stdout, stderr and index files), and besides its jobs.
+const FDS_PER_JOB: u64 = 7;
 const FDS_BESIDES_JOBS: u64 = 8192;
 /// Limits every benchmark job asks for: a cgroup with real limits.
 pub fn job_limits() -> pb::Limits {
@@ -112,16 +112,21 @@ impl Stack {
         }
         let exec_pid = inner.exec.pid();
         let nofile = running * FDS_PER_JOB + FDS_BESIDES_JOBS;
+        // Raising a hard limit needs CAP_SYS_RESOURCE: without it (a container may not
+        // have it), the executor keeps the limit it raised itself to the hard one it
+        // inherited, and scenario 5 reports how many jobs that held.
         let status = std::process::Command::new("prlimit")
             .arg("--pid")
             .arg(exec_pid.to_string())
             .arg(format!("--nofile={nofile}:{nofile}"))
             .status()
             .context("running prlimit")?;
-        anyhow::ensure!(
-            status.success(),
-            "prlimit --nofile={nofile} for the executor: {status}"
-        );
+        if !status.success() {
+            println!(
+                "note: could not raise the executor's open-file limit to {nofile} ({status}); \
+                 it keeps its own"
+            );
+        }
         Ok(Stack {
             exec_pid,
             template_pid: procfs::init_templates(exec_pid).first().copied(),

@@ -135,7 +135,7 @@ impl Engine {
                 tracing::error!(job = %id, "preparing an exec: {e}");
                 WireError::internal("preparing the exec failed")
             })?;
-        if orders.send(order).await.is_err() {
+        if orders.send(Box::new(order)).await.is_err() {
             return Err(not_running());
         }
         let answer = tokio::time::timeout(START_TIMEOUT, started_rx)

@@ -35,7 +35,7 @@ pub(super) struct Job {
     pub attach: Mutex<Attach>,
     /// Exec requests, to the job's supervisor (`None` once it has ended, or for a job
     /// loaded from the state directory).
-    pub exec_tx: Option<mpsc::Sender<ExecOrder>>,
+    pub exec_tx: Option<mpsc::Sender<Box<ExecOrder>>>,
     /// Execs alive in the job.
     pub execs: AtomicUsize,
     /// Set once nothing of the job's supervisor is left to do (its record is final):
@@ -104,7 +104,7 @@ impl Job {
         seq: u64,
         progress: watch::Receiver<Progress>,
         live: Live,
-        exec_tx: Option<mpsc::Sender<ExecOrder>>,
+        exec_tx: Option<mpsc::Sender<Box<ExecOrder>>>,
     ) -> Self {
         let ended = live.final_status.is_some();
         Job {

@@ -28,6 +28,13 @@ impl Engine {
     ) -> Result<(Spawned, JobGroup, OutputWriter, SpecHandover), WireError> {
         let internal = |what: &str, e: io::Error| {
             tracing::error!(job = %id, "{what}: {e}");
+            if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                // Every running job holds descriptors: the limit, not a fault, ended it.
+                return WireError::exhausted(
+                    "the executor has no open file left for another job (its open-file \
+                     limit is below what max_running_jobs needs)",
+                );
+            }
             WireError::internal(format!("{what} failed"))
         };
         self.store

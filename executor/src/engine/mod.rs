@@ -291,7 +291,13 @@ impl Engine {
                 give_back_name();
                 let _ = self.store.remove(&id);
             })
-            .map_err(|e| refuse(Refusal::Internal, e))?;
+            .map_err(|e| {
+                let reason = match e.kind {
+                    ErrorKind::ResourceExhausted => Refusal::Capacity,
+                    _ => Refusal::Internal,
+                };
+                refuse(reason, e)
+            })?;
         let started_at_ms = now_ms();
         // No record, no job: the init waits for its spec until the start is durable in
         // the audit trail. If it cannot be written, the init never gets its spec and
@@ -336,6 +342,8 @@ impl Engine {
             uid: Some(uid),
         };
         let live = Live::running(&group);
+        // Orders are boxed: the channel allocates room for a block of them up front for
+        // every running job, and a pointer each is what that costs.
         let (exec_tx, exec_rx) = mpsc::channel(EXEC_QUEUE);
         let job = lock(&self.table).insert(info, writer.sender().subscribe(), live, Some(exec_tx));
         // The record ends with an fsync: it is written on a blocking thread while the init

@@ -47,7 +47,7 @@ pub(super) struct Launched {
     /// The job's first record, being written.
     pub recorded: Recorded,
     /// Exec requests for the job's init.
-    pub exec_rx: mpsc::Receiver<ExecOrder>,
+    pub exec_rx: mpsc::Receiver<Box<ExecOrder>>,
 }
 
 impl Engine {
@@ -218,7 +218,7 @@ impl Engine {
                     io.read_reports(job, started_tx)?;
                 }
                 Some(order) = exec_rx.recv(), if io.report_open && init_exit.is_none() => {
-                    io.send_exec(order);
+                    io.send_exec(*order);
                 }
                 r = pidfd.readable(), if init_exit.is_none() => {
                     let mut guard = r?;
@@ -265,7 +265,7 @@ impl Engine {
 struct Run<'a> {
     group: &'a JobGroup,
     deadline: tokio::time::Instant,
-    exec_rx: mpsc::Receiver<ExecOrder>,
+    exec_rx: mpsc::Receiver<Box<ExecOrder>>,
 }
 
 /// Waits for the terminal to be readable (never, without one; the branch is disabled

@@ -40,7 +40,7 @@ impl Table {
         info: JobInfo,
         progress: watch::Receiver<Progress>,
         live: Live,
-        exec_tx: Option<mpsc::Sender<ExecOrder>>,
+        exec_tx: Option<mpsc::Sender<Box<ExecOrder>>>,
     ) -> Arc<Job> {
         let seq = self.next_seq;
         self.next_seq += 1;
