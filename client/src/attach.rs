@@ -257,7 +257,7 @@ pub async fn run(client: &Client, settings: &Settings, args: &RunArgs) -> Result
                     use pb::run_job_response::Event;
                     match event {
                         Event::Data(bytes) => {
-                            if let Err(error) = out.write(stream, &bytes).await {
+                            if let Err(error) = out.write(stream, bytes).await {
                                 // Nobody reads the output any more: the job goes too.
                                 stopping.stop_now(client, &id).await;
                                 return Err(error);
@@ -331,7 +331,7 @@ pub async fn exec(client: &Client, args: &ExecArgs) -> Result<u8, CliError> {
                 Ok(Some(pb::ExecJobResponse { event: Some(event), stream })) => {
                     use pb::exec_job_response::Event;
                     match event {
-                        Event::Data(bytes) => out.write(stream, &bytes).await?,
+                        Event::Data(bytes) => out.write(stream, bytes).await?,
                         Event::Ended(end) => break end,
                         Event::Started(_) => {}
                     }

@@ -1,9 +1,9 @@
 //! What each subcommand does, once the command line is parsed.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use jobworker_proto::v1::{self as pb, JobState, stream_job_output_response::Event};
-use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use crate::attach;
@@ -271,29 +271,44 @@ fn spawn_stop(client: &Client, id: &str) -> StopTask {
 }
 
 /// Where a job's output goes: each stream to jobctl's own descriptor of the same number.
+///
+/// Each chunk is written whole, unbuffered, on a blocking thread, before the next is
+/// taken, so the job's streams interleave as they arrived and a reader that stops
+/// reading stops the stream. Written through duplicates of descriptors 1 and 2 rather
+/// than `std::io::stdout()`, whose line buffering scans every chunk for a newline and
+/// whose flush would be a second hand-off per chunk.
 pub struct Sink {
-    stdout: tokio::io::Stdout,
-    stderr: tokio::io::Stderr,
+    stdout: Result<Arc<std::fs::File>, std::io::ErrorKind>,
+    stderr: Result<Arc<std::fs::File>, std::io::ErrorKind>,
 }
 
 impl Sink {
     pub fn new() -> Self {
+        use std::os::fd::AsFd;
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map(|fd| Arc::new(std::fs::File::from(fd)))
+                .map_err(|e| e.kind())
+        };
         Sink {
-            stdout: tokio::io::stdout(),
-            stderr: tokio::io::stderr(),
+            stdout: dup(std::io::stdout().as_fd()),
+            stderr: dup(std::io::stderr().as_fd()),
         }
     }
 
-    /// Writes `bytes` of `stream` (a `pb::OutputStream`; anything unknown is stdout) and
-    /// flushes, so the job's streams interleave as they arrived.
-    pub async fn write(&mut self, stream: i32, bytes: &[u8]) -> Result<(), CliError> {
-        let written = if stream == pb::OutputStream::Stderr as i32 {
-            let e = &mut self.stderr;
-            async { e.write_all(bytes).await.and(e.flush().await) }.await
+    /// Writes `bytes` of `stream` (a `pb::OutputStream`; anything unknown is stdout).
+    pub async fn write(&mut self, stream: i32, bytes: bytes::Bytes) -> Result<(), CliError> {
+        let file = if stream == pb::OutputStream::Stderr as i32 {
+            &self.stderr
         } else {
-            let o = &mut self.stdout;
-            async { o.write_all(bytes).await.and(o.flush().await) }.await
+            &self.stdout
         };
+        let file = file
+            .clone()
+            .map_err(|kind| CliError::stdout(&std::io::Error::from(kind)))?;
+        let written = tokio::task::spawn_blocking(move || (&*file).write_all(&bytes))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         written.map_err(|e| CliError::stdout(&e))
     }
 }
@@ -330,7 +345,7 @@ async fn logs(client: &Client, args: &LogsArgs) -> Result<u8, CliError> {
             Ok(Some(pb::StreamJobOutputResponse {
                 event: Some(Event::Data(bytes)),
                 stream,
-            })) => out.write(stream, &bytes).await?,
+            })) => out.write(stream, bytes).await?,
             Ok(Some(pb::StreamJobOutputResponse {
                 event: Some(Event::Status(s)),
                 ..

@@ -269,6 +269,18 @@ pub async fn scenario_throughput(
         }
         None => None,
     };
+    // What a user sees: jobctl itself, writing the job's output to /dev/null as a
+    // command does, against ssh doing the same.
+    let jobctl_rate = {
+        let mut c = Command::new(jobctl());
+        c.args(["run", "--", "head", "-c", &count, "/dev/zero"])
+            .envs(
+                stack
+                    .pki()
+                    .jobctl_env("alice", &format!("localhost:{}", stack.addr.port())),
+            );
+        n as f64 / time_command(c).await?.as_secs_f64() / MB
+    };
     let s = "3 output throughput";
     report.row(
         s,
@@ -284,6 +296,13 @@ pub async fn scenario_throughput(
             format!("{rate:.0}"),
             &format!("ssh {ssh_rate:.0} MB/s"),
             &ratio(rate, ssh_rate),
+        );
+        report.row(
+            s,
+            "jobctl run -- head -c N /dev/zero >/dev/null, MB/s",
+            format!("{jobctl_rate:.0}"),
+            &format!("ssh {ssh_rate:.0} MB/s"),
+            &ratio(jobctl_rate, ssh_rate),
         );
     }
     report.row(
@@ -325,6 +344,7 @@ pub async fn scenario_throughput(
             "baseline_pipe_mb_per_s": round3(pipe_rate),
             "ratio_to_pipe": round3(rate / pipe_rate),
             "baseline_ssh_mb_per_s": ssh_rate.map(round3),
+            "jobctl_mb_per_s": round3(jobctl_rate),
             "ratio_to_ssh": ssh_rate.map(|r| round3(rate / r)),
             "job_runtime_s": job_runtime(&f.status).map(|d| round3(d.as_secs_f64())),
             "data_messages": f.messages,
