@@ -136,16 +136,18 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
     match sys::raise_nofile_limit() {
         Ok(n) => {
             tracing::info!(limit = n, "open file limit");
-            let need = open_files_needed(&cfg);
-            if n < need {
+            // Jobs never take the descriptors connections need: past what the limit
+            // holds, a start is refused as at capacity, and calls are still accepted.
+            let fit = jobs_within(n, cfg.max_connections, cfg.max_running_jobs);
+            if fit < cfg.max_running_jobs {
                 tracing::warn!(
-                    "the open file limit ({n}) is below what {} running jobs and {} \
-                     connections need (about {need}): starts will fail with \"Too many open \
-                     files\" before then; raise LimitNOFILE= in the unit, or lower \
-                     max_running_jobs",
+                    "max_running_jobs lowered from {} to {fit}: the open file limit ({n}) \
+                     holds no more next to {} connections; raise LimitNOFILE= in the \
+                     unit to run more",
                     cfg.max_running_jobs,
                     cfg.max_connections
                 );
+                cfg.max_running_jobs = fit;
             }
         }
         Err(e) => tracing::warn!("raising the open file limit: {e}"),
@@ -161,15 +163,37 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
     rt.block_on(serve(cfg, totals, listen_fds))
 }
 
-/// Descriptors the executor may hold at once: seven per running job (pidfd, report
-/// pipe, the stdout and stderr pipes, and the job's stdout, stderr and index files), two
-/// per connection (its socket, and a follower's output file), and a reserve for the rest
-/// (listener, template, audit trail, cgroup files).
-fn open_files_needed(cfg: &Config) -> u64 {
+/// How many running jobs an open-file limit of `limit` holds: each running job holds
+/// seven descriptors (pidfd, report pipe, the stdout and stderr pipes, and the job's
+/// stdout, stderr and index files), each connection two (its socket, and a follower's
+/// output file), and a reserve is kept for the rest (listener, template, audit trail,
+/// cgroup files, a start under way). At least one; at most `max_running_jobs`.
+fn jobs_within(limit: u64, max_connections: usize, max_running_jobs: usize) -> usize {
     const PER_JOB: u64 = 7;
     const PER_CONNECTION: u64 = 2;
     const RESERVE: u64 = 256;
-    cfg.max_running_jobs as u64 * PER_JOB + cfg.max_connections as u64 * PER_CONNECTION + RESERVE
+    let for_jobs = limit.saturating_sub(max_connections as u64 * PER_CONNECTION + RESERVE);
+    usize::try_from(for_jobs / PER_JOB)
+        .unwrap_or(usize::MAX)
+        .clamp(1, max_running_jobs.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jobs_within;
+
+    #[test]
+    fn running_jobs_fit_the_open_file_limit_next_to_the_connections() {
+        // The unit's limit holds the default caps with room.
+        assert_eq!(jobs_within(262_144, 2048, 256), 256);
+        // systemd's default soft limit does not hold them: 1024 - 2 x 256 - 256 = 256,
+        // 36 jobs of 7.
+        assert_eq!(jobs_within(1024, 256, 256), 36);
+        // A hard limit of 20,000 with the default connections: 2,235 jobs.
+        assert_eq!(jobs_within(20_000, 2048, 10_100), 2235);
+        // Never none, even when the connections alone pass the limit.
+        assert_eq!(jobs_within(1024, 2048, 256), 1);
+    }
 }
 
 async fn serve(

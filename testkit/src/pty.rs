@@ -107,6 +107,16 @@ impl Pty {
         sys::set_window_size(self.master.as_fd(), rows, cols).expect("resizing the terminal");
     }
 
+    /// Applies `stty` settings (e.g. `-echo`) to the terminal.
+    pub fn stty(&self, settings: &[&str]) {
+        let out = Command::new("stty")
+            .args(settings)
+            .stdin(Stdio::from(self.tty.try_clone().expect("the terminal")))
+            .output()
+            .expect("running stty");
+        assert!(out.status.success(), "stty {settings:?}: {out:?}");
+    }
+
     /// The terminal's settings, as `stty -g` prints them.
     pub fn settings(&self) -> String {
         let out = Command::new("stty")

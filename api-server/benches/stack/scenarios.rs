@@ -792,8 +792,21 @@ pub async fn scenario_cli(
     Ok(())
 }
 
-/// 8. One keystroke through a terminal: `jobctl run -it -- cat` against `ssh -tt host
-/// cat`, each under a pseudo-terminal of its own.
+/// 8. One keystroke through a terminal: `jobctl run -it` against `ssh -tt host` of the
+/// same program, each under a pseudo-terminal of its own. The program puts its terminal
+/// in raw mode without echo and copies each byte back as it comes (`dd bs=1`, which
+/// exits after the last keystroke), so the
+/// round trip is the far side's program's, never a terminal's echo on either side
+/// (ssh passes the local terminal's modes to the remote one).
+/// The far side of scenario 8: a raw terminal without echo, and a program that copies
+/// each of `n` bytes back as it arrives, then exits.
+fn echo_program(n: usize) -> String {
+    format!("stty raw -echo && exec dd bs=1 count={n} 2>/dev/null")
+}
+
+/// Keystrokes typed before the measured ones.
+const KEYSTROKE_WARMUP: usize = 5;
+
 pub async fn scenario_keystroke(
     stack: &Stack,
     sizes: &Sizes,
@@ -805,17 +818,22 @@ pub async fn scenario_keystroke(
     let server = format!("localhost:{}", stack.addr.port());
     let mut jobctl = Command::new(jobctl());
     jobctl
-        .args(["run", "-it", "--", "cat"])
+        .args(["run", "-it", "--", "sh", "-c"])
+        .arg(echo_program(rounds + KEYSTROKE_WARMUP))
         .envs(stack.pki().jobctl_env("alice", &server));
-    let ours =
-        tokio::task::spawn_blocking(move || crate::ssh::keystrokes(&jobctl, rounds, 5)).await??;
+    let ours = tokio::task::spawn_blocking(move || {
+        crate::ssh::keystrokes(&jobctl, rounds, KEYSTROKE_WARMUP)
+    })
+    .await??;
     let ours = Samples::new(ours);
     let theirs = match sshd {
         Some(d) => {
             let mut c = d.ssh(true);
-            c.arg("cat");
-            let t = tokio::task::spawn_blocking(move || crate::ssh::keystrokes(&c, rounds, 5))
-                .await??;
+            c.arg(echo_program(rounds + KEYSTROKE_WARMUP));
+            let t = tokio::task::spawn_blocking(move || {
+                crate::ssh::keystrokes(&c, rounds, KEYSTROKE_WARMUP)
+            })
+            .await??;
             Some(Samples::new(t))
         }
         None => None,
@@ -823,7 +841,7 @@ pub async fn scenario_keystroke(
     let s = "8 keystroke";
     report.row(
         s,
-        "jobctl run -it -- cat, p50/p99",
+        "jobctl run -it -- <raw echo>, p50/p99",
         format!("{:.2} / {:.2} ms", ours.p50(), ours.p99()),
         &theirs
             .as_ref()

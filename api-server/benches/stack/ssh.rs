@@ -121,6 +121,9 @@ impl Drop for Sshd {
     }
 }
 
+/// The pause before each keystroke of [`keystrokes`].
+const KEYSTROKE_GAP: Duration = Duration::from_millis(10);
+
 /// Keystroke round trips through a terminal: `cmd` runs under a pseudo-terminal of its
 /// own (as a person's shell would run it); each round types one byte and waits until
 /// the terminal shows it (echoed by the far side's terminal). Returns each round trip,
@@ -132,8 +135,7 @@ pub fn keystrokes(cmd: &Command, rounds: usize, warmup: usize) -> anyhow::Result
     let mut master = pty.master_file()?;
     let mut child = pty.spawn(cmd);
     let times = type_rounds(&pty, &cooked, &mut master, rounds, warmup);
-    // End it: Ctrl-C at the far side's terminal ends cat, and with it the session.
-    let _ = master.write_all(b"\x03");
+    // The far side's program ends after the last keystroke, and with it the session.
     if jobworker_testkit::process::wait_child(&mut child, Duration::from_secs(10)).is_none() {
         let _ = child.kill();
         let _ = child.wait();
@@ -160,28 +162,43 @@ fn type_rounds(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Each keystroke is echoed once, by the far side's terminal: round k waits for the
-    // k-th `x` (the far side may need a moment after the raw switch, which the warm-up
-    // rounds absorb).
+    // Each keystroke is echoed by the far side's program (its terminal is raw, without
+    // echo: see scenario 8), once the client has made this one raw. Round k types the k-th letter
+    // of the alphabet (cycling) and waits for that letter in what arrives after it was
+    // typed, so a late or doubled echo of an earlier round is never taken for this
+    // one's. Echoes per keystroke are counted and reported when they are not one each.
     let mut buf = [0u8; 4096];
-    let mut echoed = 0usize;
     let mut times = Vec::new();
-    let mut seen = Vec::new();
+    let mut letters = 0usize;
     for round in 0..rounds + warmup {
+        let key = b'a' + (round % 26) as u8;
+        // A keystroke every 10 ms or so (faster than anyone types): each one finds the
+        // processes on both sides asleep, as a person's keystrokes do. Typed back to
+        // back, the next one would arrive while they still run.
+        std::thread::sleep(KEYSTROKE_GAP);
         let t = Instant::now();
-        master.write_all(b"x")?;
-        while echoed <= round {
-            if t.elapsed() > Duration::from_secs(30) {
-                let shown = String::from_utf8_lossy(&seen).into_owned();
-                anyhow::bail!("no echo within 30 s: {shown:?}");
-            }
+        master.write_all(&[key])?;
+        let mut seen = Vec::new();
+        loop {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "no echo of {:?} within 30 s: {:?}",
+                key as char,
+                String::from_utf8_lossy(&seen)
+            );
             let n = master.read(&mut buf)?;
             seen.extend_from_slice(&buf[..n]);
-            echoed += buf[..n].iter().filter(|b| **b == b'x').count();
+            if seen.contains(&key) {
+                break;
+            }
         }
         if round >= warmup {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            letters += seen.iter().filter(|b| b.is_ascii_lowercase()).count();
         }
+    }
+    if letters != rounds {
+        println!("   note: {letters} letters came back for {rounds} keystrokes");
     }
     Ok(times)
 }
