@@ -178,24 +178,6 @@ fn jobs_within(limit: u64, max_connections: usize, max_running_jobs: usize) -> u
         .clamp(1, max_running_jobs.max(1))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::jobs_within;
-
-    #[test]
-    fn running_jobs_fit_the_open_file_limit_next_to_the_connections() {
-        // The unit's limit holds the default caps with room.
-        assert_eq!(jobs_within(262_144, 2048, 256), 256);
-        // systemd's default soft limit does not hold them: 1024 - 2 x 256 - 256 = 256,
-        // 36 jobs of 7.
-        assert_eq!(jobs_within(1024, 256, 256), 36);
-        // A hard limit of 20,000 with the default connections: 2,235 jobs.
-        assert_eq!(jobs_within(20_000, 2048, 10_100), 2235);
-        // Never none, even when the connections alone pass the limit.
-        assert_eq!(jobs_within(1024, 2048, 256), 1);
-    }
-}
-
 async fn serve(
     cfg: Config,
     totals: jobworker_executor::totals::Totals,
@@ -321,4 +303,22 @@ fn bind(path: &Path, gid: Option<u32>) -> anyhow::Result<tokio::net::UnixListene
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod of {}", path.display()))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jobs_within;
+
+    #[test]
+    fn running_jobs_fit_the_open_file_limit_next_to_the_connections() {
+        // The unit's limit holds the default caps with room.
+        assert_eq!(jobs_within(262_144, 2048, 256), 256);
+        // systemd's default soft limit does not hold them: 1024 - 2 x 256 - 256 = 256,
+        // 36 jobs of 7.
+        assert_eq!(jobs_within(1024, 256, 256), 36);
+        // A hard limit of 20,000 with the default connections: 2,235 jobs.
+        assert_eq!(jobs_within(20_000, 2048, 10_100), 2235);
+        // Never none, even when the connections alone pass the limit.
+        assert_eq!(jobs_within(1024, 2048, 256), 1);
+    }
 }

@@ -792,12 +792,6 @@ pub async fn scenario_cli(
     Ok(())
 }
 
-/// 8. One keystroke through a terminal: `jobctl run -it` against `ssh -tt host` of the
-/// same program, each under a pseudo-terminal of its own. The program puts its terminal
-/// in raw mode without echo and copies each byte back as it comes (`dd bs=1`, which
-/// exits after the last keystroke), so the
-/// round trip is the far side's program's, never a terminal's echo on either side
-/// (ssh passes the local terminal's modes to the remote one).
 /// The far side of scenario 8: a raw terminal without echo, and a program that copies
 /// each of `n` bytes back as it arrives, then exits.
 fn echo_program(n: usize) -> String {
@@ -807,6 +801,12 @@ fn echo_program(n: usize) -> String {
 /// Keystrokes typed before the measured ones.
 const KEYSTROKE_WARMUP: usize = 5;
 
+/// Scenario 8, one keystroke through a terminal: `jobctl run -it` against `ssh -tt host` of the
+/// same program, each under a pseudo-terminal of its own. The program puts its terminal
+/// in raw mode without echo and copies each byte back as it comes (`dd bs=1`, which
+/// exits after the last keystroke), so the round trip is the far side's program's,
+/// never a terminal's echo on either side (ssh passes the local terminal's modes to the
+/// remote one).
 pub async fn scenario_keystroke(
     stack: &Stack,
     sizes: &Sizes,

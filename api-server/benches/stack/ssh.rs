@@ -126,10 +126,9 @@ const KEYSTROKE_GAP: Duration = Duration::from_millis(10);
 
 /// Keystroke round trips through a terminal: `cmd` runs under a pseudo-terminal of its
 /// own (as a person's shell would run it); each round types one byte and waits until
-/// the terminal shows it (echoed by the far side's terminal). Returns each round trip,
+/// the terminal shows it (copied back by the far side's program). Returns each round trip,
 /// in milliseconds, after `warmup` rounds.
 pub fn keystrokes(cmd: &Command, rounds: usize, warmup: usize) -> anyhow::Result<Vec<f64>> {
-    use std::io::Write;
     let pty = jobworker_testkit::pty::Pty::unread(24, 80);
     let cooked = pty.settings();
     let mut master = pty.master_file()?;
