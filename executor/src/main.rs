@@ -165,14 +165,17 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
 
 /// How many running jobs an open-file limit of `limit` holds: each running job holds
 /// seven descriptors (pidfd, report pipe, the stdout and stderr pipes, and the job's
-/// stdout, stderr and index files), each connection two (its socket, and a follower's
-/// output file), and a reserve is kept for the rest (listener, template, audit trail,
-/// cgroup files, a start under way). At least one; at most `max_running_jobs`.
+/// stdout, stderr and index files). The rest is kept for connections (two each: the
+/// socket, and a follower's output file) and everything else (listener, template, audit
+/// trail, cgroup files, a start under way): room for all `max_connections` when the
+/// limit is large, a quarter of it (at least 256) when it is not. At least one job; at
+/// most `max_running_jobs`.
 fn jobs_within(limit: u64, max_connections: usize, max_running_jobs: usize) -> usize {
     const PER_JOB: u64 = 7;
     const PER_CONNECTION: u64 = 2;
     const RESERVE: u64 = 256;
-    let for_jobs = limit.saturating_sub(max_connections as u64 * PER_CONNECTION + RESERVE);
+    let kept = (max_connections as u64 * PER_CONNECTION + RESERVE).min(limit / 4);
+    let for_jobs = limit.saturating_sub(kept.max(RESERVE));
     usize::try_from(for_jobs / PER_JOB)
         .unwrap_or(usize::MAX)
         .clamp(1, max_running_jobs.max(1))
@@ -313,12 +316,14 @@ mod tests {
     fn running_jobs_fit_the_open_file_limit_next_to_the_connections() {
         // The unit's limit holds the default caps with room.
         assert_eq!(jobs_within(262_144, 2048, 256), 256);
-        // systemd's default soft limit does not hold them: 1024 - 2 x 256 - 256 = 256,
-        // 36 jobs of 7.
-        assert_eq!(jobs_within(1024, 256, 256), 36);
-        // A hard limit of 20,000 with the default connections: 2,235 jobs.
+        // A hard limit of 20,000 with the default connections: 2,235 jobs, room for
+        // every connection.
         assert_eq!(jobs_within(20_000, 2048, 10_100), 2235);
-        // Never none, even when the connections alone pass the limit.
-        assert_eq!(jobs_within(1024, 2048, 256), 1);
+        // A small limit keeps a quarter for connections: 1024 - 256 = 768, 109 jobs.
+        assert_eq!(jobs_within(1024, 2048, 256), 109);
+        assert_eq!(jobs_within(1024, 16, 256), 109);
+        // Never none.
+        assert_eq!(jobs_within(300, 2048, 256), 6);
+        assert_eq!(jobs_within(200, 2048, 256), 1);
     }
 }
