@@ -200,12 +200,10 @@ pub fn tcp_connections(pid: u32, port: u16) -> usize {
         .count()
 }
 
-/// Raises this process's soft limit on open files to its hard limit (for tests that
-/// hold a thousand connections at once; `prlimit` from util-linux, as root). Returns
-/// the soft limit in force.
-pub fn raise_fd_limit() -> u64 {
-    let limits = read("/proc/self/limits");
-    let (soft, hard) = limits
+/// The open-file limit of process `pid`, `(soft, hard)`, from `/proc/PID/limits`.
+pub fn fd_limit(pid: u32) -> Option<(u64, u64)> {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()?
         .lines()
         .find_map(|l| {
             let mut f = l.strip_prefix("Max open files")?.split_whitespace();
@@ -214,13 +212,26 @@ pub fn raise_fd_limit() -> u64 {
                 f.next()?.parse::<u64>().ok()?,
             ))
         })
-        .expect("Max open files in /proc/self/limits");
+}
+
+/// Sets process `pid`'s open-file limit, soft and hard, to `n` (`prlimit` from
+/// util-linux, as root; raising a hard limit needs `CAP_SYS_RESOURCE`). Whether it did.
+pub fn set_fd_limit(pid: u32, n: u64) -> bool {
+    Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={n}:{n}"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Raises this process's soft limit on open files to its hard limit (for tests that
+/// hold a thousand connections at once; `prlimit` from util-linux, as root). Returns
+/// the soft limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let (soft, hard) = fd_limit(std::process::id()).expect("Max open files in /proc/self/limits");
     if soft < hard {
-        let _ = Command::new("prlimit")
-            .arg("--pid")
-            .arg(std::process::id().to_string())
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status();
+        set_fd_limit(std::process::id(), hard);
         return hard;
     }
     soft

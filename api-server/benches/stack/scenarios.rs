@@ -590,7 +590,11 @@ pub async fn scenario_scale(
         s,
         &format!("open fds at {jobs} running: executor / API"),
         format!("{exec_fds} / {api_fds}"),
-        &format!("executor's RLIMIT_NOFILE {}", procfs_nofile(stack.exec_pid)),
+        &format!(
+            "executor's RLIMIT_NOFILE {}",
+            jobworker_testkit::procfs::fd_limit(stack.exec_pid)
+                .map_or_else(|| "?".into(), |(soft, _)| soft.to_string())
+        ),
         "",
     );
     report.row(
@@ -862,16 +866,4 @@ pub async fn scenario_keystroke(
         }),
     );
     Ok(())
-}
-
-/// The soft open-file limit of process `pid`, from `/proc/PID/limits`.
-fn procfs_nofile(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
-        })
-        .unwrap_or_else(|| "?".into())
 }

@@ -115,16 +115,10 @@ impl Stack {
         // Raising a hard limit needs CAP_SYS_RESOURCE: without it (a container may not
         // have it), the executor keeps the limit it raised itself to the hard one it
         // inherited, and scenario 5 reports how many jobs that held.
-        let status = std::process::Command::new("prlimit")
-            .arg("--pid")
-            .arg(exec_pid.to_string())
-            .arg(format!("--nofile={nofile}:{nofile}"))
-            .status()
-            .context("running prlimit")?;
-        if !status.success() {
+        if !procfs::set_fd_limit(exec_pid, nofile) {
             println!(
-                "note: could not raise the executor's open-file limit to {nofile} ({status}); \
-                 it keeps its own"
+                "note: could not raise the executor's open-file limit to {nofile}; it keeps \
+                 its own"
             );
         }
         Ok(Stack {
