@@ -157,20 +157,30 @@ fn shown_in(status: Status, identity: &str) -> Status {
 
 impl JobWorkerService {
     /// The job a request names: its id, or (through the executor, which knows names and
-    /// ids) its name or an id prefix, among the jobs `caller` may see.
-    async fn job(&self, caller: &Caller, reference: &str) -> Result<JobId, Status> {
-        if let Ok(id) = reference.parse::<JobId>() {
-            return Ok(id);
-        }
-        validate::reference(reference).map_err(|e| errors::wire_to_status(&e))?;
-        let resolve = ExecRequest::Resolve {
-            scope: caller.scope(),
-            reference: reference.to_string(),
+    /// ids) its name or an id prefix, among the jobs `caller` may see. The call's record
+    /// (`note`, the request or what carries its note) names the job.
+    async fn job<T>(
+        &self,
+        caller: &Caller,
+        note: &Request<T>,
+        reference: &str,
+    ) -> Result<JobId, Status> {
+        let id = match reference.parse::<JobId>() {
+            Ok(id) => id,
+            Err(_) => {
+                validate::reference(reference).map_err(|e| errors::wire_to_status(&e))?;
+                let resolve = ExecRequest::Resolve {
+                    scope: caller.scope(),
+                    reference: reference.to_string(),
+                };
+                match self.call(caller, resolve, None).await? {
+                    ExecResponse::Resolved { id } => id,
+                    other => return Err(unexpected("resolve", &other)),
+                }
+            }
         };
-        match self.call(caller, resolve, None).await? {
-            ExecResponse::Resolved { id } => Ok(id),
-            other => Err(unexpected("resolve", &other)),
-        }
+        crate::observe::note_job(note, id);
+        Ok(id)
     }
 }
 
@@ -214,8 +224,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::StopJobRequest>,
     ) -> Result<Response<pb::StopJobResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = self.job(&caller, &request.get_ref().id).await?;
-        crate::observe::note_job(&request, id);
+        let id = self.job(&caller, &request, &request.get_ref().id).await?;
         let response = self
             .call(
                 &caller,
@@ -243,8 +252,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = self.job(&caller, &request.get_ref().id).await?;
-        crate::observe::note_job(&request, id);
+        let id = self.job(&caller, &request, &request.get_ref().id).await?;
         let response = self
             .call(
                 &caller,
@@ -336,8 +344,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         let caller = self.caller(&request)?;
         let note = with_note(&request, tonic::Request::new(()));
         let r = request.into_inner();
-        let id = self.job(&caller, &r.id).await?;
-        crate::observe::note_job(&note, id);
+        let id = self.job(&caller, &note, &r.id).await?;
         let slot = self.slot()?;
         let (from, streams) = convert::output_selection(&r)?;
         let output = self
@@ -406,8 +413,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
             _ => return Err(errors::invalid("the first message of an exec is its start")),
         };
         let (reference, spec) = convert::exec_start(start)?;
-        let id = self.job(&caller, &reference).await?;
-        crate::observe::note_job(&note, id);
+        let id = self.job(&caller, &note, &reference).await?;
         let slot = self.slot()?;
         let request = ExecRequest::Exec {
             scope: caller.scope(),
@@ -428,7 +434,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
     ) -> Result<Response<pb::RemoveJobResponse>, Status> {
         let caller = self.caller(&request)?;
         let r = request.get_ref();
-        let id = self.job(&caller, &r.id).await?;
+        let id = self.job(&caller, &request, &r.id).await?;
         let remove = ExecRequest::Remove {
             scope: caller.scope(),
             id,
@@ -451,8 +457,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::WaitJobRequest>,
     ) -> Result<Response<pb::WaitJobResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = self.job(&caller, &request.get_ref().id).await?;
-        crate::observe::note_job(&request, id);
+        let id = self.job(&caller, &request, &request.get_ref().id).await?;
         let _slot = self.slot()?;
         let wait = ExecRequest::Wait {
             scope: caller.scope(),
@@ -565,8 +570,7 @@ impl pb::job_worker_server::JobWorker for JobWorkerService {
         request: Request<pb::StreamJobUsageRequest>,
     ) -> Result<Response<Self::StreamJobUsageStream>, Status> {
         let caller = self.caller(&request)?;
-        let id = self.job(&caller, &request.get_ref().id).await?;
-        crate::observe::note_job(&request, id);
+        let id = self.job(&caller, &request, &request.get_ref().id).await?;
         let r = request.into_inner();
         let interval_ms = if r.interval_ms == 0 {
             1000
