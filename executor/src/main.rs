@@ -136,8 +136,9 @@ fn run(flags: Flags, listen_fds: i32) -> anyhow::Result<()> {
     match sys::raise_nofile_limit() {
         Ok(n) => {
             tracing::info!(limit = n, "open file limit");
-            // Jobs never take the descriptors connections need: past what the limit
-            // holds, a start is refused as at capacity, and calls are still accepted.
+            // Jobs leave descriptors for connections (see `jobs_within`): past what the
+            // limit holds, a start is refused as at capacity, and calls are still
+            // accepted.
             let fit = jobs_within(n, cfg.max_connections, cfg.max_running_jobs);
             if fit < cfg.max_running_jobs {
                 tracing::warn!(
